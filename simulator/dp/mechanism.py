@@ -354,10 +354,19 @@ def client_level_accounting(scenario: Any, noise_multiplier: float | None = None
                                  sample_size=int(round(m)), delta=p.delta, accountant=p.accountant)
 
 
-def build_privacy(scenario: Any) -> PrivacyMechanism:
-    """The mechanism for a scenario's ``[privacy]`` section."""
+def build_privacy(scenario: Any, compressor: Any = None) -> PrivacyMechanism:
+    """The mechanism for a scenario's ``[privacy]`` section.
+
+    With ``level = "none"`` and a compressor that noises its sketches (``privacy_params()`` not None), the
+    mechanism is :class:`~simulator.dp.sketch_dp.SketchDP`, which accounts that noise."""
     p = scenario.privacy
     if p.level == "none":
+        params = getattr(compressor, "privacy_params", lambda: None)()
+        if params is not None:
+            from simulator.dp.sketch_dp import SketchDP, sketch_accounting
+
+            z, c = params
+            return SketchDP(sketch_accounting(scenario, z), c, scenario.compression.name)
         return NoPrivacy()
     if p.level == "record":
         return RecordLevelDP(p.record, delta=p.record.delta or p.delta, rounds=scenario.federation.rounds,

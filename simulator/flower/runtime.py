@@ -59,12 +59,12 @@ def build_runtime(s: Scenario) -> Runtime:
     train = LocalTrainConfig(epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr, optimizer=f.optimizer,
                              momentum=f.momentum, weight_decay=f.weight_decay, max_steps=f.local_steps,
                              label_smoothing=f.label_smoothing)
+    compressor = COMPRESSORS.create(s.compression.name, s.compression.params)
     return Runtime(
         scenario=s, data=data, model=model, layout=layout_of(model), attack=attack, schedule=schedule,
         sampler=sampler,
         client_defenses=[CLIENT_DEFENSES.create(d.name, d.params) for d in s.defenses.client],
-        compressor=COMPRESSORS.create(s.compression.name, s.compression.params),
-        privacy=build_privacy(s), train=train)
+        compressor=compressor, privacy=build_privacy(s, compressor), train=train)
 
 
 _CACHE: dict[str, Runtime] = {}

@@ -1,0 +1,29 @@
+"""Load-time checks of ``[compression]`` (appended to the loader's ``SCENARIO_CHECKS`` on import).
+
+The registry validates each param on its own; the compressor's constructor checks how they combine (noise
+without a clip norm, a ratio that leaves no rows…). Building the compressor here — cheap, nothing is allocated
+before the first round — turns those into load-time problems that name the field.
+"""
+
+from __future__ import annotations
+
+from simulator.scenario.loader import Problem
+from simulator.scenario.schema import Scenario
+
+__all__ = ["compression_problems"]
+
+
+def compression_problems(s: Scenario) -> list[Problem]:
+    from simulator.sketching.base import COMPRESSORS
+
+    c = s.compression
+    try:
+        comp = COMPRESSORS.create(c.name, c.params)
+    except (ValueError, TypeError) as e:
+        return [Problem("compression.params", f"{c.name!r}: {e}")]
+    params = getattr(comp, "privacy_params", lambda: None)()
+    if params is not None and s.privacy.level == "record":
+        return [Problem("privacy.level", "compression noise_multiplier > 0 is accounted as client-level DP on the "
+                                         "sketch; combining it with record-level DP-SGD is not analysed; set "
+                                         "privacy.level = \"none\" or compression.params.noise_multiplier = 0")]
+    return []
