@@ -65,6 +65,20 @@ class ProtocolInfo:
     batch_size: int | None = None
     num_examples: int | None = None  # reported by the client in its metrics
 
+    @property
+    def total_steps(self) -> int | None:
+        """Local SGD steps behind an ``"update"`` payload:
+        ``local_epochs · ⌈num_examples / batch_size⌉`` (``local_steps`` caps it), when known; 1 for a
+        gradient."""
+        if self.kind == "gradient":
+            return 1
+        full = None
+        if self.local_epochs is not None and self.num_examples is not None and self.batch_size is not None:
+            full = self.local_epochs * -(-self.num_examples // self.batch_size)
+        if self.local_steps is not None:
+            return self.local_steps if full is None else min(self.local_steps, full)
+        return full
+
 
 @dataclass(frozen=True)
 class SketchInfo:

@@ -14,6 +14,7 @@ from simulator.scenario.compression import CompressionConfig
 from simulator.scenario.core import (DataConfig, EvaluationConfig, FederationConfig, ModelConfig, OutputConfig,
                                      SimulationConfig)
 from simulator.scenario.defenses import DefensesConfig
+from simulator.scenario.leakage import LeakageConfig
 from simulator.scenario.privacy import PrivacyConfig
 
 __all__ = ["Scenario"]
@@ -24,7 +25,7 @@ class Scenario(Strict):
 
     name: str = "scenario"
     description: str = ""
-    kind: Literal["federated"] = "federated"
+    kind: Literal["federated", "leakage"] = "federated"
     seed: int = 0
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -35,6 +36,7 @@ class Scenario(Strict):
     defenses: DefensesConfig = DefensesConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     compression: CompressionConfig = CompressionConfig()
+    leakage: LeakageConfig | None = None
     output: OutputConfig = OutputConfig()
     source: str | None = Field(None, exclude=True)  # the file it came from (not part of the hash)
 
