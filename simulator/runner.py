@@ -151,6 +151,13 @@ def run(scenario: Scenario, *, out_dir: str | Path | None = None, store: str | P
 
             plot_rounds([r.flat() for r in result.rounds], out, title=s.name,
                         attacker_rounds=(outcome.extra.get("attack") or {}).get("acting_rounds"))
+        if outcome.attacked:
+            from simulator.experiment.leakage import save_grid
+
+            for a in outcome.attacked:  # one grid per attacked update: truth row, reconstruction row
+                save_grid(out / "inversion" / f"round{a.round:03d}_client{a.client}.png", a.truth, a.reconstruction,
+                          title=f"{s.attacks.inversion.name}, round {a.round}, client {a.client}: "
+                                f"PSNR {a.metrics['psnr']:.1f} dB")
         assert rs is not None and run_id is not None
         rs.finish_run(run_id, result)
     return result

@@ -7,7 +7,8 @@ the evaluator agree without talking to each other. Flower's FedAvg samples with 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -93,6 +94,8 @@ class ClientSampler:
     dropout: float
     seed: int
     schedule: AttackerSchedule
+    #: round -> partition ids the server always samples in that round (a curious server's inversion targets)
+    forced: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def expected_size(self) -> float:
@@ -110,10 +113,11 @@ class ClientSampler:
             m = int(round(self.expected_size))
             chosen = set(rng.choice(n, size=m, replace=False).tolist())
         acting = set(self.schedule.acting(server_round))
-        if self.schedule.plan.guarantee_sampled and acting - chosen:
-            missing = sorted(acting - chosen)
+        must = (acting if self.schedule.plan.guarantee_sampled else set()) | set(self.forced.get(server_round, ()))
+        if must - chosen:
+            missing = sorted(must - chosen)
             if self.sampling == "fixed":
-                benign = sorted(chosen - acting)
+                benign = sorted(chosen - must)
                 out = rng.choice(len(benign), size=min(len(missing), len(benign)), replace=False) if benign else []
                 chosen -= {benign[i] for i in out}
             chosen |= set(missing)

@@ -55,7 +55,8 @@ def build_runtime(s: Scenario) -> Runtime:
                                           rounds=s.federation.rounds, active=attack is not None)
     f = s.federation
     sampler = ClientSampler(num_clients=s.data.num_clients, sampling=f.sampling, clients_per_round=f.clients_per_round,
-                            sampling_rate=f.sampling_rate, dropout=f.dropout, seed=s.seed, schedule=schedule)
+                            sampling_rate=f.sampling_rate, dropout=f.dropout, seed=s.seed, schedule=schedule,
+                            forced=_inversion_targets(s))
     train = LocalTrainConfig(epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr, optimizer=f.optimizer,
                              momentum=f.momentum, weight_decay=f.weight_decay, max_steps=f.local_steps,
                              label_smoothing=f.label_smoothing)
@@ -65,6 +66,14 @@ def build_runtime(s: Scenario) -> Runtime:
         sampler=sampler,
         client_defenses=[CLIENT_DEFENSES.create(d.name, d.params) for d in s.defenses.client],
         compressor=compressor, privacy=build_privacy(s, compressor), train=train)
+
+
+def _inversion_targets(s: Scenario) -> dict[int, tuple[int, ...]]:
+    """Rounds → clients a curious server makes sure to sample (``attacks.inversion.force_sampled``)."""
+    inv = s.attacks.inversion
+    if inv is None or not inv.force_sampled:
+        return {}
+    return {r: tuple(inv.targets) for r in inv.rounds}
 
 
 _CACHE: dict[str, Runtime] = {}

@@ -38,6 +38,7 @@ class ServerOutcome:
     status: str = "not started"
     extra: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None
+    attacked: list[Any] = field(default_factory=list)  # in-run inversion results (images for the grids)
 
 
 def discover_partitions(grid: Grid, num_nodes: int, *, timeout: float = 300.0) -> dict[int, int]:
@@ -100,10 +101,15 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
     rt = build_runtime(s)
     torch.set_num_threads(max(1, s.simulation.torch_threads))
     model = copy.deepcopy(rt.model)
+    observer = None
+    if s.attacks.inversion is not None:  # step 9: the in-run inversion attack
+        from simulator.flower.observer import InversionObserver
+
+        observer = InversionObserver(rt, model)
     strategy = PrivsimStrategy(
         runtime=rt, model=model,
         aggregator=AGGREGATORS.create(s.defenses.aggregator.name, s.defenses.aggregator.params),
-        server_defenses=[SERVER_DEFENSES.create(d.name, d.params) for d in s.defenses.server])
+        server_defenses=[SERVER_DEFENSES.create(d.name, d.params) for d in s.defenses.server], observer=observer)
     evaluate_model = _evaluator(rt)
     sink.on_start(s, rt)
 
@@ -144,6 +150,9 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
     if summary is not None:
         outcome.extra["privacy"] = summary
     outcome.extra["defense"] = _defense_block(s, outcome.records)
+    if observer is not None:
+        outcome.extra["inversion"] = observer.summary()
+        outcome.attacked = observer.attacked
     if rt.attack is not None:
         outcome.extra["attack"] = {"name": s.attacks.backdoor.name if s.attacks.backdoor else None,
                                    "malicious_ids": list(rt.schedule.malicious_ids),

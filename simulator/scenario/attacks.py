@@ -37,6 +37,7 @@ class InversionSpec(PluginSpec):
     targets: list[int] = Field(default_factory=lambda: [0])  # partition ids to attack when sampled
     rounds: list[int] = Field(default_factory=lambda: [1])
     max_images: int = Field(8, ge=1)  # images shown in the grid
+    force_sampled: bool = True  # the server (it controls sampling) always samples its targets in those rounds
 
 
 class AttacksConfig(Strict):

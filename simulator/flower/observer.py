@@ -1,0 +1,140 @@
+"""The in-run inversion attack: DESIGN step 9, an honest-but-curious server attacking live updates.
+
+At the rounds in ``attacks.inversion.rounds``, for every client of ``attacks.inversion.targets`` whose reply
+passed validation, the server builds a :class:`~attacks.base.ServerView` from what it holds at that point of
+the round — a private copy of the global model the client received, the client's update *as decoded by the
+server* (after every client-side defense: DP noise, clipping, pruning, sketching) and the public protocol facts
+it sets (local lr, epochs, steps, batch size; the client's reported example count) — and runs the scenario's
+inversion attack on it (Geiping et al., NeurIPS 2020, Sec. 5 for FedAvg updates). Central DP noise is added
+later (step 11), so it does not protect against this server, as in DP-FedAvg's threat model.
+
+The evaluator side, apart from the attack, scores the reconstruction against the client's local training set
+(:func:`simulator.experiment.attack_update`). Per round the record gets ``inversion_psnr``,
+``inversion_ssim``, ``inversion_label_accuracy`` (means over the attacked clients) and ``inversion`` (per
+client); the run summary gets an ``inversion`` block, and the runner saves one image grid per attack.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from attacks.base import INVERSION_ATTACKS, InversionAttack, ProtocolInfo, ServerView
+from simulator.context import RoundContext
+from simulator.flower.replies import ValidReply
+from simulator.flower.runtime import Runtime
+
+__all__ = ["InversionObserver", "AttackedUpdate"]
+
+
+@dataclass
+class AttackedUpdate:
+    """One attacked update: where, the metrics, and the images for the grid (evaluator-side only)."""
+
+    round: int
+    client: int
+    metrics: dict[str, Any]
+    truth: torch.Tensor
+    reconstruction: torch.Tensor
+
+
+@dataclass
+class InversionObserver:
+    """Callable observer for :class:`~simulator.flower.strategy.PrivsimStrategy` (step 9)."""
+
+    rt: Runtime
+    model: nn.Module  # the server's global model; still the pre-aggregation model at step 9
+    attack: InversionAttack = field(init=False)
+    attacked: list[AttackedUpdate] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        spec = self.rt.scenario.attacks.inversion
+        assert spec is not None
+        self.spec = spec
+        self.attack = INVERSION_ATTACKS.create(spec.name, spec.params)
+
+    def _protocol(self, reply: ValidReply) -> ProtocolInfo:
+        f = self.rt.scenario.federation
+        return ProtocolInfo(kind="update", lr=f.lr, local_steps=f.local_steps, local_epochs=f.local_epochs,
+                            batch_size=f.batch_size, num_examples=int(reply.num_examples))
+
+    def _update_of(self, i: int, reply: ValidReply, updates: torch.Tensor | None,
+                   ctx: RoundContext) -> torch.Tensor | None:
+        if updates is not None:
+            return updates[i]
+        from simulator.sketching.sketched import SketchCompressor
+
+        comp = self.rt.compressor
+        if isinstance(comp, SketchCompressor):  # linear and stateless: one client's sketch de-sketches alone
+            one = dataclasses.replace(ctx, client_ids=(reply.partition_id,), num_examples=(reply.num_examples,))
+            return comp.decode([reply.arrays], one)[0]
+        return None
+
+    def __call__(self, server_round: int, valid: list[ValidReply], updates: torch.Tensor | None,
+                 ctx: RoundContext) -> dict[str, Any]:
+        from simulator.experiment.leakage import attack_update
+
+        if server_round not in self.spec.rounds:
+            return {}
+        sampled = {r.partition_id: i for i, r in enumerate(valid)}
+        per_client: dict[str, Any] = {}
+        for pid in self.spec.targets:
+            if pid not in sampled:
+                self.skipped.append({"round": server_round, "client": pid, "reason": "no valid reply this round"})
+                continue
+            i = sampled[pid]
+            reply = valid[i]
+            update = self._update_of(i, reply, updates, ctx)
+            if update is None:
+                self.skipped.append({"round": server_round, "client": pid,
+                                     "reason": f"compressor {self.rt.scenario.compression.name!r} aggregates in "
+                                               f"sketch space; no per-client update to attack"})
+                continue
+            ds = self.rt.data
+            view = ServerView(model=copy.deepcopy(self.model).cpu(), payload=update.detach().cpu().clone(),
+                              protocol=self._protocol(reply), input_shape=tuple(ds.input_shape),
+                              num_classes=ds.num_classes, metrics=dict(reply.metrics))
+            truth_x, truth_y = ds.client(pid)  # evaluator side: never reaches the attack
+            recon, m = attack_update(self.attack, view, truth_x, truth_y)
+            keep = self.spec.max_images
+            self.attacked.append(AttackedUpdate(server_round, pid, m, truth_x[:keep].cpu(),
+                                                _matched(recon.images, m)[:keep]))
+            per_client[str(pid)] = {k: m[k] for k in ("psnr", "ssim", "mse", "label_accuracy", "attack_time_s")}
+        if not per_client:
+            return {}
+        vals = list(per_client.values())
+        return {"inversion": per_client,
+                **{f"inversion_{k}": _mean([v[k] for v in vals]) for k in ("psnr", "ssim", "label_accuracy")}}
+
+    def summary(self) -> dict[str, Any]:
+        """The ``inversion`` block of summary.json."""
+        ms = [a.metrics for a in self.attacked]
+        return {
+            "attack": self.spec.name, "targets": list(self.spec.targets), "rounds": list(self.spec.rounds),
+            "attacked": len(ms),
+            "psnr": _mean([m["psnr"] for m in ms]), "ssim": _mean([m["ssim"] for m in ms]),
+            "label_accuracy": _mean([m["label_accuracy"] for m in ms]),
+            "per_attack": [{"round": a.round, "client": a.client, "psnr": a.metrics["psnr"],
+                            "ssim": a.metrics["ssim"], "label_accuracy": a.metrics["label_accuracy"]}
+                           for a in self.attacked],
+            "skipped": self.skipped,
+        }
+
+
+def _matched(images: torch.Tensor, metrics: dict[str, Any]) -> torch.Tensor:
+    """Reconstructions reordered to line up with the ground truth (the Hungarian matching of the scorer)."""
+    order = metrics.get("order")
+    x = images.detach().float().cpu().clamp(0, 1)
+    return x[torch.as_tensor(order)] if order is not None else x
+
+
+def _mean(xs: list[float]) -> float | None:
+    vals = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
+    return sum(vals) / len(vals) if vals else None
