@@ -101,11 +101,11 @@ leaderboard_app = typer.Typer(no_args_is_help=True,
 app.add_typer(leaderboard_app, name="leaderboard")
 
 
-def _load_grid(file: Path):
+def _load_grid(file: Path, sets: list[str] | None = None):
     from simulator.leaderboard import GridError, load_grid
 
     try:
-        return load_grid(file)
+        return load_grid(file, sets or [])
     except GridError as e:
         _fail(str(e))
 
@@ -121,9 +121,11 @@ def leaderboard_run(
                                 help="cells run in parallel processes (forced to 1 for ray cells)"),
     rerun: bool = typer.Option(False, "--rerun", help="recompute cells already finished in the store"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    sets: list[str] = typer.Option([], "--set", help="override a field of every cell, after the grid's own "
+                                                      "overrides and before its axes (repeatable)"),
 ) -> None:
     """Run every cell of a grid not yet in the store; write leaderboard.md / .csv / .html and heatmaps."""
-    grid = _load_grid(file)
+    grid = _load_grid(file, sets)
     from simulator.leaderboard import default_out_dir, default_store, run_grid
 
     out_dir = out or default_out_dir(grid)
@@ -141,9 +143,10 @@ def leaderboard_show(
     file: Path = typer.Argument(..., help="grid TOML file"),
     store: Optional[Path] = typer.Option(None, "--store",
                                          help="SQLite results store (default: the base scenario's)"),
+    sets: list[str] = typer.Option([], "--set", help="the same --set overrides the grid was run with"),
 ) -> None:
     """Print a grid's leaderboard from the results store (cells not run yet show as 'not run')."""
-    grid = _load_grid(file)
+    grid = _load_grid(file, sets)
     from simulator.leaderboard import default_store
     from simulator.leaderboard.report import outcomes_from_store, print_tables
 

@@ -65,6 +65,21 @@ def test_smoke_grid_file_expands() -> None:
     assert all(c.scenario.simulation.engine == "inline" for c in g.cells)
 
 
+@pytest.mark.parametrize("file", ["sketch_grid.toml", "backdoor_defense_grid.toml", "dp_grid.toml"])
+def test_every_grid_file_expands_into_valid_scenarios(file: str) -> None:
+    g = load_grid(Path("scenarios") / file)
+    assert g.cells and len({c.digest for c in g.cells}) == len(g.cells)
+
+
+def test_grid_overrides_from_the_command_line_reach_every_cell() -> None:
+    g = load_grid(Path("scenarios/backdoor_defense_grid.toml"), ["model.name='mlp'", "federation.rounds=3"])
+    assert {(c.scenario.model.name, c.scenario.federation.rounds) for c in g.cells} == {("mlp", 3)}
+    # cells equal to the full leaderboard's resolve to the same digest, so a shared store runs them once
+    full = {c.digest for c in load_grid(Path("scenarios/leaderboard.toml"), ["model.name='mlp'",
+                                                                               "federation.rounds=3"]).cells}
+    assert len({c.digest for c in g.cells} & full) == 12 * 3  # α = 0.5: 12 defenses × 3 attacks
+
+
 def test_full_integrity_grid_expands_every_cell_into_a_valid_scenario() -> None:
     """scenarios/leaderboard.toml is too long to run in CI; every cell must at least validate."""
     from attacks import CLIENT_ATTACKS

@@ -314,13 +314,16 @@ def expand(grid: Grid) -> list[Cell]:
     return cells
 
 
-def load_grid(path: str | Path) -> Grid:
+def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Grid:
     """Read, parse and expand a grid file.
 
     Parameters
     ----------
     path
         The grid TOML file.
+    overrides
+        Extra ``key.path=value`` overrides appended to the file's ``overrides`` (so the axes still win); they
+        change every cell's scenario and so its digest.
 
     Raises
     ------
@@ -334,4 +337,7 @@ def load_grid(path: str | Path) -> Grid:
         raw = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise GridError(str(p), [f"not valid TOML: {e}"]) from None
+    if overrides:
+        base = raw.get("overrides", [])
+        raw["overrides"] = [*(base if isinstance(base, list) else [base]), *overrides]
     return grid_from_dict(raw, source=str(p), root=p.parent)

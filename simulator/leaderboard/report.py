@@ -64,7 +64,7 @@ PRIVACY_METRICS = (Metric("main_accuracy", "MA", "max"), Metric("psnr", "PSNR", 
                    Metric("ssim", "SSIM", "min"), Metric("label_accuracy", "label acc", "min"),
                    Metric("epsilon", "ε", "min"))
 ALL_KEYS = ("main_accuracy", "backdoor_accuracy", "tpr", "fpr", "psnr", "ssim", "label_accuracy", "epsilon",
-            "wall_time_s")
+            "bytes_up_per_round", "wall_time_s")
 
 
 def _num(x: Any) -> float | None:
@@ -92,6 +92,7 @@ def cell_metrics(summary: dict[str, Any] | None) -> dict[str, float | None]:
         "label_accuracy": _num(inv.get("label_accuracy")),
         "epsilon": _num(priv.get("epsilon")),
         "wall_time_s": _num(s.get("wall_time_s")),
+        "bytes_up_per_round": _num(_block(s, "communication").get("bytes_up_per_round")),
     }
 
 

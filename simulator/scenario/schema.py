@@ -45,9 +45,11 @@ class Scenario(Strict):
         return self.model_dump(mode="json")
 
     def digest(self) -> str:
-        """A stable hash of everything that changes results (not the output location)."""
+        """A stable hash of everything that changes results: not the output location, the name or the
+        description, so the same experiment reached from two files (or two grids) is one cache entry."""
         d = self.resolved()
-        d.pop("output", None)
+        for key in ("output", "name", "description"):
+            d.pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
