@@ -56,7 +56,10 @@ def run(
         _fail(f"run failed: {e}", 1)
     d = result.to_dict()
     fin = d["final"]
-    line = f"{s.name}: {result.status}; final main accuracy {fin['main_accuracy']}"
+    parts = []
+    if fin.get("main_accuracy") is not None:
+        parts.append(f"final main accuracy {fin['main_accuracy']}")
+    line = "; ".join([f"{s.name}: {result.status}", *parts])
     if fin.get("backdoor_accuracy") is not None:
         line += f", backdoor accuracy {fin['backdoor_accuracy']}"
     if "privacy" in d and d["privacy"]:
