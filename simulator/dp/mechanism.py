@@ -341,17 +341,16 @@ class ClientLevelDP(PrivacyMechanism):
         return self.acc.privacy_block(rounds=self.rounds_done, level="client", extra=extra)
 
 
-def client_level_accounting(scenario: Any, noise_multiplier: float | None = None) -> ClientLevelAccounting:
-    """The accountant matching the scenario's client sampling (see :mod:`simulator.dp.checks`)."""
+def client_level_accounting(scenario: Any, noise_multiplier: float | None = None, *,
+                            accountant: str | None = None) -> ClientLevelAccounting:
+    """The accountant matching the scenario's client sampling (see :mod:`simulator.dp.checks`);
+    ``accountant`` overrides ``privacy.accountant``."""
     p, f, n = scenario.privacy, scenario.federation, scenario.data.num_clients
     m = scenario.num_sampled_expected
     z = p.client.noise_multiplier if noise_multiplier is None else noise_multiplier
-    if not p.amplification:
-        sampling = "none"
-    else:
-        sampling = f.sampling
+    sampling = f.sampling if p.amplification else "none"
     return ClientLevelAccounting(noise_multiplier=z, sampling=sampling, sampling_rate=m / n, num_clients=n,
-                                 sample_size=int(round(m)), delta=p.delta, accountant=p.accountant)
+                                 sample_size=int(round(m)), delta=p.delta, accountant=accountant or p.accountant)
 
 
 def build_privacy(scenario: Any, compressor: Any = None) -> PrivacyMechanism:

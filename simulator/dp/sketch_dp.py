@@ -21,22 +21,17 @@ from typing import Any
 from dp_accounting import dp_event as E
 
 from simulator.dp.accounting import ClientLevelAccounting, epsilon_pld
-from simulator.dp.mechanism import PrivacyMechanism
+from simulator.dp.mechanism import PrivacyMechanism, client_level_accounting
 
 __all__ = ["SketchDP", "sketch_accounting"]
 
 
 def sketch_accounting(scenario: Any, noise_multiplier: float) -> ClientLevelAccounting:
-    """The accountant of the sum of noisy sketches under the scenario's client sampling."""
-    f, n = scenario.federation, scenario.data.num_clients
-    m = scenario.num_sampled_expected
-    sampling = f.sampling if scenario.privacy.amplification else "none"
-    accountant = scenario.privacy.accountant
-    if sampling == "fixed" and accountant == "pld":
-        accountant = "rdp"  # PLD cannot analyse sampling without replacement; RDP (replace-one) can
-    return ClientLevelAccounting(noise_multiplier=noise_multiplier, sampling=sampling, sampling_rate=m / n,
-                                 num_clients=n, sample_size=int(round(m)), delta=scenario.privacy.delta,
-                                 accountant=accountant)
+    """The accountant of the sum of noisy sketches under the scenario's client sampling: DP-FedAvg's, except
+    that fixed-size cohorts fall back to RDP (PLD cannot analyse sampling without replacement)."""
+    fixed = scenario.privacy.amplification and scenario.federation.sampling == "fixed"
+    accountant = "rdp" if fixed and scenario.privacy.accountant == "pld" else None
+    return client_level_accounting(scenario, noise_multiplier, accountant=accountant)
 
 
 class SketchDP(PrivacyMechanism):

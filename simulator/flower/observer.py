@@ -29,6 +29,7 @@ from attacks.base import INVERSION_ATTACKS, InversionAttack, ProtocolInfo, Serve
 from simulator.context import RoundContext
 from simulator.flower.replies import ValidReply
 from simulator.flower.runtime import Runtime
+from simulator.scenario.attacks import InversionSpec
 
 __all__ = ["InversionObserver", "AttackedUpdate"]
 
@@ -50,6 +51,7 @@ class InversionObserver:
 
     rt: Runtime
     model: nn.Module  # the server's global model; still the pre-aggregation model at step 9
+    spec: InversionSpec = field(init=False)
     attack: InversionAttack = field(init=False)
     attacked: list[AttackedUpdate] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
