@@ -5,6 +5,11 @@ tensor), and carries a ``higher_is_better`` attribute (the torchmetrics conventi
 batch attack are computed after :func:`match_batch` pairs each reconstruction with a true image
 (Hungarian matching on MSE, as breaching's analysis does with LPIPS features).
 
+An attack may return fewer images than the batch held (an analytic attack such as Robbing the Fed
+returns one image per hit bin). A true image left without a reconstruction is scored against a
+mid-grey image (every pixel 0.5: what an attacker who learnt nothing would guess) and counts as not
+recovered in :func:`recovered_fraction`; extra reconstructions are left out.
+
 >>> x = torch.zeros(1, 1, 4, 4); y = torch.full((1, 1, 4, 4), 0.1)
 >>> round(float(psnr(x, y)[0]), 6)
 20.0
@@ -22,10 +27,12 @@ import torch.nn.functional as F
 
 from attacks.base import Reconstruction
 
-__all__ = ["mse", "psnr", "ssim", "lpips", "lpips_available", "label_accuracy", "match_batch",
-           "score_reconstruction", "LPIPS_SKIPPED"]
+__all__ = ["LPIPS_SKIPPED", "UNMATCHED_FILL", "label_accuracy", "lpips", "lpips_available", "match_batch", "mse",
+           "psnr", "recovered_fraction", "score_reconstruction", "ssim"]
 
 LPIPS_SKIPPED = "skipped: no LPIPS weights"
+#: the stand-in a true image without a matched reconstruction is scored against (mid-grey)
+UNMATCHED_FILL = 0.5
 
 
 def _higher_is_better(flag: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -77,7 +84,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, sigma: fl
     size = 2 * int(3.5 * sigma + 0.5) + 1
     size = min(size, *(s if s % 2 else s - 1 for s in x.shape[-2:]))
     w1 = _gauss_window(size, sigma, x.dtype)
-    b, c, h, w = x.shape
+    c = x.shape[1]
     win = (w1[:, None] * w1[None, :]).expand(c, 1, size, size)
 
     def filt(t: torch.Tensor) -> torch.Tensor:
@@ -104,7 +111,7 @@ def lpips_available() -> bool:
         import lpips as _lp  # type: ignore[import-not-found]
 
         _LPIPS_MODEL = _lp.LPIPS(net="alex", verbose=False, pretrained=True)  # reads local files only
-    except Exception:
+    except Exception:  # noqa: BLE001  (any failure to load means: no LPIPS here)
         return False
     return True
 
@@ -139,42 +146,104 @@ def label_accuracy(pred: torch.Tensor | None, true: torch.Tensor) -> float:
 
 
 def match_batch(recon: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
-    """Order of ``recon`` that best matches ``truth``: ``recon[order][i]`` pairs with ``truth[i]``.
+    """For each true image, the index of the reconstruction paired with it, or ``-1`` for none.
 
-    Hungarian matching (``scipy.optimize.linear_sum_assignment``) on the pairwise MSE; with more
-    reconstructions than true images, the extra ones are left out.
+    One-to-one Hungarian matching (``scipy.optimize.linear_sum_assignment``) on the pairwise MSE,
+    minimising the total MSE. With more reconstructions than true images the extra ones are left
+    out; with fewer, ``len(truth) − len(recon)`` true images stay unmatched (``-1``).
+
+    Parameters
+    ----------
+    recon, truth
+        Images of shape (R, C, H, W) and (B, C, H, W).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``order`` of shape (B,), int64: ``recon[order[i]]`` pairs with ``truth[i]`` where ``order[i] >= 0``.
+
+    >>> t = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
+    >>> match_batch(t[1:], t).tolist()
+    [-1, 0]
     """
     from scipy.optimize import linear_sum_assignment
 
+    if recon.shape[1:] != truth.shape[1:]:
+        raise ValueError(f"reconstructions {tuple(recon.shape)} and truth {tuple(truth.shape)} differ in image shape")
+    order = np.full(truth.shape[0], -1, dtype=np.int64)
+    if recon.shape[0] == 0 or truth.shape[0] == 0:
+        return order
     r = recon.detach().double().flatten(1)
     t = truth.detach().double().flatten(1)
     cost = torch.cdist(t, r).pow(2) / r.shape[1]  # (n_truth, n_recon)
     rows, cols = linear_sum_assignment(cost.numpy())
-    order = np.empty(len(rows), dtype=np.int64)
     order[rows] = cols
     return order
 
 
-def score_reconstruction(recon: Reconstruction, true_x: torch.Tensor, true_y: torch.Tensor | None) -> dict[str, Any]:
+def _aligned(recon: torch.Tensor, truth: torch.Tensor, order: np.ndarray) -> torch.Tensor:
+    """``recon`` reordered to line up with ``truth``; mid-grey where a true image has no match."""
+    out = torch.full(truth.shape, UNMATCHED_FILL, dtype=recon.dtype)
+    hit = torch.as_tensor(order >= 0)
+    if bool(hit.any()):
+        out[hit] = recon[torch.as_tensor(order[order >= 0])]
+    return out
+
+
+@_higher_is_better(True)
+def recovered_fraction(recon: torch.Tensor, truth: torch.Tensor, *, threshold_db: float = 40.0) -> float:
+    """Fraction of true images recovered: after one-to-one Hungarian matching on MSE
+    (:func:`match_batch`), a true image counts when its matched reconstruction has a PSNR of at least
+    ``threshold_db``; an unmatched true image never counts.
+
+    40 dB is an RMS error of 1 % of the range: a visually exact copy (Robbing the Fed's exact
+    recoveries score far above it, mixtures of two images far below).
+
+    >>> t = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
+    >>> recovered_fraction(t[:1], t)
+    0.5
+    """
+    if truth.shape[0] == 0:
+        return math.nan
+    order = match_batch(recon, truth)
+    hit = order >= 0
+    if not hit.any():
+        return 0.0
+    p = psnr(recon[torch.as_tensor(order[hit])], truth[torch.as_tensor(hit)])
+    return float((p >= threshold_db).sum()) / int(truth.shape[0])
+
+
+def score_reconstruction(recon: Reconstruction, true_x: torch.Tensor, true_y: torch.Tensor | None, *,
+                         threshold_db: float = 40.0) -> dict[str, Any]:
     """Per-image and mean PSNR / SSIM / MSE (and LPIPS if available) after Hungarian matching, plus label
-    accuracy. Only the evaluator calls this: it is the one place that holds the ground truth."""
+    accuracy and :func:`recovered_fraction`. Only the evaluator calls this: it is the one place that
+    holds the ground truth.
+
+    A true image without a matched reconstruction (the attack returned fewer images than the batch) is
+    scored against a mid-grey image (:data:`UNMATCHED_FILL`), shown as ``"matched": -1`` in
+    ``per_image`` and ``-1`` in ``order``; it counts as not recovered.
+    """
     x = recon.images.detach().float().cpu().clamp(0, 1)
     t = true_x.detach().float().cpu()
     if x.shape[1:] != t.shape[1:]:
         raise ValueError(f"reconstruction shape {tuple(x.shape)} does not match the data {tuple(t.shape)}")
     order = match_batch(x, t)
-    x = x[torch.as_tensor(order)]
+    x = _aligned(x, t, order)
     p, s, m = psnr(x, t), ssim(x, t), mse(x, t)
     lp = lpips(x, t)
+    recovered = (torch.as_tensor(order >= 0) & (p >= threshold_db)).tolist()
     out: dict[str, Any] = {
         "psnr": float(p.mean()), "ssim": float(s.mean()), "mse": float(m.mean()),
         "psnr_max": float(p.max()),
         "lpips": None if lp is None else float(lp.mean()),
         "label_accuracy": label_accuracy(recon.labels, true_y) if true_y is not None else math.nan,
+        "recovered_fraction": float(sum(recovered)) / max(int(t.shape[0]), 1),
+        "recovered_threshold_db": threshold_db,
+        "matched": int((order >= 0).sum()),
         "order": order.tolist(),
         "per_image": [
-            {"index": i, "matched": int(order[i]), "psnr": float(p[i]), "ssim": float(s[i]), "mse": float(m[i]),
-             **({} if lp is None else {"lpips": float(lp[i])})}
+            {"index": i, "matched": int(order[i]), "recovered": bool(recovered[i]), "psnr": float(p[i]),
+             "ssim": float(s[i]), "mse": float(m[i]), **({} if lp is None else {"lpips": float(lp[i])})}
             for i in range(t.shape[0])
         ],
     }
