@@ -21,7 +21,7 @@ from simulator.registry import Registry
 from simulator.training import TrainHooks
 
 __all__ = [
-    "ClientAttack", "InversionAttack", "ServerView", "ProtocolInfo", "SketchInfo", "Reconstruction",
+    "ClientAttack", "InversionAttack", "ServerView", "ProtocolInfo", "SketchInfo", "Reconstruction", "PublicData",
     "CLIENT_ATTACKS", "INVERSION_ATTACKS",
 ]
 
@@ -84,10 +84,12 @@ class ProtocolInfo:
 class SketchInfo:
     """What the server knows about the sketch the payload went through."""
 
-    operator: str
-    seed: int
+    operator: str  # the compressor's registry name (gaussian_sketch, srht, count_sketch)
+    seed: int  # the scenario seed the round's operator is derived from
     sketch_dim: int
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # the compressor's params
+    server_round: int = 1
+    dim: int = 0  # d, the length of the de-sketched update
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,39 @@ class Reconstruction:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PublicData:
+    """Data the attacker holds before the attack: a split disjoint from every victim's data (the held-out
+    images of a leakage experiment, the server's test split in a federated run). Generative priors are
+    trained on it; a malicious server calibrates its imprint bins on it."""
+
+    x: torch.Tensor  # (N, C, H, W) in [0, 1]
+    y: torch.Tensor  # (N,)
+    source: str = ""  # where it came from, for the summary
+
+
 class InversionAttack(ABC):
-    """Rebuild a client's inputs from a :class:`ServerView` alone."""
+    """Rebuild a client's inputs from a :class:`ServerView` alone.
+
+    Optional attacker-side set-up happens in :meth:`prepare`, before any client update exists, with public
+    data only. A malicious-server attack (``malicious_server = True``) also changes the model the server
+    sends (:meth:`server_model`); scenarios must mark the server malicious to use one.
+    """
+
+    #: the attack changes the model the server sends (Fowl et al., ICLR 2022); needs a malicious server
+    malicious_server: bool = False
+    #: the attack needs :class:`PublicData` in :meth:`prepare` (a generative prior, bin calibration)
+    needs_public_data: bool = False
+    #: the attack wants the raw sketch (``ServerView.sketch`` set) instead of the de-sketched update
+    wants_sketch: bool = False
+
+    def prepare(self, public: PublicData | None, *, model: nn.Module, input_shape: tuple[int, ...],
+                num_classes: int) -> None:
+        """Attacker-side set-up with public data only (train a prior, calibrate bins); default none."""
+
+    def server_model(self, model: nn.Module) -> nn.Module:
+        """The model the server sends to its victim; the honest-but-curious default sends ``model``."""
+        return model
 
     @abstractmethod
     def reconstruct(self, view: ServerView) -> Reconstruction:

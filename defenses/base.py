@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from simulator.context import ClientContext, RoundContext
 from simulator.registry import Registry
@@ -37,7 +38,19 @@ class Aggregator(ABC):
 
 
 class ClientDefense(ABC):
-    """Step 5: transform a client's flat update before it leaves the client."""
+    """Step 5: transform a client's flat update before it leaves the client.
+
+    A defense may also inspect the model the client received, before it trains on it (:meth:`inspect`,
+    the client-side model validation of the three-stage pipeline of Guo et al., TPAMI 2025): a non-empty
+    answer makes the client refuse to train and send nothing.
+    """
+
+    #: the defense reads ``ctx.received_model`` and ``ctx.data`` (the client's own model copy and data)
+    needs_client_data: bool = False
+
+    def inspect(self, model: nn.Module, ctx: ClientContext) -> str | None:
+        """Why the client should refuse ``model`` (None: accept); the default accepts every model."""
+        return None
 
     @abstractmethod
     def apply(self, delta: torch.Tensor, ctx: ClientContext) -> torch.Tensor:

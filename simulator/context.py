@@ -46,6 +46,10 @@ class ClientContext:
     malicious: bool = False  # the client's own role: an attacker knows it is one
     colluders: tuple[int, ...] = ()  # partition ids of the attackers this one colludes with (attackers only)
     state: dict[str, np.ndarray] = field(default_factory=dict)  # persists across rounds for this client
+    # client-private, for client defenses that need them (Soteria): the received model before local
+    # training and the client's own training data
+    received_model: Any = None
+    data: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def generator(self, purpose: str) -> torch.Generator:
         """A generator private to (scenario seed, round, client, purpose)."""

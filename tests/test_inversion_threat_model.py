@@ -12,7 +12,15 @@ from simulator.experiment import prepare_leakage
 from simulator.scenario import load_scenario
 
 SMALL = {"dlg": {"iterations": 2, "max_iter": 5}, "idlg": {"iterations": 2, "max_iter": 5},
-         "inverting_gradients": {"iterations": 5, "restarts": 2, "label_strategy": "llg"}}
+         "inverting_gradients": {"iterations": 5, "restarts": 2, "label_strategy": "llg"},
+         "analytic_fc": {}, "soft_label": {"iterations": 3},
+         "robbing_the_fed": {"bins": 16},
+         "sketch_inverting_gradients": {"iterations": 3, "restarts": 1}}
+# attacks that need another model, batch, server or payload than leakage_ig's CNN on two images
+OVERRIDES = {"analytic_fc": ["model.name=mlp"], "soft_label": ["leakage.images=[5]"],
+             "robbing_the_fed": ['leakage.server="malicious"', "leakage.public_images=60"],
+             "sketch_inverting_gradients": ['model.name="lenet"', 'compression.name="srht"',
+                                            "compression.params.ratio=0.25"]}
 
 
 def test_every_attack_is_covered_here():
@@ -40,8 +48,8 @@ def _tensors_of(view: ServerView):
         yield f"model.{k}", v
 
 
-def _case(*over: str):
-    return prepare_leakage(load_scenario("scenarios/leakage_ig.toml", ["leakage.images=[5, 17]", *over]))
+def _case(*over: str, attack=None):
+    return prepare_leakage(load_scenario("scenarios/leakage_ig.toml", ["leakage.images=[5, 17]", *over]), attack)
 
 
 @pytest.mark.parametrize("protocol", ["gradient", "update"])
@@ -58,8 +66,8 @@ def test_server_view_holds_no_client_data(protocol):
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_attack_is_blind_to_the_data_after_the_payload(name):
-    case = _case()
     attack = INVERSION_ATTACKS.create(name, SMALL[name])
+    case = _case(*OVERRIDES.get(name, []), attack=attack)  # attacker-side set-up sees public data only
     before = attack.reconstruct(copy.deepcopy(case.view))
     # the victim's data is destroyed after the payload is computed: an attack reading it would change
     case.truth_x.fill_(float("nan"))
@@ -67,4 +75,20 @@ def test_attack_is_blind_to_the_data_after_the_payload(name):
     after = attack.reconstruct(copy.deepcopy(case.view))
     assert torch.isfinite(after.images).all()
     assert torch.equal(before.images, after.images)
-    assert torch.equal(before.labels, after.labels)
+    assert (before.labels is None and after.labels is None) or torch.equal(before.labels, after.labels)
+
+
+def test_public_data_is_disjoint_from_the_victims_batch():
+    seen = {}
+
+    class Spy:
+        needs_public_data, malicious_server, wants_sketch = True, False, False
+
+        def prepare(self, public, **_):
+            seen["public"] = public
+
+    case = _case("leakage.public_images=200", attack=Spy())
+    pub = seen["public"].x.flatten(1)
+    for img in case.truth_x.flatten(1):
+        assert not (pub == img).all(dim=1).any()
+    assert pub.shape[0] == 200 and "outside the victim" in seen["public"].source

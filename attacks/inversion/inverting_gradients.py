@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import torch
@@ -46,6 +47,8 @@ def initial_images(shape: tuple[int, ...], init: str, generator: torch.Generator
 class InvertingGradients(InversionAttack):
     """Inverting Gradients (Geiping et al., NeurIPS 2020): cosine gradient matching + TV, signed Adam."""
 
+    attack_name = "inverting_gradients"
+
     def __init__(
         self,
         *,
@@ -68,12 +71,18 @@ class InvertingGradients(InversionAttack):
         self.label_strategy, self.num_images = label_strategy, num_images
         self.batched_restarts, self.seed = batched_restarts, seed
 
+    def _labels(self, view: ServerView, n: int) -> torch.Tensor:
+        return recover_labels(view, strategy=self.label_strategy, num_images=n)
+
+    def _objective(self, view: ServerView) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+        """``f(x, y) -> (loss, matching loss)``, differentiable in x; subclasses change what is matched."""
+        return PayloadSimulator(view).objective(distance=self.distance, tv=self.tv)
+
     def reconstruct(self, view: ServerView) -> Reconstruction:
         t0 = time.perf_counter()
         n = num_images_of(view, self.num_images)
-        labels = recover_labels(view, strategy=self.label_strategy, num_images=n)
-        sim = PayloadSimulator(view)
-        objective = sim.objective(distance=self.distance, tv=self.tv)
+        labels = self._labels(view, n)
+        objective = self._objective(view)
         step = grad(objective, has_aux=True)  # d loss / d x, with the matching loss as aux
         g = torch.Generator().manual_seed(self.seed)
         device = next(view.model.parameters()).device
@@ -104,7 +113,7 @@ class InvertingGradients(InversionAttack):
         best = min(range(self.restarts), key=lambda r: final[r] if math.isfinite(final[r]) else math.inf)
         return Reconstruction(
             images=x[best].detach().clamp(0, 1), labels=labels, losses=tuple(final),
-            info={"attack": "inverting_gradients", "best_restart": best, "iterations": self.iterations,
+            info={"attack": self.attack_name, "best_restart": best, "iterations": self.iterations,
                   "label_strategy": self.label_strategy, "batched_restarts": use_vmap,
                   "seconds": time.perf_counter() - t0},
         )

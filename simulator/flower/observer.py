@@ -25,13 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.base import INVERSION_ATTACKS, InversionAttack, ProtocolInfo, ServerView
+from attacks.base import INVERSION_ATTACKS, InversionAttack, ProtocolInfo, PublicData, ServerView, SketchInfo
 from simulator.context import RoundContext
 from simulator.flower.replies import ValidReply
 from simulator.flower.runtime import Runtime
 from simulator.scenario.attacks import InversionSpec
 
-__all__ = ["InversionObserver", "AttackedUpdate"]
+__all__ = ["AttackedUpdate", "InversionObserver"]
 
 
 @dataclass
@@ -61,6 +61,12 @@ class InversionObserver:
         assert spec is not None
         self.spec = spec
         self.attack = INVERSION_ATTACKS.create(spec.name, spec.params)
+        ds = self.rt.data
+        public = None
+        if self.attack.needs_public_data:  # the server's held-out test split: disjoint from every client's data
+            public = PublicData(x=ds.test.x, y=ds.test.y, source=f"the server's test split ({len(ds.test)} images)")
+        self.attack.prepare(public, model=copy.deepcopy(self.model).cpu(), input_shape=tuple(ds.input_shape),
+                            num_classes=ds.num_classes)
 
     def _protocol(self, reply: ValidReply) -> ProtocolInfo:
         f = self.rt.scenario.federation
@@ -68,16 +74,23 @@ class InversionObserver:
                             batch_size=f.batch_size, num_examples=int(reply.num_examples))
 
     def _update_of(self, i: int, reply: ValidReply, updates: torch.Tensor | None,
-                   ctx: RoundContext) -> torch.Tensor | None:
-        if updates is not None:
-            return updates[i]
+                   ctx: RoundContext) -> tuple[torch.Tensor | None, SketchInfo | None]:
         from simulator.sketching.sketched import SketchCompressor
 
         comp = self.rt.compressor
+        if self.attack.wants_sketch:  # the raw sketch and what the server knows of R (shared seed, round)
+            if not isinstance(comp, SketchCompressor) or "sketch" not in reply.arrays:
+                return None, None
+            y = reply.arrays["sketch"].detach().float().cpu().reshape(-1)
+            c = self.rt.scenario.compression
+            return y, SketchInfo(operator=c.name, seed=ctx.seed, sketch_dim=int(y.numel()), params=dict(c.params),
+                                 server_round=ctx.server_round, dim=ctx.layout.dim)
+        if updates is not None:
+            return updates[i], None
         if isinstance(comp, SketchCompressor):  # linear and stateless: one client's sketch de-sketches alone
             one = dataclasses.replace(ctx, client_ids=(reply.partition_id,), num_examples=(reply.num_examples,))
-            return comp.decode([reply.arrays], one)[0]
-        return None
+            return comp.decode([reply.arrays], one)[0], None
+        return None, None
 
     def __call__(self, server_round: int, valid: list[ValidReply], updates: torch.Tensor | None,
                  ctx: RoundContext) -> dict[str, Any]:
@@ -93,16 +106,17 @@ class InversionObserver:
                 continue
             i = sampled[pid]
             reply = valid[i]
-            update = self._update_of(i, reply, updates, ctx)
+            update, sketch = self._update_of(i, reply, updates, ctx)
             if update is None:
-                self.skipped.append({"round": server_round, "client": pid,
-                                     "reason": f"compressor {self.rt.scenario.compression.name!r} aggregates in "
-                                               f"sketch space; no per-client update to attack"})
+                why = ("attack matches in sketch space but the reply carries no sketch" if self.attack.wants_sketch
+                       else f"compressor {self.rt.scenario.compression.name!r} aggregates in sketch space; "
+                            f"no per-client update to attack")
+                self.skipped.append({"round": server_round, "client": pid, "reason": why})
                 continue
             ds = self.rt.data
             view = ServerView(model=copy.deepcopy(self.model).cpu(), payload=update.detach().cpu().clone(),
                               protocol=self._protocol(reply), input_shape=tuple(ds.input_shape),
-                              num_classes=ds.num_classes, metrics=dict(reply.metrics))
+                              num_classes=ds.num_classes, sketch=sketch, metrics=dict(reply.metrics))
             truth_x, truth_y = ds.client(pid)  # evaluator side: never reaches the attack
             recon, m = attack_update(self.attack, view, truth_x, truth_y)
             keep = self.spec.max_images
@@ -134,7 +148,13 @@ def _matched(images: torch.Tensor, metrics: dict[str, Any]) -> torch.Tensor:
     """Reconstructions reordered to line up with the ground truth (the Hungarian matching of the scorer)."""
     order = metrics.get("order")
     x = images.detach().float().cpu().clamp(0, 1)
-    return x[torch.as_tensor(order)] if order is not None else x
+    if order is None:
+        return x
+    out = torch.full((len(order), *x.shape[1:]), 0.5)
+    for k, j in enumerate(order):  # mid-grey where the scorer matched no reconstruction
+        if j is not None and 0 <= int(j) < x.shape[0]:
+            out[k] = x[int(j)]
+    return out
 
 
 def _mean(xs: list[float]) -> float | None:

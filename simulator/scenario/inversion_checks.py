@@ -8,12 +8,32 @@ from simulator.scenario.schema import Scenario
 __all__ = ["inversion_problems"]
 
 
+def _flag(name: str, attr: str) -> bool:
+    from attacks.base import INVERSION_ATTACKS
+
+    if name not in INVERSION_ATTACKS:
+        return False  # the registry check reports unknown names
+    return bool(getattr(INVERSION_ATTACKS.get(name).factory, attr, False))
+
+
 def inversion_problems(s: Scenario) -> list[Problem]:
     inv, out = s.attacks.inversion, []
     if s.kind == "leakage":
         if inv is None:
             out.append(Problem("attacks.inversion", "kind = \"leakage\" needs an inversion attack "
                                                     "([attacks.inversion] with a name, e.g. \"inverting_gradients\")"))
+            return out
+        server = s.leakage.server if s.leakage else "honest"
+        if _flag(inv.name, "malicious_server") and server != "malicious":
+            out.append(Problem("leakage.server", f"{inv.name!r} modifies the model the server sends; it needs "
+                                                 f"server = \"malicious\" (got {server!r})"))
+        if s.compression.name not in ("none", "gaussian_sketch", "srht", "count_sketch"):
+            out.append(Problem("compression.name", f"{s.compression.name!r} has no per-client payload to attack in "
+                                                   "a leakage experiment; allowed: none, gaussian_sketch, srht, "
+                                                   "count_sketch"))
+        if _flag(inv.name, "wants_sketch") and s.compression.name == "none":
+            out.append(Problem("attacks.inversion", f"{inv.name!r} matches in sketch space; it needs a sketch "
+                                                    "[compression] (gaussian_sketch, srht, count_sketch)"))
         return out
     if s.leakage is not None:
         out.append(Problem("leakage", f"the [leakage] section is for kind = \"leakage\" (this scenario is "
@@ -27,6 +47,11 @@ def inversion_problems(s: Scenario) -> list[Problem]:
     bad_r = [r for r in inv.rounds if not 1 <= r <= rounds]
     if bad_r:
         out.append(Problem("attacks.inversion.rounds", f"{bad_r} outside the run; allowed: 1..{rounds}"))
+    if _flag(inv.name, "malicious_server"):
+        out.append(Problem("attacks.inversion", f"{inv.name!r} needs a malicious server that sends its victim a "
+                                                "modified model; in a federated run every client gets the same global "
+                                                "model, so run it as kind = \"leakage\" with [leakage] server = "
+                                                "\"malicious\""))
     if s.compression.name == "fetchsgd":
         out.append(Problem("attacks.inversion", "FetchSGD merges the sketches in sketch space with server state; "
                                                 "there is no per-client update to attack (use a sketched FedAvg "

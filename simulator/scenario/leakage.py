@@ -1,5 +1,12 @@
 """Scenario section ``[leakage]``: a standalone leakage experiment (one client, one model, one payload).
 
+``label_smoothing`` and ``mixup_lambda`` give the victim soft labels (Wang, Liang & He, ICLR 2024):
+with mixup, each victim image ``x`` is replaced by ``λx + (1−λ)x'`` for a seeded partner ``x'`` from the
+rest of the data set, with label ``λe_y + (1−λ)e_{y'}``. ``server = "malicious"`` allows attacks that
+change the model the server sends (Robbing the Fed). ``public_images`` is the size of the attacker's
+public split, drawn from the images outside the victim's batch (and its mixup partners), for attacks
+that need public data (generative priors, imprint-bin calibration).
+
 The victim's data set and the model come from ``[data]`` and ``[model]``, the client defenses from
 ``[defenses.client]`` (applied in order, as in step 5 of a federated round) and the attack from
 ``[attacks.inversion]``; this section says which images the victim holds, the state of the model
@@ -29,6 +36,10 @@ class LeakageConfig(Strict):
     pretrain_steps: int = Field(0, ge=0)  # 0: untrained model; else SGD steps on the other images first
     pretrain_lr: float = Field(0.05, gt=0.0)
     pretrain_batch_size: int = Field(32, ge=1)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # the victim trains on label-smoothed targets
+    mixup_lambda: float | None = Field(None, gt=0.0, lt=1.0)  # the victim mixes each image with a partner
+    server: Literal["honest", "malicious"] = "honest"  # a malicious server may modify the model it sends
+    public_images: int = Field(1000, ge=1)  # the attacker's public split (images outside the victim batch)
 
     @field_validator("images")
     @classmethod
