@@ -15,10 +15,13 @@ SMALL = {"dlg": {"iterations": 2, "max_iter": 5}, "idlg": {"iterations": 2, "max
          "inverting_gradients": {"iterations": 5, "restarts": 2, "label_strategy": "llg"},
          "analytic_fc": {}, "soft_label": {"iterations": 3},
          "robbing_the_fed": {"bins": 16},
-         "sketch_inverting_gradients": {"iterations": 3, "restarts": 1}}
+         "sketch_inverting_gradients": {"iterations": 3, "restarts": 1},
+         "generative_latent": {"iterations": 2, "restarts": 2, "prior_epochs": 1, "use_cache": False},
+         "gifd": {"iterations": 2, "restarts": 1, "feature_iterations": 2, "prior_epochs": 1, "use_cache": False}}
 # attacks that need another model, batch, server or payload than leakage_ig's CNN on two images
 OVERRIDES = {"analytic_fc": ["model.name=mlp"], "soft_label": ["leakage.images=[5]"],
              "robbing_the_fed": ['leakage.server="malicious"', "leakage.public_images=60"],
+             "generative_latent": ["leakage.public_images=64"], "gifd": ["leakage.public_images=64"],
              "sketch_inverting_gradients": ['model.name="lenet"', 'compression.name="srht"',
                                             "compression.params.ratio=0.25"]}
 

@@ -85,7 +85,7 @@ def test_mixup_victims_train_on_soft_labels_the_attack_recovers() -> None:
 
 
 def test_the_inspecting_client_refuses_the_imprinted_model_and_nothing_leaks(tmp_path) -> None:
-    s = load_scenario("scenarios/defense_pipeline.toml", ["leakage.num_images=16", "leakage.batch_size=4",
+    s = load_scenario("scenarios/inversion_defense_pipeline.toml", ["leakage.num_images=16", "leakage.batch_size=4",
                                                           "leakage.public_images=300"])
     summary = run_leakage(s, tmp_path / "refused")
     inv = summary["inversion"]
@@ -93,7 +93,7 @@ def test_the_inspecting_client_refuses_the_imprinted_model_and_nothing_leaks(tmp
     assert summary["client"]["refused"] == inv["refused"]
     assert json.loads((tmp_path / "refused" / "summary.json").read_text())["inversion"]["refused"]
     assert (tmp_path / "refused" / "reconstruction.png").stat().st_size > 1000
-    open_door = run_leakage(load_scenario("scenarios/defense_pipeline.toml", [
+    open_door = run_leakage(load_scenario("scenarios/inversion_defense_pipeline.toml", [
         "leakage.num_images=16", "leakage.batch_size=4", "leakage.public_images=300", "defenses.client=[]"]),
         tmp_path / "accepted")
     assert open_door["client"]["refused"] is None

@@ -140,7 +140,7 @@ def test_defense_pipeline_scenario_refuses_the_model():
     from simulator.scenario import load_scenario
 
     # digits (8×8, loads in no time) instead of mnist5k: the refusal does not depend on the images
-    s = load_scenario("scenarios/defense_pipeline.toml", ["leakage.public_images=200", "leakage.num_images=8",
+    s = load_scenario("scenarios/inversion_defense_pipeline.toml", ["leakage.public_images=200", "leakage.num_images=8",
                                                           'data.dataset="digits"'])
     assert [d.name for d in s.defenses.client] == ["model_inspection"]
     assert s.leakage.protocol == "update" and s.leakage.local_steps == 4 and s.model.name == "cnn"

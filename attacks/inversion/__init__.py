@@ -3,6 +3,7 @@
 from attacks.inversion import (  # noqa: F401
     analytic,
     dlg,
+    generative,
     idlg,
     inverting_gradients,
     robbing_the_fed,
@@ -15,4 +16,4 @@ from simulator.scenario.loader import SCENARIO_CHECKS
 if inversion_problems not in SCENARIO_CHECKS:
     SCENARIO_CHECKS.append(inversion_problems)
 
-__all__ = ["analytic", "dlg", "idlg", "inverting_gradients", "robbing_the_fed", "sketch_matching", "soft_label"]
+__all__ = ["analytic", "dlg", "generative", "idlg", "inverting_gradients", "robbing_the_fed", "sketch_matching", "soft_label"]
