@@ -64,8 +64,13 @@ def run(
         line += f", backdoor accuracy {fin['backdoor_accuracy']}"
     if "privacy" in d and d["privacy"]:
         line += f", epsilon {d['privacy'].get('epsilon')}"
-    if "inversion" in d and isinstance(d["inversion"], dict) and d["inversion"].get("psnr") is not None:
-        line += f", PSNR {d['inversion']['psnr']:.2f} dB"
+    inv = d.get("inversion") if isinstance(d.get("inversion"), dict) else None
+    if inv is not None and inv.get("refused"):
+        line += f", the client refused the model ({inv['refused'][:80]}...)"
+    elif inv is not None and (inv.get("psnr") is not None or inv.get("mse") == 0.0):
+        line += ", PSNR " + (f"{inv['psnr']:.2f} dB" if inv.get("psnr") is not None else "inf (exact)")
+        if inv.get("recovered_fraction") is not None:
+            line += f", recovered {inv['recovered_fraction']:.0%} of the images (>= 40 dB)"
     typer.echo(f"{line}; {result.wall_time_s:.1f} s; results in {result.out_dir}")
 
 

@@ -310,8 +310,11 @@ def run_leakage(scenario: Scenario, out_dir: Path) -> dict[str, Any]:
     order = summary["inversion"]["order"]
     shown = _aligned(recon.images, order, case.truth_x)
     p = summary["inversion"]["psnr"]  # None in JSON when the reconstruction is exact (MSE 0, PSNR inf)
-    save_grid(out / "reconstruction.png", case.truth_x, shown, max_images=keep,
-              title=f"{summary['inversion']['attack']}: PSNR " + (f"{p:.2f} dB" if p is not None else "∞ (exact)"))
+    rf = summary["inversion"].get("recovered_fraction")
+    title = f"{summary['inversion']['attack']}: mean PSNR " + (f"{p:.2f} dB" if p is not None else "∞ (exact)")
+    if rf is not None:
+        title += f", {rf:.0%} of {case.truth_x.shape[0]} images recovered (≥ 40 dB)"
+    save_grid(out / "reconstruction.png", case.truth_x, shown, max_images=keep, title=title)
     return summary
 
 
