@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1] / "scenarios"
 FILES = {
     "backdoor_badnets.toml": "badnets",
     "backdoor_model_replacement.toml": "model_replacement",
-    "backdoor_dba.toml": "dba",
+    "backdoor_dba.toml": "model_replacement",  # DBA's scaled attackers: boosting over the "dba" base
     "backdoor_edge_pgd.toml": "pgd",
     "backdoor_neurotoxin.toml": "neurotoxin",
 }

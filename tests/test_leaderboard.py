@@ -89,7 +89,15 @@ def test_full_integrity_grid_expands_every_cell_into_a_valid_scenario() -> None:
     assert g.track == "integrity"
     assert len({c.digest for c in g.cells}) == len(g.cells)
     assert {c.scenario.defenses.aggregator.name for c in g.cells} == set(AGGREGATORS.names())
-    used = {c.scenario.attacks.backdoor.name for c in g.cells if c.scenario.attacks.backdoor is not None}
+    used: set[str] = set()
+    for c in g.cells:
+        spec = c.scenario.attacks.backdoor
+        name, params = (spec.name, dict(spec.params)) if spec is not None else (None, {})
+        while name is not None:  # a wrapper (model_replacement, pgd ...) and the attacks it wraps
+            used.add(name)
+            base = params.get("base")
+            name, params = (base, {}) if isinstance(base, str) else (
+                (base["name"], dict(base.get("params", {}))) if isinstance(base, dict) else (None, {}))
     assert used == set(CLIENT_ATTACKS.names()) - {n for n in CLIENT_ATTACKS.names() if n.startswith("test_")}
 
 
