@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +31,7 @@ class LocalTrainConfig:
     weight_decay: float = 0.0
     max_steps: int | None = None  # cap on local steps (None: full epochs)
     label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # > 0: mixup (Zhang et al., ICLR 2018), λ ~ Beta(α, α) per mini-batch
 
 
 class TrainHooks:
@@ -59,6 +61,23 @@ def make_optimizer(model: nn.Module, cfg: LocalTrainConfig) -> torch.optim.Optim
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {cfg.optimizer!r}")
+
+
+def mixup_lambda(alpha: float, generator: torch.Generator) -> float:
+    """λ ~ Beta(α, α), drawn from ``generator`` (as X/(X+Y) with X, Y ~ Gamma(α), seeded through NumPy)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def mixup_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: float, label_smoothing: float,
+               generator: torch.Generator) -> torch.Tensor:
+    """Mixup (Zhang, Cisse, Dauphin & Lopez-Paz, ICLR 2018): train on ``λx + (1−λ)x[π]`` with the loss
+    ``λ·CE(·, y) + (1−λ)·CE(·, y[π])``, i.e. the soft label ``λe_y + (1−λ)e_{y[π]}``; π a seeded shuffle."""
+    lam = mixup_lambda(alpha, generator)
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    out = model(lam * x + (1 - lam) * x[perm])
+    return (lam * F.cross_entropy(out, y, label_smoothing=label_smoothing)
+            + (1 - lam) * F.cross_entropy(out, y[perm], label_smoothing=label_smoothing))
 
 
 def iterate_minibatches(n: int, batch_size: int, generator: torch.Generator):
@@ -91,7 +110,11 @@ def train_local(
                 break
             xb, yb = x[idx], y[idx]
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
+            if cfg.mixup_alpha > 0:
+                loss = mixup_loss(model, xb, yb, alpha=cfg.mixup_alpha, label_smoothing=cfg.label_smoothing,
+                                  generator=generator)
+            else:
+                loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
             extra = hooks.extra_loss(model, xb, yb)
             if extra is not None:
                 loss = loss + extra

@@ -71,5 +71,10 @@ def privacy_problems(s: Scenario) -> list[Problem]:
     if s.privacy.level == "client":
         return _client_level(s)
     if s.privacy.level == "record":
-        return _record_level(s)
+        out = _record_level(s)
+        if s.federation.mixup_alpha > 0:  # a mixed example holds two records: per-example clipping no longer bounds one
+            out.append(Problem("federation.mixup_alpha", f"{s.federation.mixup_alpha} with record-level DP: a mixup "
+                                                         "example mixes two records, which DP-SGD's per-example "
+                                                         "sensitivity does not cover; allowed: 0"))
+        return out
     return []

@@ -59,7 +59,7 @@ def build_runtime(s: Scenario) -> Runtime:
                             forced=_inversion_targets(s))
     train = LocalTrainConfig(epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr, optimizer=f.optimizer,
                              momentum=f.momentum, weight_decay=f.weight_decay, max_steps=f.local_steps,
-                             label_smoothing=f.label_smoothing)
+                             label_smoothing=f.label_smoothing, mixup_alpha=f.mixup_alpha)
     compressor = COMPRESSORS.create(s.compression.name, s.compression.params)
     return Runtime(
         scenario=s, data=data, model=model, layout=layout_of(model), attack=attack, schedule=schedule,

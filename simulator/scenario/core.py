@@ -40,6 +40,7 @@ class FederationConfig(Strict):
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    mixup_alpha: float = Field(0.0, ge=0.0)  # > 0: clients train with mixup, λ ~ Beta(α, α) per mini-batch
     server_lr: float = Field(1.0, gt=0.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # probability a sampled client never answers
     min_replies: int = Field(1, ge=0)  # fewer valid replies than this: the round leaves the model unchanged
