@@ -78,8 +78,8 @@ class Entry:
         return self.doc.strip().splitlines()[0] if self.doc.strip() else "(no description)"
 
 
-def _params_from_signature(name: str, factory: Callable[..., Any], context: tuple[str, ...]) -> type[BaseModel]:
-    target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+def _signature_fields(target: Callable[..., Any], context: tuple[str, ...]) -> tuple[dict[str, Any], bool]:
+    """``{param: (annotation, default)}`` of ``target`` and whether it takes ``**kwargs``."""
     sig = inspect.signature(target)
     try:
         hints = inspect.get_annotations(target, eval_str=True)
@@ -89,9 +89,26 @@ def _params_from_signature(name: str, factory: Callable[..., Any], context: tupl
     for pname, p in sig.parameters.items():
         if pname == "self" or pname in context or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
-        ann = hints.get(pname, Any)
         default = ... if p.default is inspect.Parameter.empty else p.default
-        fields[pname] = (ann, default)
+        fields[pname] = (hints.get(pname, Any), default)
+    return fields, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _params_from_signature(name: str, factory: Callable[..., Any], context: tuple[str, ...]) -> type[BaseModel]:
+    """The params model of a plug-in from its keyword arguments. A class whose ``__init__`` takes
+    ``**kwargs`` passes them on to its parent, so the parents' ``__init__`` parameters are added (the subclass
+    wins on a name both declare) instead of being re-declared in every subclass."""
+    if not inspect.isclass(factory):
+        fields, _ = _signature_fields(factory, context)
+        return create_model(f"{name}_params", __base__=_StrictParams, **fields)  # type: ignore[call-overload]
+    fields = {}
+    for cls in factory.__mro__:
+        if "__init__" not in vars(cls) or cls is object:
+            continue
+        own, more = _signature_fields(vars(cls)["__init__"], context)
+        fields = {**own, **fields}
+        if not more:
+            break
     return create_model(f"{name}_params", __base__=_StrictParams, **fields)  # type: ignore[call-overload]
 
 

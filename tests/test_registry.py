@@ -54,3 +54,25 @@ def test_models_pass_opacus_validation():
     for name in ["mlp", "cnn", "lenet", "resnet18"]:
         m = build_model(name, {}, input_shape=(1, 28, 28), num_classes=10, seed=0)
         assert ModuleValidator.validate(m, strict=False) == [], name
+
+
+def test_a_subclass_passing_kwargs_on_inherits_its_parents_parameters() -> None:
+    from simulator.registry import Registry
+
+    reg: Registry[object] = Registry("thing")
+
+    class Base:
+        def __init__(self, *, a: int = 1, b: str = "x") -> None:
+            self.a, self.b = a, b
+
+    @reg.register("child")
+    class Child(Base):
+        def __init__(self, *, c: float = 0.5, a: int = 7, **rest: object) -> None:
+            super().__init__(a=a, **rest)  # type: ignore[arg-type]
+            self.c = c
+
+    assert set(reg.get("child").params.model_fields) == {"a", "b", "c"}
+    made = reg.create("child", {"b": "y"})
+    assert (made.a, made.b, made.c) == (7, "y", 0.5)  # the subclass's default wins on a shared name
+    with pytest.raises(Exception, match="unknown parameter"):
+        reg.create("child", {"d": 1})

@@ -227,33 +227,12 @@ class GIFD(GenerativeLatent):
     def __init__(
         self,
         *,
-        latent_dim: Annotated[int, Field(ge=1, le=512)] = 16,
-        prior_width: Annotated[int, Field(ge=1, le=256)] = 8,
-        prior_epochs: Annotated[int, Field(ge=1)] = 10,
-        prior_batch_size: Annotated[int, Field(ge=1)] = 64,
-        prior_lr: Annotated[float, Field(gt=0)] = 2e-3,
-        prior_beta: Annotated[float, Field(ge=0)] = 1.0,
-        conditional: bool = True,
-        max_public: Annotated[int, Field(ge=1)] = 4000,
-        cache_dir: str | None = None,
-        use_cache: bool = True,
-        iterations: Annotated[int, Field(ge=1)] = 200,
-        lr: Annotated[float, Field(gt=0)] = 0.1,
-        restarts: Annotated[int, Field(ge=1)] = 4,
-        z_weight: Annotated[float, Field(ge=0)] = 1e-3,
-        tv: Annotated[float, Field(ge=0)] = 0.0,
-        label_strategy: LabelStrategy = "llg",
-        num_images: Annotated[int, Field(ge=1)] | None = None,
-        seed: int = 0,
         feature_iterations: Annotated[int, Field(ge=1)] = 200,
         feature_lr: Annotated[float, Field(gt=0)] = 0.05,
         radii: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [0.1, 0.2, 0.3],  # noqa: B006
+        **latent: Any,
     ) -> None:
-        super().__init__(latent_dim=latent_dim, prior_width=prior_width, prior_epochs=prior_epochs,
-                         prior_batch_size=prior_batch_size, prior_lr=prior_lr, prior_beta=prior_beta,
-                         conditional=conditional, max_public=max_public, cache_dir=cache_dir,
-                         use_cache=use_cache, iterations=iterations, lr=lr, restarts=restarts, z_weight=z_weight,
-                         tv=tv, label_strategy=label_strategy, num_images=num_images, seed=seed)
+        super().__init__(**latent)  # the latent stage's and the prior's parameters (the registry lists them)
         self.feature_iterations, self.feature_lr, self.radii = feature_iterations, feature_lr, list(radii)
 
     def _feature_stage(self, G: ConvDecoder, k: int, h0: torch.Tensor, labels: torch.Tensor,
