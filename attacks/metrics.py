@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from attacks.base import Reconstruction
 
-__all__ = ["LPIPS_SKIPPED", "UNMATCHED_FILL", "label_accuracy", "lpips", "lpips_available", "match_batch", "mse",
-           "psnr", "recovered_fraction", "score_reconstruction", "ssim"]
+__all__ = ["LPIPS_SKIPPED", "UNMATCHED_FILL", "aligned", "label_accuracy", "lpips", "lpips_available", "match_batch",
+           "mse", "psnr", "recovered_fraction", "score_reconstruction", "ssim"]
 
 LPIPS_SKIPPED = "skipped: no LPIPS weights"
 #: the stand-in a true image without a matched reconstruction is scored against (mid-grey)
@@ -181,8 +181,11 @@ def match_batch(recon: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
     return order
 
 
-def _aligned(recon: torch.Tensor, truth: torch.Tensor, order: np.ndarray) -> torch.Tensor:
-    """``recon`` reordered to line up with ``truth``; mid-grey where a true image has no match."""
+def aligned(recon: torch.Tensor, truth: torch.Tensor, order: np.ndarray | list[int]) -> torch.Tensor:
+    """``recon`` reordered to line up with ``truth`` by :func:`match_batch`'s ``order``; mid-grey
+    (:data:`UNMATCHED_FILL`) where a true image has no match. Used for scoring and for image grids."""
+    order = np.asarray(order, dtype=np.int64)
+    recon = recon.detach().float().cpu().clamp(0, 1)
     out = torch.full(truth.shape, UNMATCHED_FILL, dtype=recon.dtype)
     hit = torch.as_tensor(order >= 0)
     if bool(hit.any()):
@@ -228,7 +231,7 @@ def score_reconstruction(recon: Reconstruction, true_x: torch.Tensor, true_y: to
     if x.shape[1:] != t.shape[1:]:
         raise ValueError(f"reconstruction shape {tuple(x.shape)} does not match the data {tuple(t.shape)}")
     order = match_batch(x, t)
-    x = _aligned(x, t, order)
+    x = aligned(x, t, order)
     p, s, m = psnr(x, t), ssim(x, t), mse(x, t)
     lp = lpips(x, t)
     recovered = (torch.as_tensor(order >= 0) & (p >= threshold_db)).tolist()

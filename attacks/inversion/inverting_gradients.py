@@ -48,6 +48,8 @@ class InvertingGradients(InversionAttack):
     """Inverting Gradients (Geiping et al., NeurIPS 2020): cosine gradient matching + TV, signed Adam."""
 
     attack_name = "inverting_gradients"
+    #: the objective can run under ``torch.func.vmap`` (restarts as one batched tensor)
+    supports_vmap = True
 
     def __init__(
         self,
@@ -94,7 +96,7 @@ class InvertingGradients(InversionAttack):
         # restarts as one batched tensor (torch.func.vmap): a win where launches dominate (CUDA); on CPU
         # vmap's double-backward batching rules are slower than a plain loop, so "auto" loops there.
         want = self.batched_restarts == "vmap" or (self.batched_restarts == "auto" and device.type == "cuda")
-        use_vmap = want and self.restarts > 1 and not has_batchnorm(view.model)
+        use_vmap = want and self.supports_vmap and self.restarts > 1 and not has_batchnorm(view.model)
         batched = vmap(step, in_dims=(0, None)) if use_vmap else None
         for _ in range(self.iterations):
             xd = x.detach()

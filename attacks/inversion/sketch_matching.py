@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
 from attacks.base import INVERSION_ATTACKS, ServerView
 from attacks.inversion._common import PayloadSimulator, gradient_distance, total_variation
@@ -55,22 +54,10 @@ class SketchInvertingGradients(InvertingGradients):
 
     attack_name = "sketch_inverting_gradients"
     wants_sketch = True
+    supports_vmap = False  # the operators build sketches with chunked in-place ops, untested under vmap: restarts loop
 
-    def __init__(
-        self,
-        *,
-        iterations: Annotated[int, Field(ge=1)] = 24_000,
-        lr: Annotated[float, Field(gt=0)] = 0.1,
-        tv: Annotated[float, Field(ge=0)] = 0.2,
-        restarts: Annotated[int, Field(ge=1)] = 1,
-        distance: Literal["cosine", "euclidean"] = "cosine",
-        init: Literal["randn", "rand", "zeros"] = "randn",
-        label_strategy: LabelStrategy = "idlg",
-        num_images: Annotated[int, Field(ge=1)] | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(iterations=iterations, lr=lr, tv=tv, restarts=restarts, distance=distance, init=init,
-                         label_strategy=label_strategy, num_images=num_images, batched_restarts="loop", seed=seed)
+    def __init__(self, *, label_strategy: LabelStrategy = "idlg", **ig: Any) -> None:
+        super().__init__(label_strategy=label_strategy, **ig)  # IG's parameters (the registry lists them)
 
     def _desketched(self, view: ServerView) -> ServerView:
         op = round_operator(view)

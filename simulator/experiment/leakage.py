@@ -38,7 +38,7 @@ from attacks.base import (
     ServerView,
     SketchInfo,
 )
-from attacks.metrics import score_reconstruction
+from attacks.metrics import aligned, score_reconstruction
 from simulator.context import ClientContext, derive_seed, make_generator
 from simulator.data import DATASETS
 from simulator.flat import flatten, layout_of, model_vector
@@ -308,7 +308,7 @@ def run_leakage(scenario: Scenario, out_dir: Path) -> dict[str, Any]:
                   max_images=keep, title=f"client refused the model: {case.refused}"[:90])
         return summary
     order = summary["inversion"]["order"]
-    shown = _aligned(recon.images, order, case.truth_x)
+    shown = aligned(recon.images, case.truth_x, order)
     p = summary["inversion"]["psnr"]  # None in JSON when the reconstruction is exact (MSE 0, PSNR inf)
     rf = summary["inversion"].get("recovered_fraction")
     title = f"{summary['inversion']['attack']}: mean PSNR " + (f"{p:.2f} dB" if p is not None else "∞ (exact)")
@@ -316,16 +316,6 @@ def run_leakage(scenario: Scenario, out_dir: Path) -> dict[str, Any]:
         title += f", {rf:.0%} of {case.truth_x.shape[0]} images recovered (≥ 40 dB)"
     save_grid(out / "reconstruction.png", case.truth_x, shown, max_images=keep, title=title)
     return summary
-
-
-def _aligned(images: torch.Tensor, order: list[int], truth: torch.Tensor) -> torch.Tensor:
-    """Reconstructions lined up with the truth by the scorer's matching; mid-grey where none was matched."""
-    out = torch.full_like(truth, 0.5)
-    imgs = images.detach().float().cpu()
-    for i, j in enumerate(order[: truth.shape[0]]):
-        if j is not None and 0 <= int(j) < imgs.shape[0]:
-            out[i] = imgs[int(j)].clamp(0, 1)
-    return out
 
 
 def _run(s: Scenario, out_dir: Path | None) -> tuple[Any, Reconstruction | None, LeakageCase]:

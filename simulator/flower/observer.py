@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from attacks.base import INVERSION_ATTACKS, InversionAttack, ProtocolInfo, PublicData, ServerView, SketchInfo
+from attacks.metrics import aligned
 from simulator.context import RoundContext
 from simulator.flower.replies import ValidReply
 from simulator.flower.runtime import Runtime
@@ -121,7 +122,7 @@ class InversionObserver:
             recon, m = attack_update(self.attack, view, truth_x, truth_y)
             keep = self.spec.max_images
             self.attacked.append(AttackedUpdate(server_round, pid, m, truth_x[:keep].cpu(),
-                                                _matched(recon.images, m)[:keep]))
+                                                aligned(recon.images, truth_x, m["order"])[:keep]))
             per_client[str(pid)] = {k: m[k] for k in ("psnr", "ssim", "mse", "label_accuracy", "attack_time_s")}
         if not per_client:
             return {}
@@ -142,19 +143,6 @@ class InversionObserver:
                            for a in self.attacked],
             "skipped": self.skipped,
         }
-
-
-def _matched(images: torch.Tensor, metrics: dict[str, Any]) -> torch.Tensor:
-    """Reconstructions reordered to line up with the ground truth (the Hungarian matching of the scorer)."""
-    order = metrics.get("order")
-    x = images.detach().float().cpu().clamp(0, 1)
-    if order is None:
-        return x
-    out = torch.full((len(order), *x.shape[1:]), 0.5)
-    for k, j in enumerate(order):  # mid-grey where the scorer matched no reconstruction
-        if j is not None and 0 <= int(j) < x.shape[0]:
-            out[k] = x[int(j)]
-    return out
 
 
 def _mean(xs: list[float]) -> float | None:
