@@ -347,7 +347,7 @@ def test_edge_case_reserve_returns_the_farthest_source_examples_like_a_brute_for
     from simulator.data.base import DATASETS
 
     train = DATASETS.create("mnist5k")
-    atk = EdgeCase(source_class=7, edge_size=60)
+    atk = EdgeCase(source_class=7, edge_size=60, tail="distance")
     idx = atk.reserve(train)
     src = np.flatnonzero(train.y.numpy() == 7)
     xs = train.x.numpy()[src].reshape(len(src), -1).astype(np.float64)
@@ -361,7 +361,7 @@ def test_edge_case_reserve_returns_the_farthest_source_examples_like_a_brute_for
 def test_edge_case_mixes_relabelled_edge_examples_with_clean_data():
     x, y = images(200, seed=1)
     pool = ArrayDataset(*images(300, seed=2), num_classes=10)
-    atk = EdgeCase(edge_size=10, clean_ratio=4.0)
+    atk = EdgeCase(edge_size=10, clean_ratio=4.0, tail="distance")
     idx = atk.reserve(pool)
     xo, yo = atk.poison(x, y, make_ctx())
     assert xo.shape == (50, 1, 28, 28) and yo.shape == (50,)
@@ -369,9 +369,39 @@ def test_edge_case_mixes_relabelled_edge_examples_with_clean_data():
     xb, yb = atk.backdoor_testset(x, y)  # same rule on the test split: tail share 10/30 of the 7s
     assert xb.shape[0] == round(10 / 30 * int((y == 7).sum())) and torch.all(yb == 1)
     sevens = x[y == 7].reshape(int((y == 7).sum()), -1)
-    d = (sevens - atk._mean.reshape(1, -1)).norm(dim=1)
-    assert torch.allclose(torch.sort((xb.reshape(len(xb), -1) - atk._mean.reshape(1, -1)).norm(dim=1)).values,
+    mean = atk._rule.mean.to(torch.float32).reshape(1, -1)
+    d = (sevens - mean).norm(dim=1)
+    assert torch.allclose(torch.sort((xb.reshape(len(xb), -1) - mean).norm(dim=1)).values,
                           torch.sort(d).values[-len(xb):])
+
+
+def test_edge_case_principal_tail_matches_the_covariance_eigenvector_brute_force():
+    """The default tail: the sparse end of the first principal component, recomputed here from the
+    top eigenvector of the class covariance (numpy eigh, not the SVD the attack uses)."""
+    from simulator.data.base import DATASETS
+
+    train = DATASETS.create("mnist5k")
+    atk = EdgeCase(source_class=7, edge_size=60)
+    idx = atk.reserve(train)
+    src = np.flatnonzero(train.y.numpy() == 7)
+    xs = train.x.numpy()[src].reshape(len(src), -1).astype(np.float64)
+    c = xs - xs.mean(0)
+    _, vecs = np.linalg.eigh(c.T @ c)
+    proj = c @ vecs[:, -1]
+    if (proj > 0).sum() > (proj < 0).sum():  # orient towards the side holding fewer examples
+        proj = -proj
+    brute = src[np.argsort(-proj, kind="stable")[:60]]
+    assert set(idx.tolist()) == set(brute.tolist())
+    assert proj[np.isin(src, idx)].min() >= proj[~np.isin(src, idx)].max() - 1e-9
+    assert (proj > 0).sum() < len(src) / 2  # the chosen end is the sparse one
+    # the test split gets the same fitted rule: its tail 7s score beyond the rest of its 7s
+    test = DATASETS.create("mnist5k")
+    tx, ty = test.x[2::5], test.y[2::5]  # 1,000 digits of every class, as a stand-in test split
+    xb, yb = atk.backdoor_testset(tx, ty)
+    sev = tx[ty == 7]
+    s_all, s_b = atk._rule.scores(sev), atk._rule.scores(xb)
+    assert torch.all(yb == 1) and len(xb) == round(60 / len(src) * len(sev))
+    assert float(s_b.min()) >= float(torch.sort(s_all, descending=True).values[len(xb) - 1]) - 1e-9
 
 
 def test_edge_case_user_file_is_split_into_train_and_heldout(tmp_path):

@@ -3,14 +3,20 @@
 Wang, Sreenivasan, Rajput, Vishwakarma, Agarwal, Sohn, Lee & Papailiopoulos, "Attack of the Tails:
 Yes, You Really Can Backdoor Federated Learning", NeurIPS 2020. The paper's edge sets are external
 (ARDIS "7"s labelled "1" for EMNIST, Southwest Airlines planes labelled "truck" for CIFAR-10). On a
-data set without one, the tail of a class is approximated by its examples farthest from the class
-mean in pixel space; they are reserved from the training pool so no benign client holds them.
+data set without one, the tail of a class is taken from the pool and reserved so no benign client
+holds it. Two rules pick it:
+
+* ``"principal"`` (default): the sparse end of the class's first principal component — one coherent
+  rare *style*, as ARDIS 7s are for EMNIST (on mnist5k: upright 7s with a long top bar);
+* ``"distance"``: the examples farthest from the class mean in pixel space — a mix of unrelated
+  oddities (blots, thick or broken strokes) that share no feature a model could learn apart from
+  ordinary 7s, so benign training undoes the backdoor within a round.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -20,17 +26,49 @@ from attacks.base import CLIENT_ATTACKS, ClientAttack
 from simulator.context import ClientContext, derive_seed
 from simulator.data.base import from_numpy
 
-__all__ = ["EdgeCase", "farthest_from_mean"]
+__all__ = ["EdgeCase", "TailRule", "fit_tail"]
 
 
-def farthest_from_mean(x: torch.Tensor, k: int, mean: torch.Tensor | None = None) -> np.ndarray:
-    """Positions of the ``k`` rows of ``x`` farthest (L2, pixel space) from ``mean`` (default: their
-    own mean), farthest first; ties go to the lower position."""
+class TailRule:
+    """A fitted tail rule: scores examples (higher = further into the tail); fitted on the training
+    examples of the class and reused unchanged on the test split."""
+
+    def __init__(self, rule: str, mean: torch.Tensor, direction: torch.Tensor | None = None) -> None:
+        self.rule, self.mean, self.direction = rule, mean.reshape(-1).to(torch.float64), direction
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1).to(torch.float64) - self.mean
+        if self.rule == "distance":
+            return torch.linalg.vector_norm(flat, dim=1)
+        assert self.direction is not None
+        return flat @ self.direction
+
+    def select(self, x: torch.Tensor, k: int) -> np.ndarray:
+        """Positions of the ``k`` highest-scoring rows, highest first; ties go to the lower position."""
+        s = self.scores(x).numpy()
+        return np.lexsort((np.arange(len(s)), -s))[:k].astype(np.int64)
+
+
+def fit_tail(x: torch.Tensor, rule: str) -> TailRule:
+    """Fit a tail rule on one class's examples ``x``.
+
+    ``"principal"``: the first principal component of the centred pixels, oriented towards its
+    sparse end (the side holding fewer examples; on a tie, the side reaching further), so the tail is
+    the rare extreme of the class's main mode of variation. ``"distance"``: L2 distance to the mean.
+    """
     flat = x.reshape(x.shape[0], -1).to(torch.float64)
-    centre = flat.mean(0) if mean is None else mean.reshape(-1).to(torch.float64)
-    dist = torch.linalg.vector_norm(flat - centre, dim=1).numpy()
-    order = np.lexsort((np.arange(len(dist)), -dist))  # by distance descending, then position
-    return order[:k].astype(np.int64)
+    mean = flat.mean(0)
+    if rule == "distance":
+        return TailRule(rule, mean)
+    if flat.shape[0] < 2:
+        raise ValueError("the principal tail needs at least 2 examples of the class")
+    _, _, vh = torch.linalg.svd(flat - mean, full_matrices=False)
+    v = vh[0]
+    proj = (flat - mean) @ v
+    pos, neg = int((proj > 0).sum()), int((proj < 0).sum())
+    if pos > neg or (pos == neg and float(proj.max()) < float(-proj.min())):
+        v = -v
+    return TailRule(rule, mean, v)
 
 
 @CLIENT_ATTACKS.register("edge_case")
@@ -43,7 +81,10 @@ class EdgeCase(ClientAttack):
         The class whose tail is used and the label the attacker wants for it (ARDIS: 7 → 1).
     edge_size
         Edge examples taken from the training pool (the ``edge_size`` examples of ``source_class``
-        farthest from that class's mean); all of them are kept from every client.
+        furthest into its tail); all of them are kept from every client.
+    tail
+        How the tail is found: ``"principal"`` (the sparse end of the class's first principal
+        component) or ``"distance"`` (farthest from the class mean); see the module docstring.
     clean_ratio
         Clean examples per edge example in the attacker's training set, drawn from its own partition
         (OOD_FL: 400 clean + 100 edge = 4); None: the whole partition.
@@ -55,23 +96,26 @@ class EdgeCase(ClientAttack):
 
     Notes
     -----
-    Backdoor test set: with the pool tail, the same rule on the test split — that split's examples of
-    ``source_class`` farthest from the training class mean, as many as the same tail share
-    (edge_size / training examples of the class); with ``edge_path``, the held-out part of the file.
+    Backdoor test set: with the pool tail, the same fitted rule on the test split — that split's
+    examples of ``source_class`` furthest into the tail the training examples defined, as many as the
+    same tail share (edge_size / training examples of the class); with ``edge_path``, the held-out
+    part of the file.
     """
 
     def __init__(self, source_class: Annotated[int, Field(ge=0)] = 7,
                  target_label: Annotated[int, Field(ge=0)] = 1,
                  edge_size: Annotated[int, Field(ge=1)] = 100,
                  clean_ratio: Annotated[float, Field(ge=0.0)] | None = 4.0, edge_path: str | None = None,
-                 holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2) -> None:
+                 holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2,
+                 tail: Literal["principal", "distance"] = "principal") -> None:
         if source_class == target_label:
             raise ValueError("source_class and target_label must differ")
         self.source_class, self.target_label, self.edge_size = source_class, target_label, edge_size
         self.clean_ratio, self.edge_path, self.holdout_fraction = clean_ratio, edge_path, holdout_fraction
+        self.tail = tail
         self._edge_x: torch.Tensor | None = None  # the attacker's edge examples (training part)
         self._edge_test: torch.Tensor | None = None  # held-out edge examples (edge_path only)
-        self._mean: torch.Tensor | None = None  # training mean of source_class (pool tail only)
+        self._rule: TailRule | None = None  # the tail rule fitted on the training class (pool tail only)
         self._tail_share: float | None = None
 
     def _load_file(self) -> None:
@@ -99,8 +143,8 @@ class EdgeCase(ClientAttack):
             raise ValueError(f"edge_size {self.edge_size} needs more than {self.edge_size} training examples "
                              f"of class {self.source_class}; the pool has {len(src)}")
         xs = train.x[torch.as_tensor(src)]
-        self._mean = xs.mean(0)
-        chosen = src[farthest_from_mean(xs, self.edge_size, self._mean)]
+        self._rule = fit_tail(xs, self.tail)
+        chosen = src[self._rule.select(xs, self.edge_size)]
         self._edge_x = train.x[torch.as_tensor(chosen)]
         self._tail_share = self.edge_size / len(src)
         return chosen
@@ -136,5 +180,6 @@ class EdgeCase(ClientAttack):
             share = self._tail_share if self._tail_share is not None else self.edge_size / max(len(src), 1)
             k = min(len(src), max(1, int(round(share * len(src)))))
             xs = x[src]
-            xb = xs[torch.as_tensor(farthest_from_mean(xs, k, self._mean))]
+            rule = self._rule if self._rule is not None else fit_tail(xs, self.tail)
+            xb = xs[torch.as_tensor(rule.select(xs, k))]
         return xb.to(x.dtype), torch.full((int(xb.shape[0]),), self.target_label, dtype=y.dtype)

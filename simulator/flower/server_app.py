@@ -23,6 +23,7 @@ from simulator.flower.strategy import PrivsimStrategy
 from simulator.results import RoundRecord
 from simulator.scenario import Scenario
 from simulator.training import evaluate
+from simulator.warm_start import apply_warm_start
 
 __all__ = ["RoundSink", "ServerOutcome", "server_main", "make_server_app", "discover_partitions"]
 
@@ -101,6 +102,9 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
     rt = build_runtime(s)
     torch.set_num_threads(max(1, s.simulation.torch_threads))
     model = copy.deepcopy(rt.model)
+    warm = apply_warm_start(model, s, rt.data, rt.train)  # before anything reads the initial weights
+    if warm is not None:
+        outcome.extra["warm_start"] = warm
     observer = None
     if s.attacks.inversion is not None:  # step 9: the in-run inversion attack
         from simulator.flower.observer import InversionObserver

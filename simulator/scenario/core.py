@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from simulator.scenario.base import PluginSpec, Strict
 
-__all__ = ["DataConfig", "ModelConfig", "FederationConfig", "SimulationConfig", "EvaluationConfig",
+__all__ = ["DataConfig", "ModelConfig", "WarmStart", "FederationConfig", "SimulationConfig", "EvaluationConfig",
            "OutputConfig"]
 
 
@@ -22,9 +22,25 @@ class DataConfig(Strict):
     max_examples: int | None = Field(None, ge=10)  # subsample the data set (quick runs)
 
 
+class WarmStart(Strict):
+    """Start round 1 from a trained model, as the backdoor papers do (OOD_FL / Multi-metrics load a
+    checkpoint pre-trained without attackers): ``rounds`` of plain FedAvg on the same clients (no
+    attack, no defense, no DP, no compression; cached on disk), or a saved ``checkpoint``."""
+
+    rounds: int | None = Field(None, ge=1)
+    checkpoint: str | None = None  # a torch state_dict (.pt) of the same model
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "WarmStart":
+        if (self.rounds is None) == (self.checkpoint is None):
+            raise ValueError("give exactly one of rounds (pre-train here) or checkpoint (a saved state_dict)")
+        return self
+
+
 class ModelConfig(Strict):
     name: str = "cnn"
     params: dict = Field(default_factory=dict)
+    warm_start: WarmStart | None = None
 
 
 class FederationConfig(Strict):
