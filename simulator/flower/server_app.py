@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from defenses.base import AGGREGATORS, SERVER_DEFENSES
 from defenses.detection import detection_rates
+from simulator.backdoor_metrics import backdoor_lifespan
 from simulator.flower.runtime import Runtime, build_runtime
 from simulator.flower.strategy import PrivsimStrategy
 from simulator.results import RoundRecord
@@ -158,9 +159,13 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
         outcome.extra["inversion"] = observer.summary()
         outcome.attacked = observer.attacked
     if rt.attack is not None:
+        acting = rt.schedule.acting_rounds()
         outcome.extra["attack"] = {"name": s.attacks.backdoor.name if s.attacks.backdoor else None,
                                    "malicious_ids": list(rt.schedule.malicious_ids),
-                                   "acting_rounds": rt.schedule.acting_rounds()}
+                                   "acting_rounds": acting,
+                                   "lifespan": backdoor_lifespan(
+                                       [(r.round, r.metrics.get("backdoor_accuracy")) for r in outcome.records],
+                                       [a for a in acting if a <= (outcome.records[-1].round if outcome.records else 0)])}
 
 
 def make_server_app(scenario: Scenario, sink: RoundSink, outcome: ServerOutcome) -> ServerApp:
