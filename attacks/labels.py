@@ -20,7 +20,8 @@ For a FedAvg update Δ = w_local − w_global after K SGD steps with learning ra
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -33,6 +34,17 @@ __all__ = ["LabelStrategy", "LABEL_STRATEGIES", "recover_labels", "last_linear",
            "idlg_labels", "yin_labels", "llg_labels", "num_images_of"]
 
 LabelStrategy = Literal["idlg", "yin", "llg"]
+
+
+@contextmanager
+def capture_input(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Inside the block, every forward call of ``layer`` appends its first positional input to the list."""
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def last_linear(model: nn.Module) -> tuple[str, str | None]:

@@ -15,31 +15,18 @@ bin with probability ``(1 − 1/K)^(B−1)``.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from attacks.base import ProtocolInfo, PublicData, ServerView
+from attacks.base import PublicData
 from attacks.inversion.robbing_the_fed import RobbingTheFed
 from attacks.metrics import recovered_fraction
 from simulator.context import derive_seed, make_generator
 from simulator.data import DATASETS, ArrayDataset
-from simulator.flat import flatten, layout_of
+from simulator.experiment import gradient_view
 from simulator.models import build_model
-
-
-def gradient_view(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> ServerView:
-    """The victim's FedSGD payload (mean cross-entropy) as the server receives it."""
-    params = dict(model.named_parameters())
-    grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(params.values()))
-    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
-    state.update(zip(params, grads))
-    return ServerView(model=copy.deepcopy(model), payload=flatten(state, layout_of(model)),
-                      protocol=ProtocolInfo(kind="gradient", num_examples=int(x.shape[0])),
-                      input_shape=tuple(x.shape[1:]), num_classes=num_classes)
 
 
 def cell(ds: ArrayDataset, *, batch: int, bins: int, seed: int, model_name: str, public_images: int,
@@ -53,7 +40,7 @@ def cell(ds: ArrayDataset, *, batch: int, bins: int, seed: int, model_name: str,
     attack.prepare(PublicData(ds.x[public], ds.y[public], source="benchmark"), model=model,
                    input_shape=ds.input_shape, num_classes=ds.num_classes)
     x, y = ds.x[victim], ds.y[victim]
-    recon = attack.reconstruct(gradient_view(attack.server_model(model), x, y, ds.num_classes))
+    recon = attack.reconstruct(gradient_view(attack.server_model(model), x, y))
     return recovered_fraction(recon.images, x)
 
 

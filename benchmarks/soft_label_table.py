@@ -26,28 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.inversion.soft_label import recover_soft_label
-from attacks.labels import last_linear
 from simulator.data import DATASETS
+from simulator.experiment import last_layer_case
 from simulator.models import build_model
 from simulator.training import LocalTrainConfig, train_local
-
-
-def last_layer_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The victim's last-layer (weight, bias) gradient, the layer's parameters and the true feature."""
-    wname, bname = last_linear(model)
-    layer = model.get_submodule(wname.rsplit(".", 1)[0])
-    box: list[torch.Tensor] = []
-    handle = layer.register_forward_pre_hook(lambda m, a: box.append(a[0].detach()))
-    logits = model(x)
-    handle.remove()
-    if y.is_floating_point():
-        loss = -(y * torch.log_softmax(logits, -1)).sum(-1).mean()
-    else:
-        loss = F.cross_entropy(logits, y, label_smoothing=eps)
-    params = dict(model.named_parameters())
-    gw, gb = torch.autograd.grad(loss, [params[wname], params[bname]])
-    return gw, gb, params[wname].detach(), params[bname].detach(), box[0][0]
 
 
 def cell(model: nn.Module, ds, pool: np.ndarray, *, setting: str, samples: int, implied: str, seed: int) -> dict:
@@ -68,7 +50,7 @@ def cell(model: nn.Module, ds, pool: np.ndarray, *, setting: str, samples: int, 
             eps = float(setting.split("=")[1])
             x, y = ds.x[a:a + 1], ds.y[a:a + 1]
             truth, kind = F.one_hot(y[0], k).double() * (1 - eps) + eps / k, "smoothing"
-        gw, gb, w, bias, feat = last_layer_gradient(model, x, y, eps)
+        gw, gb, w, bias, feat = last_layer_case(model, x, y, label_smoothing=eps)
         t0 = time.perf_counter()
         res = recover_soft_label(grad_weight=gw, grad_bias=gb, weight=w, bias=bias, kind=kind, implied=implied)
         secs.append(time.perf_counter() - t0)

@@ -18,22 +18,12 @@ import defenses.privacy.model_inspection  # noqa: F401  (registers the defense u
 from attacks.base import INVERSION_ATTACKS, ProtocolInfo, PublicData, Reconstruction, ServerView
 from attacks.inversion.robbing_the_fed import ENCODER_BIAS, RobbingTheFed, bin_offsets, measurement_vector
 from attacks.metrics import UNMATCHED_FILL, match_batch, psnr, recovered_fraction, score_reconstruction
-from simulator.flat import flatten, layout_of, model_vector
+from simulator.experiment import gradient_view
+from simulator.flat import layout_of, model_vector
 from simulator.models import build_model
 from simulator.training import LocalTrainConfig, train_local
 
 SHAPE = (1, 6, 6)
-
-
-def _gradient_view(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ServerView:
-    """The FedSGD payload of ``model`` on (x, y), as the client computes it (mean cross-entropy)."""
-    params = dict(model.named_parameters())
-    grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(params.values()))
-    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
-    state.update(zip(params, grads))
-    return ServerView(model=copy.deepcopy(model), payload=flatten(state, layout_of(model)),
-                      protocol=ProtocolInfo(kind="gradient", num_examples=int(x.shape[0])),
-                      input_shape=tuple(x.shape[1:]), num_classes=int(model(x).shape[1]))
 
 
 def _update_view(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps: int,
@@ -80,7 +70,7 @@ def test_a_lone_image_comes_back_exactly_and_two_in_a_bin_give_their_gradient_we
     assert len(set(bins[:3].tolist())) == 3 and bins[3] == bins[4] and int(bins[3]) not in bins[:3].tolist()
 
     sent = attack.server_model(model)
-    r = attack.reconstruct(_gradient_view(sent, x, y))
+    r = attack.reconstruct(gradient_view(sent, x, y))
     assert r.info["bins_hit"] == 4 and r.images.shape == (4, *SHAPE)
     by_bin = dict(zip(r.info["bin_indices"], r.images))
     for i in range(3):
@@ -104,7 +94,7 @@ def test_one_step_update_is_read_like_a_gradient_and_several_steps_are_refused()
     sent = attack.server_model(model)
     x = _random_public(8, 5).x
     y = torch.arange(8)
-    grad = attack.reconstruct(_gradient_view(sent, x, y)).images
+    grad = attack.reconstruct(gradient_view(sent, x, y)).images
     step = attack.reconstruct(_update_view(sent, x, y, lr=0.1, steps=1, batch_size=8)).images
     assert grad.shape[0] >= 4 and grad.shape == step.shape
     assert float(psnr(step, grad).min()) >= 60.0  # the lr and the batch mean cancel in the ratio
@@ -121,7 +111,7 @@ def test_an_honest_model_or_a_raw_sketch_is_refused_with_a_clear_error():
     model = build_model("mlp", {"hidden": [16]}, input_shape=SHAPE, num_classes=10, seed=0)
     x, y = _random_public(4, 0).x, torch.arange(4)
     with pytest.raises(ValueError, match="no imprint layer"):
-        attack.reconstruct(_gradient_view(model, x, y))
+        attack.reconstruct(gradient_view(model, x, y))
     with pytest.raises(RuntimeError, match="prepare"):
         attack.server_model(model)
     with pytest.raises(ValueError, match="public data"):
@@ -198,7 +188,7 @@ def test_64_mnist_digits_with_128_bins(mnist, model_name, placement, measurement
     attack.prepare(PublicData(mnist.x[public], mnist.y[public]), model=model, input_shape=mnist.input_shape,
                    num_classes=10)
     x, y = mnist.x[victim], mnist.y[victim]
-    r = attack.reconstruct(_gradient_view(attack.server_model(model), x, y))
+    r = attack.reconstruct(gradient_view(attack.server_model(model), x, y))
     frac = recovered_fraction(r.images, x)
     assert frac >= 0.5
     scored = score_reconstruction(r, x, y)

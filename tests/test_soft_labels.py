@@ -1,6 +1,7 @@
 """Soft-label and feature recovery from one example's last-layer gradient (Wang, Liang & He, ICLR 2024)."""
 
 import copy
+import dataclasses
 import inspect
 
 import numpy as np
@@ -15,7 +16,7 @@ from attacks.inversion.soft_label import SoftLabelAttack, implied_labels, label_
 from attacks.labels import last_linear
 from attacks.metrics import psnr
 from simulator.data import DATASETS
-from simulator.flat import flatten, layout_of
+from simulator.experiment import gradient_view, last_layer_case
 from simulator.models import build_model
 
 K = 10
@@ -38,23 +39,6 @@ def _models(shape):
 @pytest.fixture(scope="module")
 def models(digits):
     return _models(digits.input_shape)
-
-
-def _last_layer_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.0):
-    """Client side: the gradient of the (label-smoothed / soft-label) cross-entropy, and the true feature."""
-    wname, bname = last_linear(model)
-    layer = model.get_submodule(wname.rsplit(".", 1)[0])
-    box = []
-    handle = layer.register_forward_pre_hook(lambda m, a: box.append(a[0].detach()))
-    logits = model(x)
-    handle.remove()
-    if y.is_floating_point():
-        loss = -(y * torch.log_softmax(logits, -1)).sum(-1).mean()
-    else:
-        loss = F.cross_entropy(logits, y, label_smoothing=eps)
-    params = dict(model.named_parameters())
-    gw, gb = torch.autograd.grad(loss, [params[wname], params[bname]])
-    return gw, gb, params[wname].detach(), params[bname].detach(), box[0][0]
 
 
 def _smoothed(y: int, eps: float) -> torch.Tensor:
@@ -81,7 +65,7 @@ def test_label_smoothing_is_recovered_with_the_feature(digits, models, name, imp
     hits, l1, cos = 0, [], []
     cases = [(int(i), eps) for eps in (0.1, 0.2) for i in torch.randint(0, len(digits), (16,), generator=g)]
     for i, eps in cases:  # 32 single-image gradients per model
-        gw, gb, w, b, f = _last_layer_case(model, digits.x[i:i + 1], digits.y[i:i + 1], eps=eps)
+        gw, gb, w, b, f = last_layer_case(model, digits.x[i:i + 1], digits.y[i:i + 1], label_smoothing=eps)
         res = recover_soft_label(grad_weight=gw, grad_bias=gb, weight=w, bias=b, kind="smoothing", implied=implied)
         truth = _smoothed(int(digits.y[i]), eps)
         hits += int(int(res.label.argmax()) == int(digits.y[i]))
@@ -98,7 +82,7 @@ def test_mixup_gives_both_classes_and_the_mixing_weight(digits, models, name):
     g = torch.Generator().manual_seed(1)
     for _ in range(10):
         x, y, a, b, lam0 = _mixup(digits, g)
-        gw, gb, w, bias, f = _last_layer_case(models[name], x, y)
+        gw, gb, w, bias, f = last_layer_case(models[name], x, y)
         res = recover_soft_label(grad_weight=gw, grad_bias=gb, weight=w, bias=bias, kind="mixup")
         top2 = torch.topk(res.label, 2).indices.tolist()
         assert top2 == [a, b]
@@ -114,10 +98,10 @@ def test_found_lambda_is_the_dense_grid_minimiser(digits, models, kind):
         for _ in range(2):
             if kind == "mixup":
                 x, y, *_ = _mixup(digits, g)
-                case = _last_layer_case(models[name], x, y)
+                case = last_layer_case(models[name], x, y)
             else:
                 i = int(torch.randint(0, len(digits), (1,), generator=g))
-                case = _last_layer_case(models[name], digits.x[i:i + 1], digits.y[i:i + 1], eps=0.2)
+                case = last_layer_case(models[name], digits.x[i:i + 1], digits.y[i:i + 1], label_smoothing=0.2)
             gw, gb, w, b, f = (t.double() for t in case)
             res = recover_soft_label(grad_weight=gw, grad_bias=gb, weight=w, bias=b, kind=kind)
             r = gw[int(torch.argmax(gw.sum(1).abs()))]
@@ -135,7 +119,7 @@ def test_found_lambda_is_the_dense_grid_minimiser(digits, models, kind):
 
 def test_hard_labels_and_a_layer_without_bias(digits, models):
     i = 100
-    gw, _, w, b, _ = _last_layer_case(models["mlp"], digits.x[i:i + 1], digits.y[i:i + 1])
+    gw, _, w, b, _ = last_layer_case(models["mlp"], digits.x[i:i + 1], digits.y[i:i + 1])
     # a hard label (ε = 0), read with the "weight" form (no bias gradient given)
     res = recover_soft_label(grad_weight=gw, grad_bias=None, weight=w, bias=b, kind="smoothing")
     assert torch.allclose(res.label, F.one_hot(digits.y[i], K).double(), atol=1e-5)
@@ -155,7 +139,7 @@ def test_hard_labels_and_a_layer_without_bias(digits, models):
 
 
 def test_inputs_that_cannot_work_are_refused(digits, models):
-    gw, gb, w, b, _ = _last_layer_case(models["mlp"], digits.x[:1], digits.y[:1], eps=0.1)
+    gw, gb, w, b, _ = last_layer_case(models["mlp"], digits.x[:1], digits.y[:1], label_smoothing=0.1)
     with pytest.raises(ValueError, match="weight gradient is zero"):
         recover_soft_label(grad_weight=torch.zeros_like(gw), grad_bias=gb, weight=w, bias=b)
     with pytest.raises(ValueError, match="at least 4 classes"):
@@ -170,20 +154,13 @@ def test_inputs_that_cannot_work_are_refused(digits, models):
 
 
 def _view(model, x, y, *, eps=0.0, protocol=None, lr: float | None = 0.05) -> ServerView:
-    victim = copy.deepcopy(model)
-    params = dict(victim.named_parameters())
-    logits = victim(x)
-    loss = (-(y * torch.log_softmax(logits, -1)).sum(-1).mean() if y.is_floating_point()
-            else F.cross_entropy(logits, y, label_smoothing=eps))
-    grads = torch.autograd.grad(loss, list(params.values()))
-    payload = flatten(dict(zip(params, grads)), layout_of(model))
-    info = ProtocolInfo(kind="gradient", num_examples=int(x.shape[0]), batch_size=int(x.shape[0]))
-    if protocol == "update":  # one local SGD step: Δ = −η g (the learning rate may or may not be public)
-        payload = -0.05 * payload  # the client's lr is 0.05; ``lr`` is what the server is told (None: unknown)
-        info = ProtocolInfo(kind="update", lr=lr, local_steps=1,
-                            local_epochs=1, batch_size=int(x.shape[0]), num_examples=int(x.shape[0]))
-    return ServerView(model=copy.deepcopy(model), payload=payload, protocol=info, input_shape=tuple(x.shape[1:]),
-                      num_classes=K)
+    view = gradient_view(model, x, y, label_smoothing=eps)
+    if protocol != "update":
+        return view
+    # one local SGD step: Δ = −η g; the client's lr is 0.05, ``lr`` is what the server is told (None: unknown)
+    info = ProtocolInfo(kind="update", lr=lr, local_steps=1, local_epochs=1, batch_size=int(x.shape[0]),
+                        num_examples=int(x.shape[0]))
+    return dataclasses.replace(view, payload=-0.05 * view.payload, protocol=info)
 
 
 @pytest.mark.parametrize("protocol", ["gradient", "update"])

@@ -58,7 +58,7 @@ from attacks.base import INVERSION_ATTACKS, InversionAttack, Reconstruction, Ser
 from attacks.inversion._common import PayloadSimulator, gradient_distance, total_variation
 from attacks.inversion.analytic import analytic_input, first_linear_layer, payload_parts, payload_scale
 from attacks.inversion.inverting_gradients import initial_images
-from attacks.labels import last_linear
+from attacks.labels import capture_input, last_linear
 
 __all__ = ["SoftLabelAttack", "SoftLabelKind", "SoftLabelResult", "implied_labels", "label_objective",
            "recover_soft_label"]
@@ -215,13 +215,9 @@ def _feature_fn(view: ServerView, sim: PayloadSimulator, module: str) -> Callabl
     state = {**dict(zip(sim.names, sim.params)), **sim.buffers}
 
     def feature(x: torch.Tensor) -> torch.Tensor:
-        box: list[torch.Tensor] = []
-        handle = layer.register_forward_pre_hook(lambda m, a: box.append(a[0]))
-        try:
+        with capture_input(layer) as seen:
             functional_call(view.model, state, (x,))
-        finally:
-            handle.remove()
-        return box[0]
+        return seen[0]
 
     return feature
 

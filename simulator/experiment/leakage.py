@@ -38,6 +38,7 @@ from attacks.base import (
     ServerView,
     SketchInfo,
 )
+from attacks.labels import capture_input, last_layer_gradient, last_linear
 from attacks.metrics import aligned, score_reconstruction
 from simulator.context import ClientContext, derive_seed, make_generator
 from simulator.data import DATASETS
@@ -51,6 +52,8 @@ __all__ = [
     "LeakageCase",
     "attack_update",
     "client_payload",
+    "gradient_view",
+    "last_layer_case",
     "prepare_leakage",
     "run_experiment",
     "run_leakage",
@@ -102,6 +105,32 @@ def client_payload(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: L
     w0 = model_vector(model, layout)
     train_local(victim, x, y, _train_config(cfg, int(x.shape[0])), generator=generator)
     return model_vector(victim, layout) - w0
+
+
+def gradient_view(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, label_smoothing: float = 0.0) -> ServerView:
+    """What an honest server receives from a FedSGD client on (x, y), with no defense: the gradient of the
+    mean cross-entropy (``y`` class indices or probabilities, optionally label-smoothed), as
+    :func:`client_payload` computes it. For tests and benchmarks that build a single case by hand."""
+    cfg = LeakageConfig(protocol="gradient", label_smoothing=label_smoothing)
+    payload = client_payload(model, x, y, cfg=cfg, generator=torch.Generator())
+    with torch.no_grad():
+        num_classes = int(model(x[:1]).shape[1])
+    return ServerView(model=copy.deepcopy(model), payload=payload.detach(),
+                      protocol=ProtocolInfo(kind="gradient", num_examples=int(x.shape[0]), batch_size=int(x.shape[0])),
+                      input_shape=tuple(x.shape[1:]), num_classes=num_classes)
+
+
+def last_layer_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, label_smoothing: float = 0.0
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One soft-label case: the last linear layer's (weight, bias) gradient read from :func:`gradient_view`,
+    that layer's (weight, bias), and the evaluator's ground truth, the layer's input for the first example."""
+    gw, gb = last_layer_gradient(gradient_view(model, x, y, label_smoothing=label_smoothing))
+    wname, bname = last_linear(model)
+    layer = model.get_submodule(wname[: -len(".weight")] if "." in wname else "")
+    with torch.no_grad(), capture_input(layer) as seen:
+        model(x)
+    state = model.state_dict()
+    return gw, gb, state[wname], (state[bname] if bname is not None else None), seen[0][0]
 
 
 def _victim_indices(s: Scenario, cfg: LeakageConfig, n_total: int) -> torch.Tensor:
