@@ -30,6 +30,7 @@ from torch import nn
 
 from simulator.context import derive_seed, make_generator
 from simulator.data import FederatedData
+from simulator.flat import layout_of, load_vector, model_vector
 from simulator.scenario import Scenario
 from simulator.training import LocalTrainConfig, evaluate, train_local
 
@@ -74,29 +75,26 @@ def warm_start_key(s: Scenario, data: FederatedData, train: LocalTrainConfig) ->
 def fedavg_pretrain(model: nn.Module, data: FederatedData, train: LocalTrainConfig, *, rounds: int,
                     cohort: int, seed: int) -> None:
     """Plain FedAvg for ``rounds`` rounds, in place: each round samples ``cohort`` clients uniformly
-    without replacement (seeded), trains each from the global weights and averages their weights by
-    example count (floating-point buffers such as BatchNorm statistics too)."""
+    without replacement (seeded), trains each from the global weights and averages their floating
+    state (parameters and buffers such as BatchNorm statistics, :func:`simulator.flat.layout_of`) by
+    example count."""
     rng = np.random.default_rng(derive_seed(seed, "warm_start", "sampling"))
+    layout = layout_of(model)
     local = copy.deepcopy(model)
     for rnd in range(1, rounds + 1):
         chosen = np.sort(rng.choice(data.num_clients, size=cohort, replace=False))
-        glob = copy.deepcopy(model.state_dict())
-        acc: dict[str, torch.Tensor] = {}
-        total = 0
+        glob = model_vector(model, layout)
+        total, acc = 0, torch.zeros_like(glob)
         for pid in chosen:
             x, y = data.client(int(pid))
             if x.shape[0] == 0:
                 continue
-            local.load_state_dict(glob)
+            load_vector(local, glob, layout)
             train_local(local, x, y, train, generator=make_generator(seed, "warm_start", rnd, int(pid)))
-            n = int(x.shape[0])
-            total += n
-            for k, v in local.state_dict().items():
-                if torch.is_floating_point(v):
-                    acc[k] = acc.get(k, torch.zeros_like(v)) + v.detach() * n
-        if total == 0:
-            continue
-        model.load_state_dict({k: (acc[k] / total if k in acc else v) for k, v in glob.items()})
+            total += int(x.shape[0])
+            acc += model_vector(local, layout) * int(x.shape[0])
+        if total:
+            load_vector(model, acc / total, layout)
 
 
 def _load_checkpoint(model: nn.Module, path: str) -> None:
