@@ -82,3 +82,77 @@ def test_restart_with_lowest_matching_loss_is_returned():
     r = INVERSION_ATTACKS.create("inverting_gradients", {"iterations": 5, "restarts": 3, "seed": 1,
                                                           "label_strategy": "idlg"}).reconstruct(case.view)
     assert len(r.losses) == 3 and r.info["best_restart"] == min(range(3), key=lambda i: r.losses[i])
+
+
+def _bn_resnet_view():
+    """A FedSGD view of a narrow BatchNorm ResNet-18 (width 4) on one 3×16×16 image."""
+    from simulator.experiment import gradient_view
+    from simulator.models import build_model
+
+    model = build_model("resnet18", {"norm": "batch", "width": 4}, input_shape=(3, 16, 16), num_classes=10, seed=0)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    return gradient_view(model, x, torch.tensor([3]))
+
+
+def test_batched_restarts_equal_the_loop_on_batchnorm_and_leave_the_model_untouched():
+    # BatchNorm in train mode normalises with batch statistics; the simulation's copy keeps no running
+    # statistics, so vmap can batch the restarts and the server's model is not written to
+    view = _bn_resnet_view()
+    before = {k: v.clone() for k, v in view.model.state_dict().items()}
+    common = {"iterations": 3, "restarts": 2, "label_strategy": "idlg"}
+    ra = INVERSION_ATTACKS.create("inverting_gradients", {**common, "batched_restarts": "vmap"}).reconstruct(view)
+    rb = INVERSION_ATTACKS.create("inverting_gradients", {**common, "batched_restarts": "loop"}).reconstruct(view)
+    assert ra.info["batched_restarts"] and not rb.info["batched_restarts"]
+    assert torch.allclose(ra.images, rb.images, atol=1e-5)
+    after = view.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running_mean / var / count unchanged
+
+
+def test_simulated_payload_of_the_truth_is_the_received_gradient_with_batchnorm():
+    # the copy without running statistics computes the same train-mode gradient the client sent
+    from attacks.inversion._common import PayloadSimulator, gradient_distance
+
+    view = _bn_resnet_view()
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    sim = PayloadSimulator(view)
+    assert float(gradient_distance(sim.simulate(x, torch.tensor([3])), sim.target, "cosine")) < 1e-6
+
+
+def test_compiled_step_reproduces_the_eager_attack():
+    # torch.compile captures the whole step (payload simulation, double backward, sign, restarts under
+    # vmap); aot_eager runs the captured graph without code generation, so the result must match eager
+    case = _ig_case()
+    common = {"iterations": 4, "restarts": 2, "label_strategy": "idlg", "batched_restarts": "vmap"}
+    eager = INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "off"}).reconstruct(case.view)
+    comp = INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "on",
+                                                             "compile_backend": "aot_eager"}).reconstruct(case.view)
+    assert comp.info["compiled"] and not eager.info["compiled"]
+    assert torch.allclose(comp.images, eager.images, atol=1e-5)
+    assert comp.losses == __import__("pytest").approx(eager.losses, rel=1e-4)
+
+
+def test_auto_compiles_only_on_a_gpu():
+    case = _ig_case()
+    r = INVERSION_ATTACKS.create("inverting_gradients", {"iterations": 1, "label_strategy": "idlg"}).reconstruct(
+        case.view)
+    assert r.info["compiled"] is False  # CPU: no one-off compile for a short run
+
+
+def test_a_failed_compile_warns_and_runs_eagerly_unless_required(monkeypatch):
+    import pytest
+
+    from attacks.inversion import _common
+
+    def broken(fn, **kw):
+        def run(x):
+            raise RuntimeError("backend exploded")
+        return run
+
+    monkeypatch.setattr(_common.torch, "compile", broken)
+    double = lambda x: 2 * x
+    with pytest.warns(RuntimeWarning, match="runs eagerly"):
+        fn, ok = _common.compile_step_fn(double, torch.ones(2), device=torch.device("cpu"), backend="inductor",
+                                         required=False)
+    assert fn is double and ok is False
+    with pytest.raises(RuntimeError, match="compile_step='on'.*backend exploded"):
+        _common.compile_step_fn(double, torch.ones(2), device=torch.device("cpu"), backend="inductor", required=True)

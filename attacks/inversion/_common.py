@@ -8,12 +8,18 @@ have sent for candidate inputs ``x`` and labels ``y``, differentiably in ``x``:
   ``θ_{t+1} = θ_t − η ∇θ L(f_θ(x_t), y_t)``, returning ``Δ = θ_K − θ_0`` (functional SGD through
   ``torch.func.functional_call``, as in Geiping et al. 2020, Sec. 5 "federated averaging").
 
-Everything is written with ``torch.func`` so that one restart is a pure function of its inputs and
-several restarts run as one batched tensor under ``torch.func.vmap``.
+Everything is written with ``torch.func`` so that one restart is a pure function of its inputs,
+several restarts run as one batched tensor under ``torch.func.vmap``, and the whole step can be
+captured by ``torch.compile`` (a CUDA graph on the GPU). The simulation runs on a private copy of the
+model whose BatchNorm layers keep no running statistics: in train mode BatchNorm normalises with the
+batch's statistics either way, so the payload is the same, but nothing is written into the server's
+model on each call, and vmap and graph capture see a pure function.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -24,7 +30,14 @@ from torch.func import functional_call, grad
 from attacks.base import ServerView
 from simulator.flat import layout_of, unflatten
 
-__all__ = ["PayloadSimulator", "gradient_distance", "total_variation", "client_loss"]
+__all__ = [
+    "PayloadSimulator",
+    "client_loss",
+    "compile_step_fn",
+    "gradient_distance",
+    "simulation_copy",
+    "total_variation",
+]
 
 
 def client_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -62,13 +75,13 @@ class PayloadSimulator:
     def __init__(self, view: ServerView) -> None:
         if view.sketch is not None:
             raise ValueError("optimisation attacks here match a plain (de-sketched) payload")
-        self.model = view.model
+        layout = layout_of(view.model)  # the payload's layout includes BatchNorm statistics
+        self.model = simulation_copy(view.model)
         self.protocol = view.protocol
-        self.model.train()  # the client computes its update in training mode
         self.names = tuple(n for n, p in self.model.named_parameters() if p.requires_grad)
         self.params = tuple(p.detach() for n, p in self.model.named_parameters() if p.requires_grad)
         self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
-        parts = unflatten(view.payload.detach().float(), layout_of(self.model))
+        parts = unflatten(view.payload.detach().float(), layout)
         self.target = tuple(parts[n].to(p.dtype) for n, p in zip(self.names, self.params))
         self.kind = view.protocol.kind
         if self.kind not in ("gradient", "update"):
@@ -112,5 +125,30 @@ class PayloadSimulator:
         return f
 
 
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+def simulation_copy(model: nn.Module) -> nn.Module:
+    """A train-mode copy of ``model`` (the client computes its update in training mode) whose BatchNorm
+    layers use batch statistics without tracking running ones (``torch.func.replace_all_batch_norm_modules_``)."""
+    sim = copy.deepcopy(model).train()
+    torch.func.replace_all_batch_norm_modules_(sim)
+    return sim
+
+
+def compile_step_fn(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, *, device: torch.device,
+                    backend: str, required: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+    """``fn`` captured by ``torch.compile`` and run once on ``example`` (so that it compiles now, not mid-attack).
+
+    On CUDA the inductor backend uses ``mode="reduce-overhead"``: the step is replayed as a CUDA graph.
+    Returns ``(compiled fn, True)``; when compilation fails, raises if it was ``required``, else warns and
+    returns ``(fn, False)`` so the attack goes on eagerly."""
+    mode = "reduce-overhead" if backend == "inductor" and device.type == "cuda" else None
+    compiled = torch.compile(fn, backend=backend, mode=mode, dynamic=False)
+    try:
+        compiled(example)
+    except Exception as e:  # any backend failure: run eagerly, and say so
+        if required:
+            raise RuntimeError(f"compile_step='on' but torch.compile(backend={backend!r}) failed: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        warnings.warn(f"torch.compile(backend={backend!r}) failed ({type(e).__name__}); the attack runs eagerly",
+                      RuntimeWarning, stacklevel=2)
+        return fn, False
+    return compiled, True

@@ -54,7 +54,10 @@ class SketchInvertingGradients(InvertingGradients):
 
     attack_name = "sketch_inverting_gradients"
     wants_sketch = True
-    supports_vmap = False  # the operators build sketches with chunked in-place ops, untested under vmap: restarts loop
+    # the operators build sketches with chunked in-place ops, untested under vmap and torch.compile: eager loop
+    supports_vmap = False
+    supports_compile = False
+    runs_on_device = False  # the sketch operators' device handling is untested
 
     def __init__(self, *, label_strategy: LabelStrategy = "idlg", **ig: Any) -> None:
         super().__init__(label_strategy=label_strategy, **ig)  # IG's parameters (the registry lists them)

@@ -209,14 +209,14 @@ def _last_layer(view: ServerView, parts: dict[str, torch.Tensor], scale: float
     return module, gw, gb, sd[wname], (sd[bname] if bname is not None else None)
 
 
-def _feature_fn(view: ServerView, sim: PayloadSimulator, module: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _feature_fn(sim: PayloadSimulator, module: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> input of the last linear layer`` through ``functional_call`` with the detached parameters."""
-    layer = view.model.get_submodule(module)
+    layer = sim.model.get_submodule(module)
     state = {**dict(zip(sim.names, sim.params)), **sim.buffers}
 
     def feature(x: torch.Tensor) -> torch.Tensor:
         with capture_input(layer) as seen:
-            functional_call(view.model, state, (x,))
+            functional_call(sim.model, state, (x,))
         return seen[0]
 
     return feature
@@ -317,7 +317,7 @@ class SoftLabelAttack(InversionAttack):
         y = res.label.float().clamp_min(0).to(device)
         y = (y / y.sum()).reshape(1, -1)
         target_f = res.feature.float().to(device)
-        feature = _feature_fn(view, sim, module) if self.feature_weight > 0 else None
+        feature = _feature_fn(sim, module) if self.feature_weight > 0 else None
 
         def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             match = gradient_distance(sim.simulate(x, y), sim.target, "cosine")
