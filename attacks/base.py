@@ -140,6 +140,8 @@ class InversionAttack(ABC):
     needs_public_data: bool = False
     #: the attack wants the raw sketch (``ServerView.sketch`` set) instead of the de-sketched update
     wants_sketch: bool = False
+    #: the attack works on the device of the view's model (a GPU when ``simulation.device = "cuda"``)
+    runs_on_device: bool = False
 
     def prepare(self, public: PublicData | None, *, model: nn.Module, input_shape: tuple[int, ...],
                 num_classes: int) -> None:

@@ -52,6 +52,8 @@ def run(
 
     try:
         result = run_scenario(s, out_dir=out, store=store, progress=not quiet)
+    except ScenarioError as e:  # what only running can tell: no GPU, image indices past the data set ...
+        _fail(str(e))
     except RunFailed as e:
         _fail(f"run failed: {e}", 1)
     d = result.to_dict()

@@ -18,13 +18,26 @@ from simulator.flower.inline import run_inline
 from simulator.flower.runtime import Runtime
 from simulator.flower.server_app import ServerOutcome, make_server_app
 from simulator.results import ResultsStore, RoundRecord, RunResult, versions, write_outputs
-from simulator.scenario import Scenario
+from simulator.scenario import Problem, Scenario, ScenarioError
 
 __all__ = ["run", "RunFailed", "default_out_dir"]
 
 
 class RunFailed(RuntimeError):
     """The run could not finish; the message says why (partial rounds are in the store)."""
+
+
+def check_device(s: Scenario) -> None:
+    """A CUDA ``simulation.device`` needs a GPU that this process's torch can see: say so before any work."""
+    dev = torch.device(s.simulation.device)
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ScenarioError(s.source, [Problem("simulation.device", f"{s.simulation.device!r} but torch "
+                                               f"{torch.__version__} sees no CUDA GPU; use 'cpu'")])
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ScenarioError(s.source, [Problem("simulation.device", f"{s.simulation.device!r} but only "
+                                               f"{torch.cuda.device_count()} CUDA device(s) are visible")])
 
 
 def default_out_dir(s: Scenario) -> Path:
@@ -109,6 +122,7 @@ def run(scenario: Scenario, *, out_dir: str | Path | None = None, store: str | P
     ``<output.dir>/privsim-results.sqlite``); ``write=False`` writes nothing (tests, sweeps).
     """
     s = scenario
+    check_device(s)
     if s.kind != "federated":
         from simulator.experiment import run_experiment  # leakage experiments (no Flower)
 

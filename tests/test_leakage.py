@@ -26,6 +26,10 @@ def test_run_leakage_writes_summary_and_png(tmp_path):
     assert len(inv["per_image"]) == 1 and inv["per_image"][0]["psnr"] == pytest.approx(inv["psnr"])
     assert data["wall_time_s"] > 0 and data["kind"] == "leakage"
     assert data["scenario"] == s.resolved()
+    info = inv["attack_info"]  # how the attack ran, as the attack reported it
+    assert info["attack"] == "inverting_gradients" and info["iterations"] == 20 and info["best_restart"] == 0
+    assert info["compiled"] is False and info["compile_seconds"] == pytest.approx(0.0, abs=0.01)
+    assert 20 / inv["attack_time_s"] <= info["iterations_per_second"]  # the loop alone, set-up excluded
     png = tmp_path / "reconstruction.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
 

@@ -64,11 +64,15 @@ def test_scenario_is_frozen():
     (["run", "scenarios/quickstart.toml", "--set", "model.name=cnnn"], "unknown model 'cnnn' (did you mean 'cnn'?)"),
     (["run", "missing.toml"], "file not found"),
     (["list", "agregator"], "did you mean 'aggregator'"),
+    # found only when running: the indices are checked against the loaded data set
+    (["run", "scenarios/leakage_ig.toml", "--set", "leakage.images=[99999]", "--out", "{tmp}/o", "--store",
+      "{tmp}/r.sqlite"], "leakage.images: indices [99999] outside the data set"),
+    (["run", "scenarios/leakage_ig.toml", "--set", "simulation.device='tpu'"], "simulation.device: not a device"),
 ])
 def test_cli_errors_are_one_message_without_traceback(tmp_path: Path, args, needle):
     bad = tmp_path / "bad.toml"
     bad.write_text('[federation]\nroundz = 3\n')
-    args = [a.replace("{bad}", str(bad)) for a in args]
+    args = [a.replace("{bad}", str(bad)).replace("{tmp}", str(tmp_path)) for a in args]
     p = subprocess.run([sys.executable, "-m", "simulator.cli", *args], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert needle in p.stderr

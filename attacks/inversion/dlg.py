@@ -58,6 +58,8 @@ def lbfgs_match(
 class DeepLeakage(InversionAttack):
     """DLG (Zhu et al., NeurIPS 2019): joint image + soft-label optimisation, L-BFGS, Euclidean matching."""
 
+    runs_on_device = True
+
     def __init__(
         self,
         *,
@@ -78,11 +80,12 @@ class DeepLeakage(InversionAttack):
         sim = PayloadSimulator(view)
         objective = sim.objective(distance="euclidean")
         g = torch.Generator().manual_seed(self.seed)
+        device = next(view.model.parameters()).device
         best: tuple[float, torch.Tensor, torch.Tensor] | None = None
         losses = []
         for _ in range(self.restarts):
-            x = initial_images((n, *view.input_shape), self.init, g).requires_grad_(True)
-            z = torch.randn((n, view.num_classes), generator=g).requires_grad_(True)
+            x = initial_images((n, *view.input_shape), self.init, g).to(device).requires_grad_(True)
+            z = torch.randn((n, view.num_classes), generator=g).to(device).requires_grad_(True)
 
             def loss_fn(x: torch.Tensor = x, z: torch.Tensor = z) -> tuple[torch.Tensor, torch.Tensor]:
                 return objective(x, torch.softmax(z, dim=-1))

@@ -26,6 +26,8 @@ __all__ = ["ImprovedDeepLeakage"]
 class ImprovedDeepLeakage(InversionAttack):
     """iDLG (Zhao et al. 2020): label from the last-layer gradient, then the image by L-BFGS."""
 
+    runs_on_device = True
+
     def __init__(
         self,
         *,
@@ -47,10 +49,11 @@ class ImprovedDeepLeakage(InversionAttack):
         labels = recover_labels(view, strategy=self.label_strategy, num_images=n)
         objective = PayloadSimulator(view).objective(distance="euclidean")
         g = torch.Generator().manual_seed(self.seed)
+        device = next(view.model.parameters()).device
         best: tuple[float, torch.Tensor] | None = None
         losses = []
         for _ in range(self.restarts):
-            x = initial_images((n, *view.input_shape), self.init, g).requires_grad_(True)
+            x = initial_images((n, *view.input_shape), self.init, g).to(device).requires_grad_(True)
 
             def loss_fn(x: torch.Tensor = x) -> tuple[torch.Tensor, torch.Tensor]:
                 return objective(x, labels)

@@ -18,6 +18,7 @@ Breaching's "case + user + attacker" pipeline is the model (Geiping et al., Neur
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ __all__ = [
     "run_experiment",
     "run_leakage",
     "save_grid",
+    "view_on_device",
 ]
 
 
@@ -269,7 +271,15 @@ def attack_update(attack: InversionAttack, view: ServerView, truth_x: torch.Tens
     metrics["labels_recovered"] = None if recon.labels is None else [int(v) for v in recon.labels]
     metrics["labels_true"] = None if truth_y is None else [int(v) for v in truth_y]
     metrics["restart_losses"] = list(recon.losses)
+    metrics["attack_info"] = _plain(recon.info)  # how the attack ran: restarts, compiled, iterations / s ...
     return recon, metrics
+
+
+def _plain(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` with tensors and numpy values as lists / numbers, so that it goes into summary.json."""
+    import json
+
+    return json.loads(json.dumps(info, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def save_grid(path: Path, truth: torch.Tensor, recon: torch.Tensor, *, max_images: int = 8,
@@ -361,17 +371,31 @@ def _run(s: Scenario, out_dir: Path | None) -> tuple[Any, Reconstruction | None,
         if case.refused is not None:
             return _summary(s, case, refused_metrics(case.refused, int(case.truth_x.shape[0])),
                             time.perf_counter() - t0, out_dir), None, case
-        recon, metrics = attack_update(attack, case.view, case.truth_x, case.truth_y)
+        recon, metrics = attack_update(attack, view_on_device(s, case.view, attack), case.truth_x, case.truth_y)
         if case.soft_y is not None:
             metrics["labels_true_soft"] = case.soft_y.tolist()
     return _summary(s, case, metrics, time.perf_counter() - t0, out_dir), recon, case
+
+
+def view_on_device(s: Scenario, view: ServerView, attack: InversionAttack) -> ServerView:
+    """The view moved to ``simulation.device`` for the attack. The case itself is built on the CPU, so the
+    victim's batch, model and payload do not depend on the device; the evaluator scores on the CPU."""
+    dev = torch.device(s.simulation.device)
+    if dev.type == "cpu":
+        return view
+    if not attack.runs_on_device:
+        able = [e.name for e in INVERSION_ATTACKS.entries() if getattr(e.factory, "runs_on_device", False)]
+        raise ScenarioError(s.source, [Problem("simulation.device", f"{s.simulation.device!r}: attack "
+                                               f"{s.attacks.inversion.name!r} runs on the CPU only; on a GPU: "
+                                               f"{', '.join(able)}")])
+    return dataclasses.replace(view, model=copy.deepcopy(view.model).to(dev), payload=view.payload.to(dev))
 
 
 def refused_metrics(reason: str, n: int) -> dict[str, Any]:
     """The inversion block when the client refused the server's model: nothing was sent, nothing leaked."""
     return {"refused": reason, "psnr": None, "ssim": None, "mse": None, "psnr_max": None, "lpips": None,
             "label_accuracy": 0.0, "recovered_fraction": 0.0, "order": [], "per_image": [],
-            "labels_recovered": None, "labels_true": None, "restart_losses": [], "attack_time_s": 0.0,
+            "labels_recovered": None, "labels_true": None, "restart_losses": [], "attack_info": {}, "attack_time_s": 0.0,
             "images_at_risk": n}
 
 

@@ -115,7 +115,8 @@ class InversionObserver:
                 self.skipped.append({"round": server_round, "client": pid, "reason": why})
                 continue
             ds = self.rt.data
-            view = ServerView(model=copy.deepcopy(self.model).cpu(), payload=update.detach().cpu().clone(),
+            dev = self.rt.scenario.simulation.device if self.attack.runs_on_device else "cpu"
+            view = ServerView(model=copy.deepcopy(self.model).to(dev), payload=update.detach().to(dev).clone(),
                               protocol=self._protocol(reply), input_shape=tuple(ds.input_shape),
                               num_classes=ds.num_classes, sketch=sketch, metrics=dict(reply.metrics))
             truth_x, truth_y = ds.client(pid)  # evaluator side: never reaches the attack

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from simulator.scenario.base import PluginSpec, Strict
 
@@ -76,9 +76,22 @@ class SimulationConfig(Strict):
     num_gpus_per_client: float = Field(0.0, ge=0.0)
     ray_address: str | None = None  # "auto" or "host:port" of a Ray cluster; None: a local Ray
     ray_num_cpus: int | None = Field(None, ge=1)  # cap Ray's CPUs on a local run
-    device: str = "cpu"  # "cpu", "cuda", "cuda:0" (inline engine and server-side evaluation)
+    device: str = "cpu"  # "cpu", "cuda", "cuda:0" (inline engine, server-side evaluation, leakage attacks)
     torch_threads: int = Field(1, ge=1)  # torch intra-op threads for client training (both engines)
     round_timeout: float | None = Field(None, gt=0.0)  # seconds to wait for replies; None: no limit
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import torch
+
+        try:
+            kind = torch.device(v).type
+        except (RuntimeError, ValueError):
+            kind = None
+        if kind not in ("cpu", "cuda"):
+            raise ValueError("not a device privsim runs on; use 'cpu', 'cuda' or 'cuda:N'")
+        return v
 
 
 class EvaluationConfig(Strict):
