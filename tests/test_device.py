@@ -19,10 +19,18 @@ def test_a_device_name_torch_does_not_run_on_is_refused_with_the_allowed_names()
         assert scenario_from_dict({"simulation": {"device": ok}}).simulation.device == ok
 
 
+def test_ray_clients_on_a_gpu_must_reserve_a_share_of_it():
+    with pytest.raises(ScenarioError, match=r"with engine 'ray' needs num_gpus_per_client > 0"):
+        scenario_from_dict({"simulation": {"engine": "ray", "device": "cuda"}})
+    ok = scenario_from_dict({"simulation": {"engine": "ray", "device": "cuda", "num_gpus_per_client": 0.25}})
+    assert ok.simulation.num_gpus_per_client == 0.25
+    assert scenario_from_dict({"simulation": {"engine": "inline", "device": "cuda"}}).simulation.device == "cuda"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 @pytest.mark.parametrize("path", ["scenarios/leakage_ig.toml", "scenarios/quickstart.toml"])
 def test_cuda_without_a_gpu_is_one_clear_error_before_any_work(path, tmp_path):
-    s = load_scenario(path, ["simulation.device='cuda'"])
+    s = load_scenario(path, ["simulation.device='cuda'", "simulation.engine='inline'"])
     with pytest.raises(ScenarioError, match=r"simulation.device.*'cuda' but torch .* sees no CUDA GPU; use 'cpu'"):
         run(s, out_dir=tmp_path / "out", store=tmp_path / "r.sqlite")
     assert not (tmp_path / "out").exists()

@@ -93,6 +93,13 @@ class SimulationConfig(Strict):
             raise ValueError("not a device privsim runs on; use 'cpu', 'cuda' or 'cuda:N'")
         return v
 
+    @model_validator(mode="after")
+    def _ray_clients_see_the_gpu(self) -> "SimulationConfig":
+        if self.engine == "ray" and self.device.startswith("cuda") and self.num_gpus_per_client <= 0:
+            raise ValueError(f"device {self.device!r} with engine 'ray' needs num_gpus_per_client > 0 (e.g. 0.25): "
+                             "Ray hides the GPU from a client actor that reserves none")
+        return self
+
 
 class EvaluationConfig(Strict):
     every: int = Field(1, ge=1)  # evaluate the global model every k rounds (and the last)
