@@ -131,6 +131,20 @@ def test_compiled_step_reproduces_the_eager_attack():
     assert comp.losses == __import__("pytest").approx(eager.losses, rel=1e-4)
 
 
+def test_a_compiled_step_reused_for_another_view_attacks_that_view():
+    # dynamo keeps the captured graph for the next attack of the same shapes (an in-run observer attacks
+    # many updates): the model, payload and labels must be the new view's inputs, not the first one's constants
+    a = _ig_case()
+    b = _ig_case("leakage.images=[9]", "seed=3")  # another image and another model initialisation
+    common = {"iterations": 4, "restarts": 2, "label_strategy": "idlg", "batched_restarts": "vmap",
+              "compile_backend": "aot_eager"}
+    INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "on"}).reconstruct(a.view)
+    comp = INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "on"}).reconstruct(b.view)
+    eager = INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "off"}).reconstruct(b.view)
+    assert torch.allclose(comp.images, eager.images, atol=1e-5)
+    assert comp.losses == __import__("pytest").approx(eager.losses, rel=1e-4)
+
+
 def test_auto_compiles_only_on_a_gpu():
     case = _ig_case()
     r = INVERSION_ATTACKS.create("inverting_gradients", {"iterations": 1, "label_strategy": "idlg"}).reconstruct(
