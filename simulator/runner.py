@@ -126,7 +126,7 @@ def run(scenario: Scenario, *, out_dir: str | Path | None = None, store: str | P
     if s.kind != "federated":
         from simulator.experiment import run_experiment  # leakage experiments (no Flower)
 
-        return run_experiment(s, out_dir=out_dir, store=store, write=write, tag=tag)
+        return run_experiment(s, out_dir=out_dir, store=store, write=write, tag=tag, progress=progress)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     _seed_everything(s.seed)
     out = Path(out_dir) if out_dir is not None else default_out_dir(s)

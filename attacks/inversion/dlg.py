@@ -8,8 +8,8 @@ recovered label of each image is the argmax of its dummy label.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import torch
@@ -19,6 +19,7 @@ from attacks.base import INVERSION_ATTACKS, InversionAttack, Reconstruction, Ser
 from attacks.inversion._common import PayloadSimulator
 from attacks.inversion.inverting_gradients import initial_images
 from attacks.labels import num_images_of
+from attacks.progress import steps
 
 __all__ = ["DeepLeakage", "lbfgs_match"]
 
@@ -30,9 +31,10 @@ def lbfgs_match(
     iterations: int,
     lr: float,
     max_iter: int,
+    what: str = "L-BFGS",
 ) -> float:
     """Run ``iterations`` L-BFGS steps (each up to ``max_iter`` evaluations) on ``variables``; returns
-    the final matching loss (inf when the optimisation diverged)."""
+    the final matching loss (inf when the optimisation diverged); ``what`` names its progress bar."""
     opt = torch.optim.LBFGS(variables, lr=lr, max_iter=max_iter, history_size=100,
                             line_search_fn="strong_wolfe")
     last = [math.inf]
@@ -44,7 +46,7 @@ def lbfgs_match(
         last[0] = float(match)
         return loss
 
-    for _ in range(iterations):
+    for _ in steps(iterations, what):
         opt.step(closure)
         if not math.isfinite(last[0]):
             return math.inf
@@ -83,14 +85,15 @@ class DeepLeakage(InversionAttack):
         device = next(view.model.parameters()).device
         best: tuple[float, torch.Tensor, torch.Tensor] | None = None
         losses = []
-        for _ in range(self.restarts):
+        for r in range(self.restarts):
             x = initial_images((n, *view.input_shape), self.init, g).to(device).requires_grad_(True)
             z = torch.randn((n, view.num_classes), generator=g).to(device).requires_grad_(True)
 
             def loss_fn(x: torch.Tensor = x, z: torch.Tensor = z) -> tuple[torch.Tensor, torch.Tensor]:
                 return objective(x, torch.softmax(z, dim=-1))
 
-            final = lbfgs_match([x, z], loss_fn, iterations=self.iterations, lr=self.lr, max_iter=self.max_iter)
+            final = lbfgs_match([x, z], loss_fn, iterations=self.iterations, lr=self.lr, max_iter=self.max_iter,
+                                what=f"dlg restart {r + 1}/{self.restarts}")
             losses.append(final)
             if best is None or final < best[0]:
                 best = (final, x.detach().clone(), z.detach().argmax(-1))

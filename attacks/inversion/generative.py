@@ -58,6 +58,7 @@ from attacks.inversion.priors import (
     project_l1_ball,
 )
 from attacks.labels import LabelStrategy, num_images_of, recover_labels
+from attacks.progress import steps
 
 __all__ = ["GIFD", "GenerativeLatent", "cosine_lr"]
 
@@ -175,7 +176,7 @@ class GenerativeLatent(InversionAttack):
         z.requires_grad_(True)
         opt = torch.optim.Adam([z], lr=self.lr)
         first: list[float] | None = None
-        for it in range(self.iterations):
+        for it in steps(self.iterations, "latent search"):
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(it / self.iterations, self.lr)
             gz, losses = step(z.detach())
@@ -248,7 +249,7 @@ class GIFD(GenerativeLatent):
         step = grad(loss_of, has_aux=True)
         h = h0.clone().requires_grad_(True)
         opt = torch.optim.Adam([h], lr=self.feature_lr)
-        for it in range(self.feature_iterations):
+        for it in steps(self.feature_iterations, f"gifd: generator layer {k}"):
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(it / self.feature_iterations, self.feature_lr)
             gh, _ = step(h.detach())

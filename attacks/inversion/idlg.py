@@ -52,13 +52,14 @@ class ImprovedDeepLeakage(InversionAttack):
         device = next(view.model.parameters()).device
         best: tuple[float, torch.Tensor] | None = None
         losses = []
-        for _ in range(self.restarts):
+        for r in range(self.restarts):
             x = initial_images((n, *view.input_shape), self.init, g).to(device).requires_grad_(True)
 
             def loss_fn(x: torch.Tensor = x) -> tuple[torch.Tensor, torch.Tensor]:
                 return objective(x, labels)
 
-            final = lbfgs_match([x], loss_fn, iterations=self.iterations, lr=self.lr, max_iter=self.max_iter)
+            final = lbfgs_match([x], loss_fn, iterations=self.iterations, lr=self.lr, max_iter=self.max_iter,
+                                what=f"idlg restart {r + 1}/{self.restarts}")
             losses.append(final)
             if best is None or final < best[0]:
                 best = (final, x.detach().clone())

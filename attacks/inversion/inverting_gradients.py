@@ -31,6 +31,7 @@ from torch.func import grad, vmap
 from attacks.base import INVERSION_ATTACKS, InversionAttack, Reconstruction, ServerView
 from attacks.inversion._common import PayloadSimulator, compile_step_fn
 from attacks.labels import LabelStrategy, num_images_of, recover_labels
+from attacks.progress import steps
 
 __all__ = ["InvertingGradients", "initial_images"]
 
@@ -126,7 +127,7 @@ class InvertingGradients(InversionAttack):
             direction, compiled = compile_step_fn(direction, x.detach(), device=device, backend=self.compile_backend,
                                                   required=self.compile_step == "on")
         t_loop = time.perf_counter()
-        for _ in range(self.iterations):
+        for _ in steps(self.iterations, f"{self.attack_name} ({self.restarts} restart{'s' if self.restarts > 1 else ''})"):
             if compiled and cuda:
                 torch.compiler.cudagraph_mark_step_begin()
             x.grad = direction(x.detach()).clone()  # a graph's output buffer is reused by its next replay

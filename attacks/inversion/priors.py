@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import PublicData
+from attacks.progress import steps
 
 __all__ = [
     "ConvDecoder",
@@ -323,7 +324,7 @@ def train_prior(x: torch.Tensor, y: torch.Tensor, *, input_shape: tuple[int, ...
     bs = min(config.batch_size, n)
     last = math.nan
     vae.train()
-    for _ in range(config.epochs):
+    for _ in steps(config.epochs, "training the prior (epochs)"):
         order = torch.randperm(n, generator=g)
         total, seen = 0.0, 0
         for s in range(0, n, bs):

@@ -59,6 +59,7 @@ from attacks.inversion._common import PayloadSimulator, gradient_distance, total
 from attacks.inversion.analytic import analytic_input, first_linear_layer, payload_parts, payload_scale
 from attacks.inversion.inverting_gradients import initial_images
 from attacks.labels import capture_input, last_linear
+from attacks.progress import steps
 
 __all__ = ["SoftLabelAttack", "SoftLabelKind", "SoftLabelResult", "implied_labels", "label_objective",
            "recover_soft_label"]
@@ -334,7 +335,7 @@ class SoftLabelAttack(InversionAttack):
         opt = torch.optim.Adam([x], lr=self.lr)
         marks = [int(self.iterations * q) for q in (3 / 8, 5 / 8, 7 / 8)]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=0.1)
-        for _ in range(self.iterations):
+        for _ in steps(self.iterations, "soft_label: image"):
             gx, _ = step(x.detach())
             x.grad = gx.sign()
             opt.step()

@@ -400,18 +400,24 @@ def refused_metrics(reason: str, n: int) -> dict[str, Any]:
 
 
 def run_experiment(s: Scenario, *, out_dir: str | Path | None = None, store: str | Path | None = None,
-                   write: bool = True, tag: str | None = None) -> Any:
-    """What :func:`simulator.run` calls for a non-federated scenario; returns a ``RunResult``."""
+                   write: bool = True, tag: str | None = None, progress: bool = False) -> Any:
+    """What :func:`simulator.run` calls for a non-federated scenario; returns a ``RunResult``.
+
+    ``progress`` draws the attack's loops as progress bars on stderr (:mod:`attacks.progress`)."""
+    from attacks.progress import shown
+
     from simulator.results import ResultsStore
     from simulator.runner import default_out_dir
 
     if not write:
-        return _run(s, None)[0]
+        with shown(progress):
+            return _run(s, None)[0]
     out = Path(out_dir) if out_dir is not None else default_out_dir(s)
     rs = ResultsStore(store or s.output.store or Path(s.output.dir) / "privsim-results.sqlite")
     run_id = rs.start_run(digest=s.digest(), name=s.name, out_dir=str(out), tag=tag)
     try:
-        run_leakage(s, out)
+        with shown(progress):
+            run_leakage(s, out)
     except Exception as e:
         rs.fail_run(run_id, str(e))
         raise
