@@ -66,7 +66,8 @@ def test_smoke_grid_file_expands() -> None:
     assert all(c.scenario.simulation.engine == "inline" for c in g.cells)
 
 
-@pytest.mark.parametrize("file", ["sketch_grid.toml", "backdoor_defense_grid.toml", "dp_grid.toml"])
+@pytest.mark.parametrize("file", ["sketch_grid.toml", "backdoor_defense_grid.toml", "dp_grid.toml",
+                                  "leakage_noise_grid.toml"])
 def test_every_grid_file_expands_into_valid_scenarios(file: str) -> None:
     g = load_grid(Path("scenarios") / file)
     assert g.cells and len({c.digest for c in g.cells}) == len(g.cells)
@@ -365,3 +366,56 @@ def test_failed_cells_are_recorded_and_the_grid_goes_on(tmp_path: Path, monkeypa
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "0 run now, 0 from the store, 2 failed" in md and "ValueError: boom" in md
     assert (tmp_path / "out" / "leaderboard.html").is_file() and (tmp_path / "out" / "leaderboard.csv").is_file()
+
+
+# ---------------------------------------------------------------- curves: a metric vs a numeric defense strength
+
+
+def _noise_grid(sigmas: list[str], iterations: int = 3, **axes: Any):
+    entries = [{"label": v, **({"set": [f"defenses.client=[{{name='gaussian_noise', params={{sigma={v}}}}}]"]}
+                               if float(v) > 0 else {})} for v in sigmas]
+    raw = {"name": "noise", "track": "privacy", "base": str(ROOT / "scenarios" / "leakage_ig.toml"),
+           "rows": "payload", "columns": "sigma",
+           "overrides": [f"attacks.inversion.params.iterations={iterations}", "attacks.inversion.params.restarts=1"],
+           "axes": {"payload": [{"label": "gradient"}], "sigma": entries, **axes}}
+    return grid_from_dict(raw, source="noise.toml")
+
+
+def test_numeric_column_labels_are_read_as_numbers() -> None:
+    from simulator.leaderboard.report import numeric_columns
+
+    assert numeric_columns(["0", "1e-4", "0.25", "3"]) == [0.0, 1e-4, 0.25, 3.0]
+    assert numeric_columns(["none", "1e-3"]) is None
+    assert numeric_columns(["nan", "1"]) is None and numeric_columns(["inf"]) is None
+
+
+def test_curves_plot_mean_and_std_over_the_other_axes(tmp_path: Path) -> None:
+    from simulator.leaderboard.report import _mean_std, write_curves
+
+    g = _noise_grid(["0", "1e-3", "1e-1"], seed=[0, 1])
+    psnr = {("0", 0): 24.0, ("0", 1): 22.0, ("1e-3", 0): 18.0, ("1e-3", 1): 17.0, ("1e-1", 0): 9.0, ("1e-1", 1): 9.0}
+    outs = [_Outcome(c, "completed", {"inversion": {"psnr": psnr[(c.labels["sigma"], c.scenario.seed)]}})
+            for c in g.cells]
+    recs = cell_records(g, outs)
+    mean, std = _mean_std(recs, ["gradient"], ["0", "1e-3", "1e-1"], "psnr")
+    assert mean.tolist() == [[23.0, 17.5, 9.0]] and std.tolist() == [[1.0, 0.5, 0.0]]  # numpy's population std
+    written = write_curves(g, recs, tmp_path)
+    assert [p.name for p in written] == ["curve_psnr.png"]  # only metrics with data
+    assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    smoke = load_grid(SMOKE)  # columns are attack names: no curve
+    assert write_curves(smoke, cell_records(smoke, [_Outcome(c, "completed", {}) for c in smoke.cells]),
+                        tmp_path / "none") == []
+
+
+def test_a_leakage_grid_run_writes_psnr_vs_sigma(tmp_path: Path) -> None:
+    from simulator.leaderboard import run_grid
+
+    g = _noise_grid(["0", "1e-1"], iterations=60)
+    res = run_grid(g, store=tmp_path / "s.sqlite", out_dir=tmp_path / "out", progress=False)
+    assert [c.status for c in res.cells] == ["completed", "completed"]
+    psnr = {c.cell.labels["sigma"]: c.summary["inversion"]["psnr"] for c in res.cells}
+    assert psnr["1e-1"] < 14.0 < psnr["0"] - 4.0  # as in test_ig_fails_on_a_drowned_payload
+    out = tmp_path / "out"
+    assert (out / "curve_psnr.png").is_file() and (out / "heatmap_psnr.png").is_file()
+    html = (out / "leaderboard.html").read_text()
+    assert "<h2>Plots</h2>" in html and 'alt="curve_psnr"' in html

@@ -23,7 +23,9 @@ no such pair adds nothing; ``MA[f] = 0`` pairs are left out. Higher is better: t
 and cuts backdoor accuracy relative to FedAvg; the baseline scores 0. ``None`` when there is no pair at all.
 
 Files written by :func:`write_reports` into the leaderboard folder: ``leaderboard.md``, ``leaderboard.csv``
-(one row per cell; missing values are empty fields), ``heatmap_<metric>.png`` (rows × columns, annotated) and
+(one row per cell; missing values are empty fields), ``heatmap_<metric>.png`` (rows × columns, annotated),
+``curve_<metric>.png`` when every ``columns`` label is a number (a defense strength: noise σ, pruning ratio,
+sketch ratio ...; one line per row, mean ± standard deviation over the other axes, e.g. "PSNR vs σ") and
 ``leaderboard.html`` (self-contained: heatmaps embedded as data URIs, tables sortable by clicking a header --
 numeric columns sort numerically, missing values last; ``leaderboard.html?table=cells&sort=main_accuracy&dir=desc``
 applies a sort on load by clicking that header; per-cell links to the cell's plots).
@@ -43,7 +45,8 @@ from typing import Any, Literal
 from simulator.leaderboard.grid import Grid
 
 __all__ = ["MISSING", "Metric", "INTEGRITY_METRICS", "PRIVACY_METRICS", "cell_metrics", "ranking_scores", "Table",
-           "leaderboard_table", "cell_records", "render_markdown", "write_csv", "write_heatmaps", "render_html",
+           "leaderboard_table", "cell_records", "render_markdown", "write_csv", "write_heatmaps", "write_curves",
+           "render_html",
            "write_reports", "outcomes_from_store", "print_tables"]
 
 MISSING = "–"
@@ -258,6 +261,80 @@ def write_csv(grid: Grid, records: list[dict[str, Any]], path: Path) -> None:
                        + ["" if r[k] is None else r[k] for k in ALL_KEYS] + [r["out_dir"] or ""])
 
 
+def _mean_std(records: list[dict[str, Any]], rows: list[str], cols: list[str], key: str) -> tuple[Any, Any]:
+    """Mean and standard deviation of ``key`` per (row, column) over the other axes (NaN where no value)."""
+    import numpy as np
+
+    mean = np.full((len(rows), len(cols)), np.nan)
+    std = np.full((len(rows), len(cols)), np.nan)
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            vals = [r[key] for r in records if r["row"] == row and r["col"] == col
+                    and r["status"] != "failed" and r[key] is not None]
+            if vals:
+                mean[i, j], std[i, j] = float(np.mean(vals)), float(np.std(vals))
+    return mean, std
+
+
+def numeric_columns(cols: list[str]) -> list[float] | None:
+    """The column labels as numbers (``"0"``, ``"1e-3"``, ``"0.25"``), or None when one is not a number."""
+    try:
+        xs = [float(c) for c in cols]
+    except ValueError:
+        return None
+    return xs if all(math.isfinite(x) for x in xs) else None
+
+
+def write_curves(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """``curve_<metric>.png``: the metric against the numeric ``columns`` axis (a defense strength), one line per
+    row, mean ± standard deviation over the other axes. Nothing when a column label is not a number or there are
+    fewer than two columns. The x axis is logarithmic when the positive values span two decades or more (with a
+    linear stretch around 0 when 0 is one of them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = _axis_labels(grid, grid.rows, [r["row"] for r in records])
+    cols = _axis_labels(grid, grid.columns, [r["col"] for r in records])
+    xs = numeric_columns(cols)
+    if xs is None or len(cols) < 2:
+        return []
+    order = np.argsort(xs)
+    x = np.asarray(xs)[order]
+    pos = x[x > 0]
+    metrics = INTEGRITY_METRICS if grid.track == "integrity" else PRIVACY_METRICS
+    written = []
+    for m in metrics:
+        mean, std = _mean_std(records, rows, cols, m.key)
+        if np.isnan(mean).all():
+            continue
+        fig, ax = plt.subplots(figsize=(6.0, 4.0))
+        for i, row in enumerate(rows):
+            y, e = mean[i][order], std[i][order]
+            if np.isnan(y).all():
+                continue
+            ax.errorbar(x, y, yerr=np.nan_to_num(e), marker="o", ms=4, capsize=3, label=row)
+        if pos.size >= 2 and pos.max() / pos.min() >= 100:
+            if (x <= 0).any():
+                ax.set_xscale("symlog", linthresh=float(pos.min()))
+            else:
+                ax.set_xscale("log")
+        ax.set_xlabel(grid.columns)
+        ax.set_ylabel(m.header)
+        ax.set_title(f"{grid.name}: {m.header} vs {grid.columns} ({'higher' if m.better == 'max' else 'lower'} "
+                     "is better)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(title=grid.rows, fontsize=8)
+        fig.tight_layout()
+        p = out_dir / f"curve_{m.key}.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
 def write_heatmaps(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """``heatmap_<metric>.png`` (rows × columns, mean over other axes, annotated) for each metric with data."""
     import matplotlib
@@ -271,13 +348,7 @@ def write_heatmaps(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> 
     metrics = INTEGRITY_METRICS if grid.track == "integrity" else PRIVACY_METRICS
     written = []
     for m in metrics:
-        mat = np.full((len(rows), len(cols)), np.nan)
-        for i, row in enumerate(rows):
-            for j, col in enumerate(cols):
-                vals = [r[m.key] for r in records if r["row"] == row and r["col"] == col
-                        and r["status"] != "failed" and r[m.key] is not None]
-                if vals:
-                    mat[i, j] = float(np.mean(vals))
+        mat, _ = _mean_std(records, rows, cols, m.key)
         if np.isnan(mat).all():
             continue
         fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 1.2 + 0.55 * len(rows)))
@@ -420,7 +491,7 @@ def render_html(grid: Grid, table: Table, records: list[dict[str, Any]], out_dir
     if others:
         h.append(f"<p>Values are means over {html.escape(', '.join(others))}. Click a header to sort.</p>")
     if heatmaps:
-        h.append("<h2>Heatmaps</h2><div>")
+        h.append("<h2>Plots</h2><div>")
         for p in heatmaps:
             data = base64.b64encode(Path(p).read_bytes()).decode()
             h.append(f'<img class="heatmap" alt="{html.escape(Path(p).stem)}" src="data:image/png;base64,{data}">')
@@ -453,7 +524,7 @@ def write_reports(grid_run: Any) -> dict[str, Path]:
     paths = {"md": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}
     paths["md"].write_text(render_markdown(grid, table, records))
     write_csv(grid, records, paths["csv"])
-    heatmaps = write_heatmaps(grid, records, out)
+    heatmaps = write_heatmaps(grid, records, out) + write_curves(grid, records, out)
     paths["html"].write_text(render_html(grid, table, records, out, heatmaps))
     for p in heatmaps:
         paths[p.stem] = p
