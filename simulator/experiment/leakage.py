@@ -395,8 +395,8 @@ def refused_metrics(reason: str, n: int) -> dict[str, Any]:
     """The inversion block when the client refused the server's model: nothing was sent, nothing leaked."""
     return {"refused": reason, "psnr": None, "ssim": None, "mse": None, "psnr_max": None, "lpips": None,
             "label_accuracy": 0.0, "recovered_fraction": 0.0, "order": [], "per_image": [],
-            "labels_recovered": None, "labels_true": None, "restart_losses": [], "attack_info": {}, "attack_time_s": 0.0,
-            "images_at_risk": n}
+            "labels_recovered": None, "labels_true": None, "restart_losses": [], "attack_info": {},
+            "attack_time_s": 0.0, "images_at_risk": n}
 
 
 def run_experiment(s: Scenario, *, out_dir: str | Path | None = None, store: str | Path | None = None,
