@@ -419,3 +419,15 @@ def test_a_leakage_grid_run_writes_psnr_vs_sigma(tmp_path: Path) -> None:
     assert (out / "curve_psnr.png").is_file() and (out / "heatmap_psnr.png").is_file()
     html = (out / "leaderboard.html").read_text()
     assert "<h2>Plots</h2>" in html and 'alt="curve_psnr"' in html
+
+
+def test_privacy_tables_show_only_the_metrics_some_cell_has() -> None:
+    g = _noise_grid(["0", "1e-1"])
+    outs = [_Outcome(c, "completed", {"inversion": {"psnr": 20.0, "ssim": 0.5, "label_accuracy": 1.0}})
+            for c in g.cells]
+    t = leaderboard_table(g, cell_records(g, outs))
+    assert t.headers == ["0 PSNR", "0 SSIM", "0 label acc", "1e-1 PSNR", "1e-1 SSIM", "1e-1 label acc"]
+    html = render_html(g, t, cell_records(g, outs), Path("."))
+    assert ">ε<" not in html and ">MA<" not in html
+    empty = leaderboard_table(g, cell_records(g, [_Outcome(c, "completed", {}) for c in g.cells]))
+    assert len(empty.headers) == 2 * 5  # nothing measured yet: every metric stays, shown as "–"

@@ -187,6 +187,11 @@ def cell_records(grid: Grid, outcomes: list[Any]) -> list[dict[str, Any]]:
     return recs
 
 
+def _with_data(metrics: tuple[Metric, ...], records: list[dict[str, Any]]) -> list[Metric]:
+    """The metrics that at least one record has (all of them when none has any, so the table still shows)."""
+    return [m for m in metrics if any(r[m.key] is not None for r in records)] or list(metrics)
+
+
 def leaderboard_table(grid: Grid, records: list[dict[str, Any]]) -> Table:
     """The per-track table: rows = defenses, columns = attacks × metrics (+ detection rates and score)."""
     rows = _axis_labels(grid, grid.rows, [r["row"] for r in records])
@@ -201,8 +206,8 @@ def leaderboard_table(grid: Grid, records: list[dict[str, Any]]) -> Table:
         per_col = [m for m in INTEGRITY_METRICS if m.key in ("main_accuracy", "backdoor_accuracy")]
         tail = [m for m in INTEGRITY_METRICS if m.key in ("tpr", "fpr")]
         title = "Integrity track: main accuracy (MA) / backdoor accuracy (BA)"
-    else:
-        per_col, tail = list(PRIVACY_METRICS), []
+    else:  # a leakage grid has no MA or ε, a DP grid no PSNR: show the metrics some cell has
+        per_col, tail = _with_data(PRIVACY_METRICS, ok), []
         title = "Privacy track: main accuracy / inversion PSNR, SSIM, label accuracy / ε"
     headers = [f"{c} {m.header}" for c in cols for m in per_col] + [m.header for m in tail]
     keys = [f"{c}:{m.key}" for c in cols for m in per_col] + [m.key for m in tail]
@@ -496,7 +501,7 @@ def render_html(grid: Grid, table: Table, records: list[dict[str, Any]], out_dir
             data = base64.b64encode(Path(p).read_bytes()).decode()
             h.append(f'<img class="heatmap" alt="{html.escape(Path(p).stem)}" src="data:image/png;base64,{data}">')
         h.append("</div>")
-    metrics = INTEGRITY_METRICS if grid.track == "integrity" else PRIVACY_METRICS
+    metrics = INTEGRITY_METRICS if grid.track == "integrity" else _with_data(PRIVACY_METRICS, records)
     axes = list(grid.axes)
     h.append("<h2>Cells</h2>")
     h.append('<table id="cells" class="sortable"><thead><tr>'

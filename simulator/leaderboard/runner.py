@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from simulator.leaderboard.grid import Cell, Grid
+from simulator.leaderboard.report import INTEGRITY_METRICS, PRIVACY_METRICS, cell_metrics
 from simulator.results import ResultsStore
 
 __all__ = ["CellOutcome", "GridRun", "run_grid", "default_store", "default_out_dir"]
@@ -186,12 +187,10 @@ def run_grid(grid: Grid, *, store: str | Path, out_dir: str | Path, workers: int
                                             seconds=secs)
         if console is not None and bar is not None:
             if status == "completed" and summary is not None:
-                fin = summary.get("final", {})
-                ma = fin.get("main_accuracy")
-                line = f"completed  {cell.label_path}  MA {ma if ma is None else f'{ma:.4f}'}"
-                if fin.get("backdoor_accuracy") is not None:
-                    line += f"  BA {fin['backdoor_accuracy']:.4f}"
-                console.print(f"{line}  ({secs:.1f} s)")
+                m = cell_metrics(summary)  # whichever of MA, BA, PSNR, SSIM, label acc, ε the cell has
+                parts = [f"{x.header} {m[x.key]:.4f}" for x in (*INTEGRITY_METRICS[:2], *PRIVACY_METRICS[1:])
+                         if m[x.key] is not None]
+                console.print(f"completed  {cell.label_path}  {'  '.join(parts) or '(no metric)'}  ({secs:.1f} s)")
             else:
                 console.print(f"[red]failed[/red]     {cell.label_path}: {reason}")
             bar.advance(task)
