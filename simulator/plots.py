@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_rounds"]
+__all__ = ["plot_rounds", "pyplot"]
 
 
-def _plt():
+def pyplot():  # type: ignore[no-untyped-def]
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +21,7 @@ def _plt():
 def plot_rounds(rounds: list[dict[str, Any]], out_dir: Path, *, title: str = "",
                 attacker_rounds: list[int] | None = None) -> list[Path]:
     """accuracy.png (main and, if present, backdoor accuracy; attacker rounds shaded) and loss.png."""
-    plt = _plt()
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     ev = [r for r in rounds if r.get("main_accuracy") is not None]
     xs = [r["round"] for r in ev]

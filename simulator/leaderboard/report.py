@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from simulator.leaderboard.grid import Grid
+from simulator.plots import pyplot
 
 __all__ = ["MISSING", "Metric", "INTEGRITY_METRICS", "PRIVACY_METRICS", "cell_metrics", "ranking_scores", "Table",
            "leaderboard_table", "cell_records", "render_markdown", "write_csv", "write_heatmaps", "write_curves",
@@ -281,6 +282,13 @@ def _mean_std(records: list[dict[str, Any]], rows: list[str], cols: list[str], k
     return mean, std
 
 
+def _plotted(grid: Grid, records: list[dict[str, Any]]) -> tuple[list[str], list[str], tuple[Metric, ...]]:
+    """The row labels, column labels (in the grid's order) and the track's metrics that the plots draw."""
+    rows = _axis_labels(grid, grid.rows, [r["row"] for r in records])
+    cols = _axis_labels(grid, grid.columns, [r["col"] for r in records])
+    return rows, cols, INTEGRITY_METRICS if grid.track == "integrity" else PRIVACY_METRICS
+
+
 def numeric_columns(cols: list[str]) -> list[float] | None:
     """The column labels as numbers (``"0"``, ``"1e-3"``, ``"0.25"``), or None when one is not a number."""
     try:
@@ -295,21 +303,16 @@ def write_curves(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> li
     row, mean ± standard deviation over the other axes. Nothing when a column label is not a number or there are
     fewer than two columns. The x axis is logarithmic when the positive values span two decades or more (with a
     linear stretch around 0 when 0 is one of them)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = _axis_labels(grid, grid.rows, [r["row"] for r in records])
-    cols = _axis_labels(grid, grid.columns, [r["col"] for r in records])
+    plt = pyplot()
+    rows, cols, metrics = _plotted(grid, records)
     xs = numeric_columns(cols)
     if xs is None or len(cols) < 2:
         return []
     order = np.argsort(xs)
     x = np.asarray(xs)[order]
     pos = x[x > 0]
-    metrics = INTEGRITY_METRICS if grid.track == "integrity" else PRIVACY_METRICS
     written = []
     for m in metrics:
         mean, std = _mean_std(records, rows, cols, m.key)
@@ -342,15 +345,10 @@ def write_curves(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> li
 
 def write_heatmaps(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """``heatmap_<metric>.png`` (rows × columns, mean over other axes, annotated) for each metric with data."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = _axis_labels(grid, grid.rows, [r["row"] for r in records])
-    cols = _axis_labels(grid, grid.columns, [r["col"] for r in records])
-    metrics = INTEGRITY_METRICS if grid.track == "integrity" else PRIVACY_METRICS
+    plt = pyplot()
+    rows, cols, metrics = _plotted(grid, records)
     written = []
     for m in metrics:
         mat, _ = _mean_std(records, rows, cols, m.key)
