@@ -289,6 +289,14 @@ def _plotted(grid: Grid, records: list[dict[str, Any]]) -> tuple[list[str], list
     return rows, cols, INTEGRITY_METRICS if grid.track == "integrity" else PRIVACY_METRICS
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (tight layout, 100 dpi) and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def numeric_columns(cols: list[str]) -> list[float] | None:
     """The column labels as numbers (``"0"``, ``"1e-3"``, ``"0.25"``), or None when one is not a number."""
     try:
@@ -335,11 +343,7 @@ def write_curves(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> li
                      "is better)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(title=grid.rows, fontsize=8)
-        fig.tight_layout()
-        p = out_dir / f"curve_{m.key}.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        written.append(p)
+        written.append(_save(plt, fig, out_dir / f"curve_{m.key}.png"))
     return written
 
 
@@ -371,11 +375,7 @@ def write_heatmaps(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> 
                 dark = not np.isnan(v) and ((v < mid) == (m.better == "max"))
                 ax.text(j, i, txt, ha="center", va="center", color="white" if dark else "black", fontsize=9)
         fig.colorbar(im, ax=ax)
-        fig.tight_layout()
-        p = out_dir / f"heatmap_{m.key}.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        written.append(p)
+        written.append(_save(plt, fig, out_dir / f"heatmap_{m.key}.png"))
     return written
 
 
