@@ -6,6 +6,7 @@ Neither holds ground truth about who is malicious: the evaluator alone keeps tha
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from simulator.flat import Layout
 from simulator.training import LocalTrainConfig
 
-__all__ = ["ClientContext", "RoundContext", "derive_seed", "make_generator"]
+__all__ = ["ClientContext", "RoundContext", "derive_seed", "make_generator", "private_generator", "run_secret"]
 
 
 def derive_seed(*parts: Any) -> int:
@@ -28,6 +29,23 @@ def make_generator(*parts: Any) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(derive_seed(*parts))
     return g
+
+
+def run_secret(noise_seed: int | None) -> int:
+    """The secret behind a process's privacy randomness (DP noise, secret sampling).
+
+    ``privacy.noise_seed`` when the scenario sets one (reproducible, but anyone holding the scenario can
+    regenerate the noise: for experiments only); otherwise fresh OS entropy, so no value the server or a
+    plug-in knows (scenario seed, round, partition id) reproduces it.
+    """
+    return int(noise_seed) if noise_seed is not None else secrets.randbits(63)
+
+
+def private_generator(key: int | None, *parts: Any) -> torch.Generator:
+    """A generator derived from a secret ``key`` and ``parts``; fresh OS entropy when there is no key."""
+    if key is None:
+        return make_generator(secrets.randbits(63), *parts)
+    return make_generator(key, *parts)
 
 
 @dataclass(frozen=True)
@@ -50,10 +68,17 @@ class ClientContext:
     # training and the client's own training data
     received_model: Any = None
     data: tuple[torch.Tensor, torch.Tensor] | None = None
+    # the client's own secret for privacy randomness (never derived from public values; see run_secret)
+    noise_key: int | None = field(default=None, repr=False)
 
     def generator(self, purpose: str) -> torch.Generator:
-        """A generator private to (scenario seed, round, client, purpose)."""
+        """A reproducible generator for (scenario seed, round, client, purpose): for training randomness, never
+        for privacy noise (the server knows every part of its seed)."""
         return make_generator(self.seed, self.server_round, self.partition_id, purpose)
+
+    def private_generator(self, purpose: str) -> torch.Generator:
+        """A generator for privacy noise and secret sampling, from the client's secret ``noise_key``."""
+        return private_generator(self.noise_key, self.server_round, purpose)
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from dp_accounting import dp_event as E
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.privacy_accountant import NeighboringRelation
 from dp_accounting.rdp import RdpAccountant
 
+from simulator.context import RoundContext
 from simulator.dp.accounting import ClientLevelAccounting, calibrate_noise_multiplier
 from simulator.dp.mechanism import ClientLevelDP, build_privacy, client_level_accounting
+from simulator.flat import Layout
 from simulator.scenario import ScenarioError, load_scenario, scenario_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +29,11 @@ def _dp_fedavg(**privacy) -> dict:
     return {"data": {"dataset": "mnist5k", "num_clients": 20},
             "federation": {"rounds": 5, "sampling": "poisson", "sampling_rate": 0.25},
             "privacy": {"level": "client", **privacy}}
+
+
+def _rctx(rnd: int) -> RoundContext:
+    return RoundContext(server_round=rnd, seed=0, global_vector=torch.zeros(8), layout=Layout(("w",), ((8,),)),
+                        client_ids=(), num_examples=(), num_clients=20, expected_clients_per_round=5.0)
 
 
 def test_poisson_epsilon_matches_independent_pld_within_1pct() -> None:
@@ -44,7 +52,8 @@ def test_poisson_epsilon_matches_independent_pld_within_1pct() -> None:
 def test_fixed_size_uses_rdp_replace_one_and_refuses_pld() -> None:
     acc = _acc(1.0, sampling="fixed", accountant="rdp")
     lib = RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
-    lib.compose(E.SampledWithoutReplacementDpEvent(100, 10, E.GaussianDpEvent(1.0)), 10)
+    # replace-one moves the sum by 2C: dp-accounting's multiplier (std / sensitivity) is z/2
+    lib.compose(E.SampledWithoutReplacementDpEvent(100, 10, E.GaussianDpEvent(0.5)), 10)
     assert acc.epsilon(10) == pytest.approx(lib.get_epsilon(1e-5), rel=1e-9)
     assert acc.privacy_block(rounds=10, level="client")["neighboring_relation"] == "replace_one"
     with pytest.raises(ValueError, match="PLD"):
@@ -82,6 +91,7 @@ def test_budget_stop_exactly_at_the_round_before_exceeding() -> None:
     last_ok = len(lib_eps) - 1  # ε(last_ok) ≤ 3 < ε(last_ok + 1)
     assert last_ok >= 1
     for rnd in range(1, last_ok + 1):
+        mech.server_aggregate(torch.zeros(8), [], _rctx(rnd))
         rep = mech.round_report(rnd, [])
         assert rep["epsilon"] <= 3.0
         assert mech.budget_exhausted() is (rnd == last_ok)
@@ -106,8 +116,11 @@ def test_calibrate_on_budget_builds_mechanism_within_target() -> None:
     s = scenario_from_dict(_dp_fedavg(target_epsilon=4.0, on_budget="calibrate"))
     mech = build_privacy(s)
     assert isinstance(mech, ClientLevelDP)
-    eps = mech.acc.epsilon(s.federation.rounds)
+    eps = mech.plan.epsilon(s.federation.rounds)
     assert 4.0 * 0.99 <= eps <= 4.0
+    for rnd in range(1, s.federation.rounds + 1):  # what ran: the ledger agrees with the plan
+        mech.server_aggregate(torch.zeros(8), [], _rctx(rnd))
+    assert mech.ledger.epsilon("aggregate") == pytest.approx(eps, rel=1e-9)
 
 
 @pytest.mark.parametrize("name", ["dp_sgd.toml", "dp_fedavg.toml"])

@@ -37,15 +37,18 @@ def _cctx(pid: int) -> ClientContext:
                          expected_clients_per_round=5.0)
 
 
-def test_client_update_clips_to_c_and_reports_bit() -> None:
-    mech = _mech()
+def test_client_update_clips_to_c_and_sends_only_the_shifted_bit() -> None:
     big = torch.randn(D, generator=torch.Generator().manual_seed(0))
-    out, met = mech.client_update(big, _cctx(0), {"dp-clip-norm": 0.5})
-    assert float(out.norm()) <= 0.5 * (1 + 1e-5)
-    assert met["dp-unclipped"] == 0.0 and met["dp-update-norm"] > 0.5
     small = big / big.norm() * 0.1
+    fixed = _mech()
+    out, met = fixed.client_update(big, _cctx(0), {"dp-clip-norm": 0.5})
+    assert float(out.norm()) <= 0.5 * (1 + 1e-5)
+    assert met == {}  # fixed clipping: no per-client value beside the update (no norm, no bit)
+    mech = _mech(adaptive=AdaptiveClippingConfig(clipped_count_stddev=1.0))
+    out, met = mech.client_update(big, _cctx(0), {"dp-clip-norm": 0.5})
+    assert met == {"dp-clip-bit": -0.5}  # TF Privacy's shifted bit: sensitivity 1/2
     out, met = mech.client_update(small, _cctx(0), {"dp-clip-norm": 0.5})
-    assert torch.equal(out, small) and met["dp-unclipped"] == 1.0
+    assert torch.equal(out, small) and met == {"dp-clip-bit": 0.5}
 
 
 def test_central_noise_std_is_z_c_over_expected_clients() -> None:
@@ -73,7 +76,7 @@ def test_adaptive_clipping_geometric_update_closed_form() -> None:
     # with σ_b → 0 the update is C ← C·exp(−η(b̄ − γ)), b̄ = Σb/m (Andrew et al. 2021, Alg. 1)
     st = AdaptiveClipState(clip_norm=1.0, target_quantile=0.5, lr=0.2, count_stddev=1e-12)
     g = torch.Generator().manual_seed(0)
-    frac = st.update([1.0, 1.0, 1.0, 1.0, 0.0], expected_clients=5.0, generator=g)
+    frac = st.update([0.5, 0.5, 0.5, 0.5, -0.5], expected_clients=5.0, generator=g)
     assert abs(frac - 0.8) < 1e-9
     assert math.isclose(st.clip_norm, math.exp(-0.2 * (0.8 - 0.5)), rel_tol=1e-9)
 
@@ -86,7 +89,7 @@ def test_adaptive_clipping_moves_toward_target_quantile() -> None:
                                                      clipped_count_stddev=1.0), clip=start, m=20.0)
         for rnd in range(1, 80):
             c = mech.server_config(rnd)["dp-clip-norm"]
-            mets = [{"dp-unclipped": float(n <= c)} for n in norms]
+            mets = [{"dp-clip-bit": 0.5 if n <= c else -0.5} for n in norms]
             mech.server_aggregate(torch.zeros(D), mets, _rctx(rnd, 20))
         assert abs(mech.clip_norm - target) < 0.15, (start, mech.clip_norm)
 

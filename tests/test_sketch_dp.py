@@ -38,15 +38,18 @@ def test_accountant_reads_the_compressors_privacy_params() -> None:
     mech = build_privacy(s, COMPRESSORS.create(s.compression.name, s.compression.params))
     assert isinstance(mech, SketchDP) and mech.acc.noise_multiplier == 1.3 and mech.clip_norm == 0.5
     # fixed-size cohorts of 10 of 20 clients: RDP with sampling without replacement (replace-one), as dp-accounting
-    reports = [mech.round_report(r, []) for r in (1, 2, 3)]
-    ev = E.SampledWithoutReplacementDpEvent(20, 10, E.GaussianDpEvent(1.3))
+    cohort = [{"partition-id": p} for p in range(10)]
+    reports = [mech.round_report(r, cohort) for r in (1, 2, 3)]
+    # the sum behind a secure aggregation: fixed-size cohorts of 10 of 20, replace-one (sensitivity 2gC: z/2), RDP
+    ev = E.SampledWithoutReplacementDpEvent(20, 10, E.GaussianDpEvent(0.65))
     ref = rdp.RdpAccountant(neighboring_relation=rdp.NeighborRel.REPLACE_ONE)
     ref.compose(ev, 3)
-    assert reports[-1]["epsilon"] == pytest.approx(ref.get_epsilon(s.privacy.delta), rel=1e-9)
-    # one sketch in the clear: replace-one doubles the sensitivity → multiplier z/2, three rounds, no sampling
+    assert reports[-1]["epsilon_aggregate"] == pytest.approx(ref.get_epsilon(s.privacy.delta), rel=1e-9)
+    # one sketch in the clear (no secure aggregation here, so the headline): z/2, three rounds, no sampling
     single = _pld_eps(E.GaussianDpEvent(0.65), 3, s.privacy.delta)
-    assert reports[-1]["epsilon_single_sketch"] == pytest.approx(single, rel=1e-6)
-    assert reports[0]["epsilon"] < reports[1]["epsilon"] < reports[2]["epsilon"] < single
+    assert reports[-1]["epsilon_update_in_clear"] == pytest.approx(single, rel=1e-6)
+    assert reports[-1]["epsilon"] == reports[-1]["epsilon_update_in_clear"]
+    assert reports[0]["epsilon"] < reports[1]["epsilon"] < reports[2]["epsilon"] == single
 
 
 def test_poisson_cohorts_use_pld_with_amplification() -> None:
@@ -59,9 +62,18 @@ def test_poisson_cohorts_use_pld_with_amplification() -> None:
     d["federation"].update(sampling="poisson", sampling_rate=0.25)
     s = scenario_from_dict(d)
     mech = build_privacy(s, COMPRESSORS.create(s.compression.name, s.compression.params))
-    eps = mech.round_report(1, [])["epsilon"]
+    eps = mech.round_report(1, [{"partition-id": 3}])["epsilon_aggregate"]
     ref = _pld_eps(E.PoissonSampledDpEvent(0.25, E.GaussianDpEvent(1.0)), 1, s.privacy.delta)
     assert eps == pytest.approx(ref, rel=1e-6)
+
+
+def test_robust_aggregator_drops_the_sum_view_but_keeps_the_local_one() -> None:
+    s = load_scenario(SKETCH_DP, ["defenses.aggregator.name='median'",
+                                  "compression.params.aggregate_in_sketch_space=false"])
+    mech = build_privacy(s, COMPRESSORS.create(s.compression.name, s.compression.params))
+    rep = mech.round_report(1, [{"partition-id": 0}])
+    assert "epsilon_aggregate" not in rep
+    assert rep["epsilon"] == pytest.approx(_pld_eps(E.GaussianDpEvent(0.5), 1, s.privacy.delta), rel=1e-6)
 
 
 def test_no_noise_means_no_privacy_claim() -> None:

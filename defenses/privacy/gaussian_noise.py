@@ -31,4 +31,4 @@ class GaussianNoise(ClientDefense):
         self.sigma = sigma
 
     def apply(self, delta: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
-        return add_gaussian_noise(delta, sigma=self.sigma, generator=ctx.generator("gaussian_noise"))
+        return add_gaussian_noise(delta, sigma=self.sigma, generator=ctx.private_generator("gaussian_noise"))

@@ -7,8 +7,9 @@ sampled Gaussian event and ``T`` rounds compose ``T`` of them:
 * Poisson client sampling with rate ``q`` → ``PoissonSampledDpEvent(q, GaussianDpEvent(z))``,
   add-or-remove-one neighbouring; reported with the PLD accountant (Koskela et al. 2020; Doroshenko et al.,
   "Connect the Dots", PETS 2022), with RDP (Mironov 2017; Mironov, Talwar, Zhang 2019) as a cross-check.
-* Fixed-size cohorts drawn without replacement → ``SampledWithoutReplacementDpEvent(N, m, GaussianDpEvent(z))``
-  under replace-one neighbouring (Wang, Balle, Kasiviswanathan, AISTATS 2019). dp-accounting's PLD accountant
+* Fixed-size cohorts drawn without replacement → ``SampledWithoutReplacementDpEvent(N, m, GaussianDpEvent(z/2))``
+  under replace-one neighbouring (Wang, Balle, Kasiviswanathan, AISTATS 2019): replacing a client moves the sum
+  by up to ``2C`` and dp-accounting's multiplier is noise std / sensitivity. dp-accounting's PLD accountant
   does not support this event, so it is analysed with RDP only.
 * No amplification → ``GaussianDpEvent(z)`` per round (the client is assumed to take part in every round).
 
@@ -96,8 +97,9 @@ class ClientLevelAccounting:
         g = E.GaussianDpEvent(self.noise_multiplier)
         if self.sampling == "poisson":
             return E.PoissonSampledDpEvent(self.sampling_rate, g)
-        if self.sampling == "fixed":
-            return E.SampledWithoutReplacementDpEvent(self.num_clients, self.sample_size, g)
+        if self.sampling == "fixed":  # replace-one: sensitivity 2C
+            return E.SampledWithoutReplacementDpEvent(self.num_clients, self.sample_size,
+                                                      E.GaussianDpEvent(self.noise_multiplier / 2.0))
         return g
 
     def epsilon(self, rounds: int, accountant: str | None = None) -> float:

@@ -13,9 +13,45 @@ from simulator.scenario.schema import Scenario
 __all__ = ["privacy_problems"]
 
 
+def _any_dp(s: Scenario) -> bool:
+    c = s.compression.params or {}
+    return s.privacy.level != "none" or float(c.get("noise_multiplier", 0) or 0) > 0
+
+
+def _common(s: Scenario) -> list[Problem]:
+    """Settings that void any DP claim, whatever the level."""
+    out: list[Problem] = []
+    ws = s.model.warm_start
+    if ws is not None and ws.rounds is not None and _any_dp(s):
+        out.append(Problem("model.warm_start.rounds",
+                           f"{ws.rounds} rounds of non-private FedAvg on the same clients' data come before the DP "
+                           f"run, so no finite ε holds for those clients; drop [model.warm_start], or use "
+                           f"warm_start.checkpoint with a model trained on data disjoint from the clients'"))
+    return out
+
+
 def _client_level(s: Scenario) -> list[Problem]:
     p, f = s.privacy, s.federation
     out: list[Problem] = []
+    if p.client.adaptive_clipping is not None and p.client.noise == "local":
+        out.append(Problem("privacy.client.adaptive_clipping",
+                           "with noise = \"local\" the server is not trusted, but adaptive clipping sends each "
+                           "client's clip bit to it without noise (an unaccounted release); use noise = \"central\" "
+                           "or a fixed clip_norm (remove [privacy.client.adaptive_clipping])"))
+    if f.min_replies > 1:
+        out.append(Problem("federation.min_replies",
+                           f"{f.min_replies} with client-level DP: skipping a round with fewer replies would "
+                           f"reveal, without noise, how many clients answered; DP-FedAvg releases its noisy sum "
+                           f"whatever the count (fixed denominator m); allowed: 0 or 1"))
+    if p.target_epsilon is not None and p.on_budget == "calibrate":
+        if p.client.noise == "local":
+            out.append(Problem("privacy.on_budget", "calibrate targets the aggregate view, but with noise = "
+                                                    "\"local\" the server reads each update (a larger ε); set "
+                                                    "privacy.client.noise_multiplier instead"))
+        if s.attacks.inversion is not None:
+            out.append(Problem("privacy.on_budget", "calibrate targets the aggregate view, but the in-run "
+                                                    "inversion server reads updates (a larger ε); set "
+                                                    "privacy.client.noise_multiplier instead"))
     if s.defenses.aggregator.name != "fedavg":
         out.append(Problem("defenses.aggregator.name",
                            f"client-level DP accounts the noisy sum of clipped updates (DP-FedAvg); aggregator "
@@ -68,13 +104,14 @@ def _record_level(s: Scenario) -> list[Problem]:
 
 def privacy_problems(s: Scenario) -> list[Problem]:
     """Every mismatch between ``[privacy]`` and the scenario's sampling, aggregator and model."""
+    common = _common(s)
     if s.privacy.level == "client":
-        return _client_level(s)
+        return common + _client_level(s)
     if s.privacy.level == "record":
-        out = _record_level(s)
+        out = common + _record_level(s)
         if s.federation.mixup_alpha > 0:  # a mixed example holds two records: per-example clipping no longer bounds one
             out.append(Problem("federation.mixup_alpha", f"{s.federation.mixup_alpha} with record-level DP: a mixup "
                                                          "example mixes two records, which DP-SGD's per-example "
                                                          "sensitivity does not cover; allowed: 0"))
         return out
-    return []
+    return common

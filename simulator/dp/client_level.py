@@ -7,10 +7,12 @@ DP-FedAvg (McMahan, Ramage, Talwar, Zhang, ICLR 2018) with a fixed denominator: 
 so one client changes the noisy sum by at most ``C`` and the noise on the average has std ``z·C/m``.
 
 Adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy, "Differentially Private Learning with Adaptive
-Clipping", NeurIPS 2021): each client sends the bit ``b_i = 1[‖Δ_i‖ ≤ C]``; the server forms the noisy
-fraction ``b̄ = (Σ b_i + N(0, σ_b²)) / m`` and updates ``C ← C · exp(−η_C (b̄ − γ))`` (geometric update).
-Releasing the bits costs privacy too; by their Theorem 1 the pair (sum, count) is as private as a single
-Gaussian with multiplier ``z`` when the update noise uses ``z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)``.
+Clipping", NeurIPS 2021), as TF Privacy's quantile estimator runs it: each client sends the *shifted* bit
+``s_i = 1[‖Δ_i‖ ≤ C] − ½ ∈ {−½, +½}``; the server forms the noisy fraction ``b̄ = (Σ s_i + N(0, σ_b²)) / m + ½``
+and updates ``C ← C · exp(−η_C (b̄ − γ))`` (geometric update). Adding or removing a client moves ``Σ s_i`` by
+½ (an unshifted bit in {0, 1} would move it by 1 and double the count's privacy cost); by their Theorem 1 the
+pair (sum, count) is then as private as a single Gaussian with multiplier ``z`` when the update noise uses
+``z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def update_noise_multiplier(z: float, count_stddev: float | None) -> float:
     >>> round(update_noise_multiplier(1.0, 1.0), 4)
     1.1547
     """
-    if count_stddev is None:
+    if count_stddev is None or z == 0:
         return z
     inv = z ** -2 - (2.0 * count_stddev) ** -2
     if inv <= 0:
@@ -60,9 +62,16 @@ class AdaptiveClipState:
     count_stddev: float
 
     def update(self, bits: list[float], *, expected_clients: float, generator: torch.Generator) -> float:
-        """Apply one geometric step from the clients' unclipped-bits; returns the noisy fraction ``b̄``."""
+        """Apply one geometric step from the clients' shifted bits (``±½``); returns the noisy fraction ``b̄``.
+
+        >>> st = AdaptiveClipState(clip_norm=1.0, target_quantile=0.5, lr=0.2, count_stddev=1e-12)
+        >>> round(st.update([0.5, 0.5, -0.5, 0.5], expected_clients=4, generator=torch.Generator()), 6)
+        0.75
+        """
+        if any(abs(abs(b) - 0.5) > 1e-12 for b in bits):
+            raise ValueError("clip bits must be shifted to ±½ (sensitivity ½)")
         noise = float(torch.normal(0.0, self.count_stddev, (1,), generator=generator, dtype=torch.float64))
-        frac = (float(sum(bits)) + noise) / expected_clients
+        frac = (float(sum(bits)) + noise) / expected_clients + 0.5
         self.clip_norm = self.clip_norm * math.exp(-self.lr * (frac - self.target_quantile))
         return frac
 

@@ -17,7 +17,13 @@ Client metric keys (sent in the reply's MetricRecord):
 * record level: ``epsilon`` (the client's cumulative record-level ε from Opacus, unchanged),
   ``dp-noise-multiplier``, ``dp-sample-rate``, ``dp-steps`` and, with ``target_epsilon``/``on_budget="stop"``,
   ``epsilon-next`` (ε if the client takes part once more with the same steps);
-* client level: ``dp-update-norm`` (‖Δ‖ before clipping) and ``dp-unclipped`` (1.0 when ‖Δ‖ ≤ C).
+  ``dp-rows``: this round's new releases as flat ``(z, q, steps)`` triples, for the server's ledger;
+* client level with adaptive clipping only: ``dp-clip-bit`` (``+½`` when ‖Δ‖ ≤ C, else ``−½``: TF Privacy's
+  shifted bit, sensitivity ½). No other per-client value (no norm, no unshifted bit) leaves the client.
+
+Every ε comes from the run's :class:`~simulator.dp.ledger.PrivacyLedger` (one dp-accounting event per release,
+per server view); privacy noise and secret sampling draw from :func:`simulator.context.run_secret`, never from
+the scenario seed.
 
 Client level assumes the aggregate handed to :meth:`server_aggregate` is the **uniform** mean of the
 received (clipped) updates: :attr:`PrivacyMechanism.uniform_weights` is True and the runtime must then
@@ -28,6 +34,7 @@ fixed expected cohort size ``m = q·N`` (McMahan et al. 2018); the reported ε i
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -35,17 +42,18 @@ import torch
 from dp_accounting import dp_event as E
 from torch import nn
 
-from simulator.context import ClientContext, RoundContext, make_generator
+from simulator.context import ClientContext, RoundContext, derive_seed, private_generator
 from simulator.dp.accounting import ClientLevelAccounting, calibrate_noise_multiplier, epsilon_pld
 from simulator.dp.client_level import (AdaptiveClipState, clip_update, local_noise_std, noisy_sum_average,
                                        update_noise_multiplier)
+from simulator.dp.ledger import PrivacyLedger, gaussian, gaussian_multiplier, sampled
 from simulator.dp.dpsgd import opacus_epsilon, train_dpsgd
 from simulator.dp.dpsgd_f import FeatureTransform, private_feature_transform, to_raw_space, to_transformed_space
 from simulator.dp.input_perturbation import input_perturbation_epsilon, perturb_inputs
 from simulator.training import TrainHooks, TrainStats, train_local
 
 __all__ = ["PrivacyMechanism", "NoPrivacy", "RecordLevelDP", "ClientLevelDP", "build_privacy",
-           "client_level_accounting"]
+           "client_level_accounting", "randomness_note"]
 
 HISTORY_KEY = "dp-history"
 
@@ -55,6 +63,12 @@ class PrivacyMechanism:
 
     #: True when the ε assumes the aggregate passed to :meth:`server_aggregate` is an unweighted mean.
     uniform_weights: bool = False
+    #: True when a round must release its (noisy) aggregate even with no valid reply: skipping the round would
+    #: reveal, without noise, that too few clients answered.
+    releases_without_replies: bool = False
+    #: True when the ε counts on client-sampling amplification: the cohort must then be drawn from the privacy
+    #: secret, not from the scenario seed that anyone holding the scenario knows.
+    secret_sampling: bool = False
 
     def server_config(self, server_round: int) -> dict[str, float | int | str]:
         return {}
@@ -106,10 +120,18 @@ class RecordLevelDP(PrivacyMechanism):
     """
 
     def __init__(self, cfg: Any, *, delta: float, rounds: int, target_epsilon: float | None = None,
-                 on_budget: str = "stop") -> None:
+                 on_budget: str = "stop", randomness: str = "fresh OS entropy") -> None:
         self.cfg, self.delta, self.rounds = cfg, delta, rounds
         self.target_epsilon, self.on_budget = target_epsilon, on_budget
+        self.randomness = randomness
         self._z_cache: dict[tuple[int, int, int | None, int], float] = {}
+        self.ledger = PrivacyLedger(delta=delta)
+        self.ledger.add_view(
+            "records", "one record of a client: every DP-SGD step (and DPSGD-F release) that client ran, composed; "
+            "the worst client" if cfg.mechanism == "gradient" else
+            "one example's features (replace-one; labels are released as is): the client's one noisy copy",
+            relation="add_or_remove_one" if cfg.mechanism == "gradient" else "replace_one", per_subject=True)
+        self.worst_opacus = 0.0
         self.worst_epsilon = 0.0
         self.worst_metrics: dict[str, float] = {}
         self._exhausted = False
@@ -139,58 +161,76 @@ class RecordLevelDP(PrivacyMechanism):
 
     # ---- CLIENT SIDE ----
     def client_train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext,
-                     config: dict[str, Any], hooks: TrainHooks | None) -> tuple[TrainStats, dict[str, float]] | None:
+                     config: dict[str, Any], hooks: TrainHooks | None) -> tuple[TrainStats, dict[str, Any]] | None:
         if hooks is not None:
             return None  # an attacker with training hooks deviates from the protocol: plain SGD, no ε claimed
         z = self.noise_multiplier(int(x.shape[0]), ctx)
         if self.cfg.mechanism == "input":
-            # round-independent seed: the same noisy copy every round (one release)
-            g = make_generator(ctx.seed, ctx.partition_id, "dp-input-perturbation")
-            xn = perturb_inputs(x, bound=self.cfg.feature_clip_norm, noise_multiplier=z, generator=g)
+            # one release per client and run: the noisy copy is kept in the client's state and re-used
+            rows: list[tuple[float, float, int]] = []
+            if INPUT_KEY in ctx.state and ctx.state[INPUT_KEY].shape == tuple(x.shape):
+                xn = torch.as_tensor(ctx.state[INPUT_KEY]).to(x.dtype)
+            else:
+                xn = perturb_inputs(x, bound=self.cfg.feature_clip_norm, noise_multiplier=z,
+                                    generator=ctx.private_generator("dp-input-perturbation"))
+                ctx.state[INPUT_KEY] = xn.detach().cpu().numpy()
+                rows = [(float(z), 1.0, 1)]
             stats = train_local(model, xn, y, ctx.train, generator=ctx.generator("train"))
             eps = input_perturbation_epsilon(z, self.delta)
-            return stats, {"epsilon": eps, "dp-noise-multiplier": z}
+            return stats, {"epsilon": eps, "dp-noise-multiplier": z, "dp-rows": _flat_rows(rows)}
         history = [tuple(r) for r in np.asarray(ctx.state.get(HISTORY_KEY, np.zeros((0, 3)))).tolist()]
+        new_rows: list[tuple[float, float, int]] = []
         transform = None
         if self.cfg.feature_preprocessing == "dpsgd_f":
             transform = FeatureTransform.from_state(ctx.state)
             if transform is None:  # paid once per client and run
-                transform, rows = private_feature_transform(
+                transform, pre_rows = private_feature_transform(
                     x, bound=self.cfg.feature_clip_norm, noise_multiplier=self.cfg.preprocessing_noise_multiplier,
-                    quantile=self.cfg.preprocessing_quantile, generator=ctx.generator("dpsgdf"))
-                history += rows
+                    quantile=self.cfg.preprocessing_quantile, generator=ctx.private_generator("dpsgdf"))
+                history += pre_rows
+                new_rows += pre_rows
                 ctx.state.update(transform.to_state())
             x = transform.apply(x)
             to_transformed_space(model, transform)
         res = train_dpsgd(model, x, y, ctx.train, noise_multiplier=z, max_grad_norm=self.cfg.max_grad_norm,
-                          delta=self.delta, generator=ctx.generator("dp-batches"),
-                          noise_generator=ctx.generator("dp-noise"), clipping=self.cfg.clipping,
+                          delta=self.delta, generator=ctx.private_generator("dp-batches"),
+                          noise_generator=ctx.private_generator("dp-noise"), clipping=self.cfg.clipping,
                           grad_sample_mode=self.cfg.grad_sample_mode, poisson_sampling=self.cfg.poisson_sampling,
                           accountant=self.cfg.accountant, history=history)
         if transform is not None:
             to_raw_space(model, transform)
         ctx.state[HISTORY_KEY] = np.asarray(res.history, dtype=np.float64).reshape(-1, 3)
-        metrics = {"epsilon": res.epsilon, "dp-noise-multiplier": z, "dp-sample-rate": res.sample_rate,
-                   "dp-steps": float(res.stats.steps)}
+        metrics: dict[str, Any] = {"epsilon": res.epsilon, "dp-noise-multiplier": z,
+                                   "dp-sample-rate": res.sample_rate, "dp-steps": float(res.stats.steps),
+                                   "dp-rows": _flat_rows(new_rows + list(res.rows))}
         if self.target_epsilon is not None and self.on_budget == "stop":
             metrics["epsilon-next"] = opacus_epsilon(res.history + res.rows, accountant=self.cfg.accountant,
                                                      delta=self.delta)
         return res.stats, metrics
 
     # ---- SERVER SIDE ----
-    def round_report(self, server_round: int, client_metrics: list[dict[str, float]]) -> dict[str, float]:
+    def round_report(self, server_round: int, client_metrics: list[dict[str, Any]]) -> dict[str, float]:
         self.rounds_done += 1
+        for m in client_metrics:  # each client's new releases this round, into its own ledger list
+            pid = int(m.get("partition-id", -1))
+            for z, q, steps in _rows_of(m.get("dp-rows", [])):
+                self.ledger.record("records", _row_event(z, q, steps), round=server_round, subject=pid,
+                                   what="input perturbation (one noisy copy of the features)"
+                                   if self.cfg.mechanism == "input" else f"DP-SGD: {steps} steps, q = {q:.4g}")
         eps = [float(m["epsilon"]) for m in client_metrics if "epsilon" in m]
         out: dict[str, float] = {"delta": self.delta}
         if eps:
             i = int(np.argmax(eps))
-            if eps[i] >= self.worst_epsilon:
-                self.worst_epsilon, self.worst_metrics = eps[i], dict(client_metrics[i])
-            out["epsilon_round_max"] = eps[i]
+            if eps[i] >= self.worst_opacus:
+                self.worst_opacus, self.worst_metrics = eps[i], dict(client_metrics[i])
+        self.worst_epsilon = self.ledger.epsilon("records")
         out["epsilon"] = self.worst_epsilon
+        if self.cfg.mechanism == "gradient":
+            out["epsilon_opacus"] = self.worst_opacus
         if self.target_epsilon is not None and self.on_budget == "stop":
             nxt = [float(m["epsilon-next"]) for m in client_metrics if "epsilon-next" in m]
-            if self.worst_epsilon > self.target_epsilon or (nxt and max(nxt) > self.target_epsilon):
+            if max(self.worst_epsilon, self.worst_opacus) > self.target_epsilon or (
+                    nxt and max(nxt) > self.target_epsilon):
                 self._exhausted = True
         return out
 
@@ -201,13 +241,16 @@ class RecordLevelDP(PrivacyMechanism):
         c = self.cfg
         block: dict[str, Any] = {
             "level": "record", "mechanism": c.mechanism, "epsilon": self.worst_epsilon, "delta": self.delta,
-            "epsilon_is": "the worst client's cumulative record-level ε (not user-level DP)",
+            "epsilon_view": "records",
+            "epsilon_is": "the worst client's cumulative record-level ε from the ledger (not user-level DP)",
             "noise_multiplier": self.worst_metrics.get("dp-noise-multiplier", c.noise_multiplier),
             "neighboring_relation": "add_or_remove_one" if c.mechanism == "gradient" else "replace_one_features",
             "rounds": self.rounds_done, "target_epsilon": self.target_epsilon, "on_budget": self.on_budget,
+            "noise_randomness": self.randomness, "ledger": self.ledger.to_dict(),
         }
         if c.mechanism == "gradient":
-            block.update(accountant=f"opacus-{c.accountant}", max_grad_norm=c.max_grad_norm, clipping=c.clipping,
+            block.update(accountant="dp-accounting (ledger)", epsilon_opacus=self.worst_opacus,
+                         opacus_accountant=c.accountant, max_grad_norm=c.max_grad_norm, clipping=c.clipping,
                          grad_sample_mode=c.grad_sample_mode,
                          sampling="poisson (local batches)" if c.poisson_sampling
                          else "shuffled fixed batches, no amplification (z, q=1, one step per epoch)",
@@ -221,6 +264,24 @@ class RecordLevelDP(PrivacyMechanism):
                          sampling_rate=1.0, feature_clip_norm=c.feature_clip_norm,
                          labels="not protected (released as is)")
         return block
+
+
+INPUT_KEY = "dp-input-noisy"
+
+
+def _flat_rows(rows: list[tuple[float, float, int]]) -> list[float]:
+    return [float(v) for r in rows for v in r]
+
+
+def _rows_of(flat: Any) -> list[tuple[float, float, int]]:
+    vals = [float(v) for v in (flat if isinstance(flat, (list, tuple)) else [])]
+    return [(vals[i], vals[i + 1], int(round(vals[i + 2]))) for i in range(0, len(vals) - 2, 3)]
+
+
+def _row_event(z: float, q: float, steps: int) -> E.DpEvent:
+    """One Opacus accountant row ``(z, q, steps)`` as a dp-accounting event."""
+    one: E.DpEvent = E.GaussianDpEvent(z) if q >= 1.0 else E.PoissonSampledDpEvent(q, E.GaussianDpEvent(z))
+    return one if steps == 1 else E.SelfComposedDpEvent(one, steps)
 
 
 def _gaussian_accounting(delta: float) -> Any:
@@ -240,25 +301,40 @@ def _gaussian_accounting(delta: float) -> Any:
 class ClientLevelDP(PrivacyMechanism):
     """DP-FedAvg with fixed or adaptive clipping and central or local ("distributed") Gaussian noise.
 
-    * ``central``: clients clip; the server adds ``N(0, (z_Δ·C)²)`` to the sum of the received clipped
+    * ``central``: clients clip; the (trusted) server adds ``N(0, (z_Δ·C)²)`` to the sum of the received clipped
       updates and divides by ``m``; the noise std on the average is ``z_Δ·C/m``.
     * ``local``: each client adds ``N(0, (z_Δ·C)²/m)`` to its clipped update, so ``m`` clients' noise sums to
-      the central noise. When fewer than ``m`` replies arrive (Poisson sampling, drop-outs) the server tops the
-      sum's noise up to ``(z_Δ·C)²``; with more, there is more noise than accounted (still valid). The reported ε
-      is that of the noisy *sum*, so it holds only if the server sees the sum alone (secure aggregation); the
-      weaker guarantee of one update seen in the clear is reported as ``epsilon_single_update``.
+      the central noise; when fewer than ``m`` replies arrive the server tops the sum's noise up to ``(z_Δ·C)²``.
+      Without secure aggregation the server reads every noisy update: the ``update_in_clear`` view (local DP,
+      replace-one, multiplier ``z_Δ/(2√m)`` per round the client took part, no amplification) is the headline.
 
-    ``z_Δ = z`` with fixed clipping and ``(z⁻² − (2σ_b)⁻²)^(−1/2)`` with adaptive clipping (Andrew et al.), so
-    the accounted multiplier is always ``z``.
+    Adaptive clipping (Andrew et al., NeurIPS 2021) as TF Privacy's quantile estimator runs it: each client sends
+    the shifted bit ``b_i − ½ ∈ {−½, +½}`` (sensitivity ½), the server adds ``N(0, σ_b²)`` to their sum, so the pair
+    (update sum, bit sum) is one Gaussian release with multiplier ``(z_Δ⁻² + (2σ_b)⁻²)^(−1/2) = z`` when
+    ``z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)`` (their Theorem 1). The ledger computes every round's multiplier from the
+    noise stds that ran and the sensitivities (``C``, ``½``; doubled under replace-one), not from this formula.
+
+    Views (see :mod:`simulator.dp.ledger`): ``aggregate`` (the released noisy sums, with the sampling's
+    amplification); ``forced_target`` (clients the server forces into rounds: those rounds are not amplified);
+    ``update_in_clear`` (local noise: each noisy update; central noise with a curious in-run server: the clipped
+    update before the noise, a non-private release).
     """
 
     uniform_weights = True
+    releases_without_replies = True  # the noisy sum is released whatever the count (a skip would reveal it)
+    secret_sampling = True
 
-    def __init__(self, cfg: Any, accounting: ClientLevelAccounting, *, expected_clients: float,
-                 target_epsilon: float | None = None, on_budget: str = "stop") -> None:
-        self.cfg, self.acc, self.m = cfg, accounting, float(expected_clients)
+    def __init__(self, cfg: Any, plan: ClientLevelAccounting, *, expected_clients: float,
+                 target_epsilon: float | None = None, on_budget: str = "stop",
+                 forced: Mapping[int, tuple[int, ...]] | None = None, observed_rounds: tuple[int, ...] = (),
+                 secret: int | None = None, randomness: str = "fresh OS entropy") -> None:
+        self.cfg, self.plan, self.m = cfg, plan, float(expected_clients)
         self.target_epsilon, self.on_budget = target_epsilon, on_budget
-        z = accounting.noise_multiplier
+        self.forced = dict(forced or {})
+        self.observed_rounds = tuple(observed_rounds)
+        self.server_key = None if secret is None else derive_seed(secret, "server")
+        self.randomness = randomness
+        z = plan.noise_multiplier
         ad = cfg.adaptive_clipping
         self.adaptive: AdaptiveClipState | None = None
         count_std = None
@@ -270,6 +346,66 @@ class ClientLevelDP(PrivacyMechanism):
         self.clip_norm = cfg.clip_norm
         self.rounds_done = 0
         self.clip_history: list[float] = []
+        self.noisy_fraction: float | None = None
+        self.ledger = self._make_ledger(plan.delta)
+
+    # ---- the ledger's views ----
+    @property
+    def replace_one(self) -> bool:
+        return self.plan.sampling == "fixed"
+
+    def _make_ledger(self, delta: float) -> PrivacyLedger:
+        led = PrivacyLedger(delta=delta)
+        rel = "replace_one" if self.replace_one else "add_or_remove_one"
+        sampling = {"poisson": f"Poisson client sampling (q = {self.plan.sampling_rate:.4g})",
+                    "fixed": f"{self.plan.sample_size} of {self.plan.num_clients} clients without replacement",
+                    "none": "no amplification"}[self.plan.sampling]
+        if self.cfg.noise == "central":
+            led.add_view("aggregate", f"the released noisy sums, {sampling}", relation=rel)
+        else:
+            led.add_view("aggregate", f"the sum of the noisy updates, {sampling}: holds only if the server sees the "
+                                      f"sum alone (secure aggregation), which this run does not simulate",
+                         relation=rel)
+            led.add_view("update_in_clear", "each client's noisy update read by the server (local DP, replace-one: "
+                                            "sensitivity 2C; no amplification, the server knows who replied)",
+                         relation="replace_one", per_subject=True)
+        if self.forced and self.plan.sampling != "none":
+            led.add_view("forced_target", "a client the server forces into rounds (attacks.inversion.force_sampled): "
+                                          "no sampling amplification in those rounds", relation=rel, per_subject=True)
+        if self.observed_rounds and self.cfg.noise == "central":
+            led.add_view("update_in_clear", "the curious in-run server (attacks.inversion) reads each clipped update "
+                                            "before the central noise: a release without noise", relation=rel)
+        return led
+
+    def _round_multiplier(self, noise_std_on_sum: float, clip_norm: float) -> float:
+        """The multiplier of this round's release (update sum + shifted-bit sum) w.r.t. one client's effect."""
+        k = 2.0 if self.replace_one else 1.0
+        parts = [(noise_std_on_sum, k * clip_norm)]
+        if self.adaptive is not None:
+            parts.append((self.adaptive.count_stddev, k * 0.5))
+        return gaussian_multiplier(*parts)
+
+    def _sampled(self, event: E.DpEvent) -> E.DpEvent:
+        p = self.plan
+        return sampled(event, sampling=p.sampling, rate=p.sampling_rate, num_clients=p.num_clients,
+                       sample_size=p.sample_size)
+
+    def _record_round(self, server_round: int, client_ids: tuple[int, ...], total_std: float, c: float) -> None:
+        g = gaussian(self._round_multiplier(total_std, c))
+        led = self.ledger
+        led.record("aggregate", self._sampled(g), round=server_round, what=f"noisy sum (C = {c:.4g})")
+        if "forced_target" in led.views:
+            forced = set(self.forced.get(server_round, ()))
+            for t in sorted({t for ts in self.forced.values() for t in ts}):
+                led.record("forced_target", g if t in forced else self._sampled(g), round=server_round, subject=t,
+                           what="forced into the round" if t in forced else "sampled like any client")
+        if self.cfg.noise == "local":
+            local = gaussian(local_noise_std(self.update_z, c, self.m) / (2.0 * c))
+            for pid in client_ids:
+                led.record("update_in_clear", local, round=server_round, subject=pid, what="noisy update in the clear")
+        elif server_round in self.observed_rounds and "update_in_clear" in led.views:
+            led.record("update_in_clear", E.NonPrivateDpEvent(), round=server_round,
+                       what="clipped updates read before the central noise")
 
     # ---- SAMPLING + TRAINING INSTRUCTIONS ----
     def server_config(self, server_round: int) -> dict[str, float | int | str]:
@@ -282,9 +418,11 @@ class ClientLevelDP(PrivacyMechanism):
         clipped, norm = clip_update(delta, c)
         if self.cfg.noise == "local":
             std = local_noise_std(self.update_z, c, self.m)
-            clipped = clipped + torch.normal(0.0, std, clipped.shape, generator=ctx.generator("dp-local-noise"),
+            clipped = clipped + torch.normal(0.0, std, clipped.shape, generator=ctx.private_generator("dp-local-noise"),
                                              dtype=torch.float64).to(clipped.dtype)
-        return clipped, {"dp-update-norm": norm, "dp-unclipped": 1.0 if norm <= c else 0.0}
+        if self.adaptive is None:
+            return clipped, {}
+        return clipped, {"dp-clip-bit": 0.5 if norm <= c else -0.5}
 
     # ---- SERVER SIDE ----
     def noise_std_on_sum(self, num_received: int) -> float:
@@ -294,57 +432,84 @@ class ClientLevelDP(PrivacyMechanism):
             return full
         return full * math.sqrt(max(0.0, 1.0 - num_received / self.m))
 
+    def total_noise_std(self, num_received: int) -> float:
+        """Std of all the noise in the released sum: the server's, plus the clients' own with local noise."""
+        server = self.noise_std_on_sum(num_received)
+        if self.cfg.noise == "central":
+            return server
+        local = local_noise_std(self.update_z, self.clip_norm, self.m)
+        return math.sqrt(server ** 2 + num_received * local ** 2)
+
+    def _generator(self, server_round: int, purpose: str) -> torch.Generator:
+        return private_generator(self.server_key, server_round, purpose)
+
     def server_aggregate(self, update: torch.Tensor, client_metrics: list[dict[str, float]],
                          ctx: RoundContext) -> torch.Tensor:
         n = len(client_metrics)
+        rnd = ctx.server_round
         out = noisy_sum_average(update, num_received=n, noise_std=self.noise_std_on_sum(n),
-                                expected_clients=self.m, generator=ctx.generator("dp-central-noise"))
+                                expected_clients=self.m, generator=self._generator(rnd, "dp-central-noise"))
+        self._record_round(rnd, ctx.client_ids, self.total_noise_std(n), self.clip_norm)
         self.clip_history.append(self.clip_norm)
         if self.adaptive is not None:
-            bits = [float(mt.get("dp-unclipped", 0.0)) for mt in client_metrics]
-            self.adaptive.update(bits, expected_clients=self.m, generator=ctx.generator("dp-clip-count"))
+            bits = [float(mt.get("dp-clip-bit", -0.5)) for mt in client_metrics]
+            self.noisy_fraction = self.adaptive.update(bits, expected_clients=self.m,
+                                                       generator=self._generator(rnd, "dp-clip-count"))
             self.clip_norm = self.adaptive.clip_norm
         return out
 
+    def epsilons(self) -> dict[str, float]:
+        return self.ledger.epsilons()
+
     def round_report(self, server_round: int, client_metrics: list[dict[str, float]]) -> dict[str, float]:
         self.rounds_done += 1
-        out = {"epsilon": self.acc.epsilon(self.rounds_done), "delta": self.acc.delta,
-               "clip_norm": self.clip_history[-1] if self.clip_history else self.clip_norm}
-        other = self.acc.cross_check
-        if other is not None:
-            out[f"epsilon_{other}"] = self.acc.epsilon(self.rounds_done, other)
-        if client_metrics:
-            out["unclipped_fraction"] = float(np.mean([m.get("dp-unclipped", 0.0) for m in client_metrics]))
+        eps = self.epsilons()
+        out: dict[str, Any] = {"epsilon": max(eps.values()), "delta": self.ledger.delta,
+                               "clip_norm": self.clip_history[-1] if self.clip_history else self.clip_norm}
+        for view, e in eps.items():
+            out[f"epsilon_{view}"] = e
+        if self.noisy_fraction is not None:
+            out["noisy_unclipped_fraction"] = self.noisy_fraction  # the released (noised) estimate only
         return out
+
+    def _next_round_events(self) -> E.DpEvent:
+        return self._sampled(gaussian(self._round_multiplier(self.total_noise_std(int(self.m)), self.clip_norm)))
 
     def budget_exhausted(self) -> bool:
         """True once one more round would take ε above ``target_epsilon`` (``on_budget = "stop"``)."""
         if self.target_epsilon is None or self.on_budget != "stop":
             return False
-        return self.acc.epsilon(self.rounds_done + 1) > self.target_epsilon
+        nxt = self._next_round_events()
+        worst = self.ledger.epsilon("aggregate", extra=[nxt])
+        for view in self.ledger.views:
+            if view != "aggregate":
+                worst = max(worst, self.ledger.epsilon(view))
+        return worst > self.target_epsilon
 
     def summary(self) -> dict[str, Any]:
+        view, eps = self.ledger.worst()
         extra: dict[str, Any] = {
             "clip_norm": self.cfg.clip_norm, "adaptive_clipping": self.adaptive is not None,
             "noise": self.cfg.noise, "update_noise_multiplier": self.update_z,
             "expected_clients_per_round": self.m, "aggregate": "uniform sum of clipped updates / expected m",
             "target_epsilon": self.target_epsilon, "on_budget": self.on_budget,
+            "epsilon": eps, "epsilon_view": view, "epsilons": self.ledger.epsilons(),
+            "noise_randomness": self.randomness, "ledger": self.ledger.to_dict(),
         }
         if self.adaptive is not None:
             extra.update(clipped_count_stddev=self.count_stddev, final_clip_norm=self.clip_norm,
-                         target_quantile=self.adaptive.target_quantile, clip_norm_lr=self.adaptive.lr)
-        if self.cfg.noise == "local":
-            extra["epsilon_single_update"] = epsilon_pld(
-                E.GaussianDpEvent(self.update_z * math.sqrt(self.m)), max(self.rounds_done, 1), self.acc.delta)
-            extra["epsilon_single_update_is"] = ("one client's noisy update seen in the clear in every round, "
-                                                 "no amplification (without secure aggregation)")
-        return self.acc.privacy_block(rounds=self.rounds_done, level="client", extra=extra)
+                         target_quantile=self.adaptive.target_quantile, clip_norm_lr=self.adaptive.lr,
+                         clip_bits="shifted to ±½ (sensitivity ½), as TF Privacy's quantile estimator")
+        block = self.plan.privacy_block(rounds=self.rounds_done, level="client", extra=extra)
+        for k in ("epsilon_rdp", "epsilon_pld"):  # the plan's cross-checks are of the planned aggregate only
+            block.pop(k, None)
+        return block
 
 
 def client_level_accounting(scenario: Any, noise_multiplier: float | None = None, *,
                             accountant: str | None = None) -> ClientLevelAccounting:
-    """The accountant matching the scenario's client sampling (see :mod:`simulator.dp.checks`);
-    ``accountant`` overrides ``privacy.accountant``."""
+    """The plan of the aggregate view (the scenario's sampling and ``z``): used to calibrate ``z`` and to check
+    a budget at load time; a run's ε comes from its ledger. ``accountant`` overrides ``privacy.accountant``."""
     p, f, n = scenario.privacy, scenario.federation, scenario.data.num_clients
     m = scenario.num_sampled_expected
     z = p.client.noise_multiplier if noise_multiplier is None else noise_multiplier
@@ -353,27 +518,40 @@ def client_level_accounting(scenario: Any, noise_multiplier: float | None = None
                                  sample_size=int(round(m)), delta=p.delta, accountant=accountant or p.accountant)
 
 
-def build_privacy(scenario: Any, compressor: Any = None) -> PrivacyMechanism:
-    """The mechanism for a scenario's ``[privacy]`` section.
+def randomness_note(scenario: Any) -> str:
+    if scenario.privacy.noise_seed is not None:
+        return ("privacy.noise_seed: reproducible, but anyone holding the scenario can regenerate the noise "
+                "(experiments only)")
+    return "fresh OS entropy per process: not derivable from the scenario, the seed, the round or the client id"
+
+
+def build_privacy(scenario: Any, compressor: Any = None, *, secret: int | None = None) -> PrivacyMechanism:
+    """The mechanism for a scenario's ``[privacy]`` section; ``secret`` seeds its server-side noise.
 
     With ``level = "none"`` and a compressor that noises its sketches (``privacy_params()`` not None), the
     mechanism is :class:`~simulator.dp.sketch_dp.SketchDP`, which accounts that noise."""
     p = scenario.privacy
+    note = randomness_note(scenario)
     if p.level == "none":
         params = getattr(compressor, "privacy_params", lambda: None)()
         if params is not None:
             from simulator.dp.sketch_dp import SketchDP, sketch_accounting
 
             z, c = params
-            return SketchDP(sketch_accounting(scenario, z), c, scenario.compression.name)
+            return SketchDP(sketch_accounting(scenario, z), c, scenario.compression.name,
+                            sum_aggregator=scenario.defenses.aggregator.name == "fedavg", randomness=note)
         return NoPrivacy()
     if p.level == "record":
         return RecordLevelDP(p.record, delta=p.record.delta or p.delta, rounds=scenario.federation.rounds,
-                             target_epsilon=p.target_epsilon, on_budget=p.on_budget)
+                             target_epsilon=p.target_epsilon, on_budget=p.on_budget, randomness=note)
     acc = client_level_accounting(scenario)
     if p.target_epsilon is not None and p.on_budget == "calibrate":
         z = calibrate_noise_multiplier(target_epsilon=p.target_epsilon, rounds=scenario.federation.rounds,
                                        make=lambda z: client_level_accounting(scenario, z))
         acc = client_level_accounting(scenario, z)
+    inv = scenario.attacks.inversion
+    forced = {r: tuple(inv.targets) for r in inv.rounds} if inv is not None and inv.force_sampled else {}
+    observed = tuple(inv.rounds) if inv is not None else ()
     return ClientLevelDP(p.client, acc, expected_clients=scenario.num_sampled_expected,
-                         target_epsilon=p.target_epsilon, on_budget=p.on_budget)
+                         target_epsilon=p.target_epsilon, on_budget=p.on_budget, forced=forced,
+                         observed_rounds=observed, secret=secret, randomness=note)

@@ -41,7 +41,7 @@ from attacks.base import (
 )
 from attacks.labels import capture_input, last_layer_gradient, last_linear
 from attacks.metrics import aligned, score_reconstruction
-from simulator.context import ClientContext, derive_seed, make_generator
+from simulator.context import ClientContext, derive_seed, make_generator, run_secret
 from simulator.data import DATASETS
 from simulator.flat import flatten, layout_of, model_vector
 from simulator.models import build_model
@@ -204,7 +204,8 @@ def prepare_leakage(scenario: Scenario, attack: InversionAttack | None = None) -
     target = y if soft is None else soft
     ctx = ClientContext(partition_id=0, server_round=1, seed=s.seed, num_examples=int(x.shape[0]),
                         global_vector=model_vector(model, layout_of(model)), layout=agreed, train=train,
-                        num_clients=1, expected_clients_per_round=1.0, received_model=model, data=(x, target))
+                        num_clients=1, expected_clients_per_round=1.0, received_model=model, data=(x, target),
+                        noise_key=derive_seed(run_secret(s.privacy.noise_seed), "client", 0))
     from defenses.base import CLIENT_DEFENSES
 
     defenses = [CLIENT_DEFENSES.create(spec.name, spec.params) for spec in s.defenses.client]

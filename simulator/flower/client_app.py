@@ -54,7 +54,7 @@ def client_train(scenario_json: str, msg: Message, context: Context) -> Message:
         partition_id=pid, server_round=rnd, seed=s.seed, num_examples=int(x.shape[0]), global_vector=gvec,
         layout=rt.layout, train=rt.train, num_clients=s.data.num_clients,
         expected_clients_per_round=rt.sampler.expected_size, malicious=acting,
-        colluders=rt.schedule.colluders(pid, rnd), state=state)
+        colluders=rt.schedule.colluders(pid, rnd), state=state, noise_key=rt.noise_key(pid))
     if any(d.needs_client_data for d in rt.client_defenses):  # e.g. Soteria: the received model and own data
         ctx = dataclasses.replace(ctx, received_model=copy.deepcopy(model), data=(x, y))
     attack = rt.attack if acting else None

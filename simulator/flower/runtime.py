@@ -13,6 +13,7 @@ from torch import nn
 
 from attacks.base import CLIENT_ATTACKS, ClientAttack
 from defenses.base import CLIENT_DEFENSES, ClientDefense
+from simulator.context import derive_seed, run_secret
 from simulator.data import FederatedData, build_federated_data
 from simulator.dp.mechanism import PrivacyMechanism, build_privacy
 from simulator.flat import Layout, layout_of
@@ -39,6 +40,11 @@ class Runtime:
     compressor: Compressor
     privacy: PrivacyMechanism
     train: LocalTrainConfig
+    secret: int  # this process's privacy secret (DP noise, secret cohort sampling): see context.run_secret
+
+    def noise_key(self, partition_id: int) -> int:
+        """The client's own key for privacy randomness (other clients' keys cannot be derived from it)."""
+        return derive_seed(self.secret, "client", partition_id)
 
 
 def build_runtime(s: Scenario) -> Runtime:
@@ -54,18 +60,22 @@ def build_runtime(s: Scenario) -> Runtime:
     schedule = AttackerSchedule.from_plan(s.attacks.plan, num_clients=s.data.num_clients, seed=s.seed,
                                           rounds=s.federation.rounds, active=attack is not None)
     f = s.federation
+    secret = run_secret(s.privacy.noise_seed)
+    compressor = COMPRESSORS.create(s.compression.name, s.compression.params)
+    privacy = build_privacy(s, compressor, secret=secret)
+    # amplification by sampling needs a cohort the adversary cannot recompute from the scenario
+    sample_seed = derive_seed(secret, "cohort") if privacy.secret_sampling else s.seed
     sampler = ClientSampler(num_clients=s.data.num_clients, sampling=f.sampling, clients_per_round=f.clients_per_round,
-                            sampling_rate=f.sampling_rate, dropout=f.dropout, seed=s.seed, schedule=schedule,
+                            sampling_rate=f.sampling_rate, dropout=f.dropout, seed=sample_seed, schedule=schedule,
                             forced=_inversion_targets(s))
     train = LocalTrainConfig(epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr, optimizer=f.optimizer,
                              momentum=f.momentum, weight_decay=f.weight_decay, max_steps=f.local_steps,
                              label_smoothing=f.label_smoothing, mixup_alpha=f.mixup_alpha)
-    compressor = COMPRESSORS.create(s.compression.name, s.compression.params)
     return Runtime(
         scenario=s, data=data, model=model, layout=layout_of(model), attack=attack, schedule=schedule,
         sampler=sampler,
         client_defenses=[CLIENT_DEFENSES.create(d.name, d.params) for d in s.defenses.client],
-        compressor=compressor, privacy=build_privacy(s, compressor), train=train)
+        compressor=compressor, privacy=privacy, train=train, secret=secret)
 
 
 def _inversion_targets(s: Scenario) -> dict[int, tuple[int, ...]]:

@@ -95,7 +95,8 @@ class PrivsimStrategy(FedAvg):
         if valid:
             losses = [r.metrics.get("train-loss", math.nan) for r in valid]
             rec.train_loss = float(sum(losses) / len(losses))
-        if len(valid) < max(rt.scenario.federation.min_replies, 1):
+        releases_anyway = rt.privacy.releases_without_replies  # DP: a skipped round would reveal the count
+        if len(valid) < max(rt.scenario.federation.min_replies, 1) and not releases_anyway:
             rec.metrics["round_skipped"] = f"{len(valid)} valid replies"
             return None, None
         gvec = flatten(self.model.state_dict(), rt.layout)
@@ -109,7 +110,10 @@ class PrivsimStrategy(FedAvg):
         payloads = [r.arrays for r in valid]
         # 8. desketch
         updates = None
-        if rt.compressor.aggregates_in_sketch_space:
+        if not valid:  # only with a mechanism that releases its noisy sum whatever the count
+            update = torch.zeros_like(gvec)
+            accepted, scores = (), {}
+        elif rt.compressor.aggregates_in_sketch_space:
             update = rt.compressor.decode_aggregate(payloads, weights, ctx).to(gvec.device)
             accepted: tuple[int, ...] = ctx.client_ids
             scores: dict[int, float] = {}
@@ -119,7 +123,7 @@ class PrivsimStrategy(FedAvg):
         if self.observer is not None:
             rec.metrics.update(self.observer(server_round, valid, updates, ctx))
         # 10. aggregate
-        if updates is not None:
+        if updates is not None and valid:
             res = self.aggregator.aggregate(updates, weights, ctx)
             update, accepted, scores = res.update, res.accepted, res.scores
         rec.accepted = sorted(accepted)

@@ -9,6 +9,7 @@ Layout of the section::
     on_budget = "stop"        # "stop" | "calibrate"
     accountant = "pld"        # reported user-level ε ("rdp" is always computed as a cross-check)
     amplification = true      # false: account every round as an unsampled Gaussian (no amplification)
+    noise_seed = 7            # optional: reproducible noise (default: fresh OS entropy, not reproducible)
 
     [privacy.client]          # DP-FedAvg (McMahan et al., ICLR 2018)
     clip_norm = 1.0
@@ -65,7 +66,7 @@ class ClientDPConfig(Strict):
     """Client-level DP-FedAvg: clip each update, Gaussian noise on the sum, fixed denominator m = q·N."""
 
     clip_norm: float = Field(1.0, gt=0.0)  # C (initial C when adaptive)
-    noise_multiplier: float = Field(1.0, gt=0.0)  # z (the accounted one; replaced when on_budget = "calibrate")
+    noise_multiplier: float = Field(1.0, ge=0.0)  # z (the accounted one; 0: no noise, ε = ∞; replaced by calibrate)
     noise: Literal["central", "local"] = "central"
     adaptive_clipping: AdaptiveClippingConfig | None = None
 
@@ -77,6 +78,9 @@ class PrivacyConfig(Strict):
     on_budget: Literal["stop", "calibrate"] = "stop"
     accountant: Literal["pld", "rdp"] = "pld"  # client level: the reported accountant; the other cross-checks
     amplification: bool = True
+    # the secret behind DP noise and secret sampling; None: fresh OS entropy per process (not reproducible).
+    # An int makes DP runs reproducible, but anyone holding the scenario can regenerate the noise.
+    noise_seed: int | None = Field(None, ge=0)
     record: RecordDPConfig = RecordDPConfig()
     client: ClientDPConfig = ClientDPConfig()
 

@@ -157,7 +157,7 @@ class SketchCompressor(Compressor):
             bound = self.norm_gain(op) * self.clip_norm
             y = clip_to_norm(y, bound)
             if self.noise_multiplier > 0:
-                noise = torch.randn(y.shape, generator=ctx.generator("sketch-dp-noise"))
+                noise = torch.randn(y.shape, generator=ctx.private_generator("sketch-dp-noise"))
                 y = y + noise * (self.noise_multiplier * bound)
         return {"sketch": y.to(torch.float32).numpy()}
 
