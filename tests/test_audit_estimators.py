@@ -124,7 +124,10 @@ def _exact_sample(rng: np.random.Generator, n: int, *, mean: float, sd: float) -
 
 
 def _bf_profile(eps: float, *, m1: float, s1: float, m0: float, s0: float) -> float:
-    """max over both orders of ∫ (p − e^ε q)_+ dx on a fine grid: sup over *all* events S, no set shape assumed."""
+    """max over both orders of ∫ (p − e^ε q)_+ dx on a fine grid: the sup over *all* events S.
+
+    No shape of the optimal set is assumed.
+    """
     x = np.linspace(-60.0, 60.0, 1_200_001)
     p = stats.norm.pdf(x, m1, s1)
     q = stats.norm.pdf(x, m0, s0)
@@ -143,7 +146,8 @@ def test_gaussian_fit_recovers_gaussian_mechanism_from_samples(mu: float, rel: f
     n = 200_000
     x_in, x_out = rng.normal(mu, 1.0, n), rng.normal(0.0, 1.0, n)
     delta = 1e-5
-    assert gaussian_fit_epsilon(x_in, x_out, delta=delta) == pytest.approx(epsilon_from_mu(mu, delta), rel=rel)
+    expected = epsilon_from_mu(mu, delta)
+    assert gaussian_fit_epsilon(x_in, x_out, delta=delta) == pytest.approx(expected, rel=rel)
     assert gaussian_dp_mu(x_in, x_out) == pytest.approx(mu, abs=0.02)  # SE of the difference is ~0.0045
 
 
@@ -152,8 +156,9 @@ def test_gaussian_fit_equal_variance_is_exactly_the_closed_form() -> None:
     for mu, sd, delta in [(1.0, 1.0, 1e-5), (3.0, 2.0, 1e-3), (0.2, 0.5, 1e-6)]:
         a, b = _exact_sample(rng, 50, mean=7.0 + mu, sd=sd), _exact_sample(rng, 80, mean=7.0, sd=sd)
         assert gaussian_dp_mu(a, b) == pytest.approx(mu / sd, rel=1e-10)
-        assert gaussian_fit_epsilon(a, b, delta=delta) == pytest.approx(epsilon_from_mu(mu / sd, delta), rel=1e-6)
-        assert gaussian_fit_epsilon(b, a, delta=delta) == pytest.approx(epsilon_from_mu(mu / sd, delta), rel=1e-6)
+        expected = epsilon_from_mu(mu / sd, delta)
+        assert gaussian_fit_epsilon(a, b, delta=delta) == pytest.approx(expected, rel=1e-6)
+        assert gaussian_fit_epsilon(b, a, delta=delta) == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -217,7 +222,8 @@ def test_one_run_perfect_separation_matches_brute_force() -> None:
     assert b.guesses == b.k_plus + b.k_minus
     assert b.epsilon_lower == pytest.approx(_bf_eps_pure(r=b.guesses, v=b.correct, beta=beta), abs=1e-8)
     # and it is the best pair of the grid (brute force over all pairs)
-    best = max(_bf_eps_pure(r=a + c, v=_bf_correct(s_in, s_out, k_plus=a, k_minus=c), beta=beta) for a, c in pairs)
+    best = max(_bf_eps_pure(r=a + c, v=_bf_correct(s_in, s_out, k_plus=a, k_minus=c), beta=beta)
+               for a, c in pairs)
     assert b.epsilon_lower == pytest.approx(best, abs=1e-8)
     # explicit (k₊, k₋): one test at the full level, all m guesses correct, q(ε̂)^m = 0.05
     e = one_run_epsilon_lower_bound(s_in, s_out, k_plus=s_in.size, k_minus=s_out.size)
@@ -256,7 +262,7 @@ def test_one_run_ties_do_not_leak_membership() -> None:
         z = _membership(rng, 1000)
         s = rng.integers(0, 3, 1000).astype(float)
         hits += one_run_epsilon_lower_bound(s[z], s[~z]).epsilon_lower > 0.0
-    assert hits == 0  # worst-case tie-breaking makes this very conservative
+    assert hits <= 3  # nominal ≤ 5 % per seed; worst-case tie-breaking makes it ~0 (observed: 0 of 30)
 
 
 def test_one_run_randomized_response_validity_and_power() -> None:

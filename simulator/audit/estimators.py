@@ -157,13 +157,15 @@ def _correct_counts(s_in: NDArray[np.float64], s_out: NDArray[np.float64], *, k_
     return (top_in + bottom_out).astype(np.int64)
 
 
-def _tail_pure(eps: NDArray[np.float64], *, r: NDArray[np.int64], v: NDArray[np.int64]) -> NDArray[np.float64]:
+def _tail_pure(eps: NDArray[np.float64], *, r: NDArray[np.int64],
+               v: NDArray[np.int64]) -> NDArray[np.float64]:
     """P[Binomial(r, e^ε / (1 + e^ε)) ≥ v], computed as P[Binomial(r, 1/(1 + e^ε)) ≤ r − v].
 
     Working with the probability of a *wrong* guess, ``expit(-ε)``, keeps it exact for large ε where
     ``expit(ε)`` rounds to 1.
     """
-    return np.asarray(special.bdtr(r - v, r, special.expit(-eps)), dtype=np.float64)  # = binom.cdf, less overhead
+    # special.bdtr is scipy.stats.binom.cdf without the per-call overhead
+    return np.asarray(special.bdtr(r - v, r, special.expit(-eps)), dtype=np.float64)
 
 
 def _p_value_approx(eps: NDArray[np.float64], *, r: int, v: int, m: int, delta: float) -> NDArray[np.float64]:
@@ -174,7 +176,7 @@ def _p_value_approx(eps: NDArray[np.float64], *, r: int, v: int, m: int, delta: 
     f = _tail_pure(eps, r=np.full(eps.shape, r), v=np.full(eps.shape, v))
     if v == 0:
         return np.ones_like(f)
-    # pmf of Bin(r, q) at k = v-1, v-2, ..., 0, written through the wrong-guess probability r - k ~ Bin(r, 1-q)
+    # pmf of Bin(r, q) at k = v-1, v-2, ..., 0, via the wrong-guess count r - k ~ Bin(r, 1-q)
     wrong = r - np.arange(v - 1, -1, -1)
     pmf = stats.binom.pmf(wrong[None, :], r, special.expit(-eps)[:, None])
     window = np.cumsum(pmf, axis=1) / np.arange(1, v + 1)[None, :]
@@ -201,7 +203,7 @@ def _bisect_pure(r: NDArray[np.int64], v: NDArray[np.int64], *, beta: float) -> 
 
 def _last_grid_index_below_crossing(p_value: Callable[[NDArray[np.float64]], NDArray[np.float64]], *,
                                     beta: float, n: int, block: int) -> int:
-    """Largest j < n with p(g_i) ≤ β for *every* i ≤ j, on the grid g_i = i / _DELTA_GRID_PER_UNIT (−1 if none).
+    """Largest j < n with p(g_i) ≤ β for *every* i ≤ j, where g_i = i / _DELTA_GRID_PER_UNIT; −1 if none.
 
     This needs no monotonicity of p in ε and is valid because the grid is fixed in advance: if the true
     ε* ≤ ε̂ = g_j, the smallest grid point g* ≥ ε* is ≤ g_j, so p(g*) ≤ β was observed, and the mechanism
@@ -236,8 +238,8 @@ def one_run_epsilon_lower_bound(
     against the auditor (excluded canaries rank above included ones with the same score), which can only
     lower v.
 
-    **δ = 0** (their main theorem for pure DP): under ε-DP the number of correct guesses is stochastically dominated by
-    Binomial(r, q(ε)) with q(ε) = e^ε / (1 + e^ε). The p-value of "ε-DP" is
+    **δ = 0** (their main theorem for pure DP): under ε-DP the number of correct guesses is stochastically
+    dominated by Binomial(r, q(ε)) with q(ε) = e^ε / (1 + e^ε). The p-value of "ε-DP" is
     ``P[Binomial(r, q(ε)) ≥ v]``, nondecreasing in ε, and ε̂ is the largest ε ∈ [0, 50] whose p-value is
     ≤ β = 1 − confidence, found by bisection (exact binomial tails, ``scipy.special.bdtr``, written through
     the wrong-guess probability 1/(1 + e^ε), so large ε do not round q to 1).
@@ -324,7 +326,8 @@ def one_run_epsilon_lower_bound(
 
             if best_j >= 0 and p_value(np.array([(best_j + 1) / _DELTA_GRID_PER_UNIT]))[0] > beta:
                 continue
-            j = _last_grid_index_below_crossing(p_value, beta=beta, n=n, block=max(1, _BLOCK_CELLS // max(1, vi)))
+            block = max(1, _BLOCK_CELLS // max(1, vi))
+            j = _last_grid_index_below_crossing(p_value, beta=beta, n=n, block=block)
             eps[i] = max(0, j) / _DELTA_GRID_PER_UNIT
             best_j = max(best_j, j)
 
