@@ -165,6 +165,13 @@ def run(scenario: Scenario, *, out_dir: str | Path | None = None, store: str | P
 
             plot_rounds([r.flat() for r in result.rounds], out, title=s.name,
                         attacker_rounds=(outcome.extra.get("attack") or {}).get("acting_rounds"))
+        if outcome.audit_scores:
+            from simulator.audit.report import plot_scores
+
+            a = outcome.extra["audit"]
+            plot_scores(outcome.audit_scores, out / "audit_scores.png",
+                        title=f"{s.name}: canaries, ε̂ ≥ {a['epsilon_lower']:.2f} (all iterates, "
+                              f"{a['confidence']:.0%}); ledger ε ≤ {a['epsilon_upper']:.3g}")
         if outcome.attacked:
             from simulator.experiment.leakage import save_grid
 

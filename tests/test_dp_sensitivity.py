@@ -315,6 +315,7 @@ def test_local_noise_message_in_the_clear(normal_spy: NormalSpy) -> None:
     for entries in view.subjects.values():
         assert isinstance(entries[-1].event, E.GaussianDpEvent)
         assert _gaussian_of(entries[-1].event) == pytest.approx(sigma / measured, rel=REL)
+        assert _gaussian_of(entries[-1].event) == pytest.approx(sigma / (2 * C), rel=REL)
 
 
 def test_local_noise_std_that_ran_matches_the_spy() -> None:
@@ -499,7 +500,7 @@ def test_input_perturbation_replace_one_example(normal_spy: NormalSpy) -> None:
     normal_spy.calls.clear()
     _, met = mech.client_train(model, rows, y, _record_ctx(model, IN_SHAPE, k), {}, None)
     ((sigma, size),) = normal_spy.calls
-    assert size == tuple(rows.shape)
+    assert size == tuple(rows.shape) and sigma == pytest.approx(z * 2 * INPUT_B, rel=1e-12)
     mech.round_report(1, [{**met, "partition-id": 0}])
     view = mech.ledger.views["records"]
     assert view.relation == "replace_one"

@@ -102,9 +102,52 @@ def _record_level(s: Scenario) -> list[Problem]:
     return out
 
 
+def max_audit_epsilon(canaries: int, *, confidence: float, delta: float) -> float:
+    """The largest one-run ε̂ that ``canaries`` canaries can give at all (perfectly separated scores)."""
+    import numpy as np
+
+    from simulator.audit.estimators import one_run_epsilon_lower_bound
+
+    half = canaries // 2
+    return one_run_epsilon_lower_bound(np.ones(canaries - half), np.zeros(half), delta=delta,
+                                       confidence=confidence).epsilon_lower
+
+
+def _audit(s: Scenario) -> list[Problem]:
+    a = s.audit
+    if a is None:
+        return []
+    out: list[Problem] = []
+    if s.kind != "federated":
+        return [Problem("audit", "an audit inserts canaries into a federated run; kind = \"leakage\" has none")]
+    p = s.privacy
+    if a.level == "client":
+        if p.level == "record":
+            out.append(Problem("audit.level", "\"client\" canaries audit client-level DP or plain FL; with "
+                                              "privacy.level = \"record\" use audit.level = \"record\""))
+        if p.level == "client" and p.client.noise != "central":
+            out.append(Problem("audit.level", "canary clients add no local noise of their own; with "
+                                              "privacy.client.noise = \"local\" the audit would see less noise than "
+                                              "the mechanism; use noise = \"central\""))
+        if s.compression.name != "none":
+            out.append(Problem("audit.level", f"canary clients join the per-client updates before aggregation; "
+                                              f"compressor {s.compression.name!r} aggregates payloads, not updates; "
+                                              f"use compression.name = \"none\""))
+    elif p.level == "client":
+        out.append(Problem("audit.level", "\"record\" canaries audit record-level DP or plain FL; with "
+                                          "privacy.level = \"client\" use audit.level = \"client\""))
+    if not out:
+        best = max_audit_epsilon(a.canaries, confidence=a.confidence, delta=p.delta)
+        if best < 0.5:
+            out.append(Problem("audit.canaries", f"{a.canaries}: even perfectly separated scores give at most "
+                                                 f"ε̂ = {best:.2g} at confidence {a.confidence} (δ = {p.delta:g}); "
+                                                 f"use more canaries (e.g. 1000) or a lower confidence"))
+    return out
+
+
 def privacy_problems(s: Scenario) -> list[Problem]:
-    """Every mismatch between ``[privacy]`` and the scenario's sampling, aggregator and model."""
-    common = _common(s)
+    """Every mismatch between ``[privacy]`` / ``[audit]`` and the scenario's sampling, aggregator and model."""
+    common = _common(s) + _audit(s)
     if s.privacy.level == "client":
         return common + _client_level(s)
     if s.privacy.level == "record":

@@ -36,6 +36,7 @@ alone; the run's headline ``privacy.epsilon`` is the worst view.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -213,8 +214,13 @@ def _epsilon_cached(groups: tuple[tuple[E.DpEvent, int], ...], relation: str, de
             eps = float(total.get_epsilon_for_delta(delta))
     if eps is None:
         acc = _accountant(accountant, relation)
-        acc.compose(_composed(groups))
-        eps = float(acc.get_epsilon(delta))
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # RDP's "failed to converge ... excluding this order" lines: not actionable
+        try:
+            acc.compose(_composed(groups))
+            eps = float(acc.get_epsilon(delta))
+        finally:
+            logging.disable(previous)
     return math.inf if math.isnan(eps) else eps
 
 

@@ -19,6 +19,8 @@ from flwr.serverapp import Grid, ServerApp
 from defenses.base import AGGREGATORS, SERVER_DEFENSES
 from defenses.detection import detection_rates
 from simulator.backdoor_metrics import backdoor_lifespan
+from simulator.flat import flatten
+from simulator.flower.audit import ClientAudit
 from simulator.flower.runtime import Runtime, build_runtime
 from simulator.flower.strategy import PrivsimStrategy
 from simulator.results import RoundRecord
@@ -41,6 +43,7 @@ class ServerOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None
     attacked: list[Any] = field(default_factory=list)  # in-run inversion results (images for the grids)
+    audit_scores: dict[str, Any] = field(default_factory=dict)  # canary scores (in, out) per statistic, for the plot
 
 
 def discover_partitions(grid: Grid, num_nodes: int, *, timeout: float = 300.0) -> dict[int, int]:
@@ -111,10 +114,16 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
         from simulator.flower.observer import InversionObserver
 
         observer = InversionObserver(rt, model)
+    audit = None
+    if s.audit is not None and s.audit.level == "client":
+        audit = ClientAudit(s.audit, rt.privacy, dim=rt.layout.dim, rate=rt.sampler.expected_size / s.data.num_clients,
+                            expected_clients=rt.sampler.expected_size, scenario_seed=s.seed)
     strategy = PrivsimStrategy(
         runtime=rt, model=model,
         aggregator=AGGREGATORS.create(s.defenses.aggregator.name, s.defenses.aggregator.params),
-        server_defenses=[SERVER_DEFENSES.create(d.name, d.params) for d in s.defenses.server], observer=observer)
+        server_defenses=[SERVER_DEFENSES.create(d.name, d.params) for d in s.defenses.server], observer=observer,
+        audit=audit)
+    initial = flatten(model.state_dict(), rt.layout).clone()
     evaluate_model = _evaluator(rt)
     sink.on_start(s, rt)
 
@@ -154,6 +163,11 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
     summary = rt.privacy.summary()
     if summary is not None:
         outcome.extra["privacy"] = summary
+    if audit is not None:
+        scores = audit.scores(flatten(model.state_dict(), rt.layout) - initial)
+        upper = rt.privacy.ledger.epsilon("aggregate") if hasattr(rt.privacy, "ledger") else math.inf
+        outcome.extra["audit"] = audit.block(scores, delta=s.privacy.delta, epsilon_upper=upper)
+        outcome.audit_scores = scores
     outcome.extra["defense"] = _defense_block(s, outcome.records)
     if observer is not None:
         outcome.extra["inversion"] = observer.summary()

@@ -27,6 +27,7 @@ from torch import nn
 from defenses.base import Aggregator, ServerDefense
 from simulator.context import RoundContext
 from simulator.flat import flatten, load_vector
+from simulator.flower.audit import CanaryRound, ClientAudit
 from simulator.flower.replies import ValidReply, validate_replies
 from simulator.flower.runtime import Runtime
 from simulator.results import RoundRecord
@@ -42,7 +43,8 @@ class PrivsimStrategy(FedAvg):
     """FedAvg whose sampling and aggregation are privsim's (see the module docstring)."""
 
     def __init__(self, *, runtime: Runtime, model: nn.Module, aggregator: Aggregator,
-                 server_defenses: list[ServerDefense], observer: Observer | None = None) -> None:
+                 server_defenses: list[ServerDefense], observer: Observer | None = None,
+                 audit: ClientAudit | None = None) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=0,
                          min_available_nodes=1, weighted_by_key="num-examples")
         self.rt = runtime
@@ -50,6 +52,7 @@ class PrivsimStrategy(FedAvg):
         self.aggregator = aggregator
         self.server_defenses = server_defenses
         self.observer = observer
+        self.audit = audit  # [audit] level = "client": canary clients join steps 10-11 (evaluator side)
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.partition_of: dict[int, int] = {}  # node id -> partition id
         self.cohort: Cohort | None = None
@@ -122,24 +125,32 @@ class PrivsimStrategy(FedAvg):
         # 9. observe
         if self.observer is not None:
             rec.metrics.update(self.observer(server_round, valid, updates, ctx))
-        # 10. aggregate
+        # 10. aggregate (with the audit's canary clients, if any, as extra rows)
+        canary = CanaryRound()
         if updates is not None and valid:
+            if self.audit is not None:
+                updates, weights, ctx, canary = self.audit.join(server_round, updates, weights, ctx)
             res = self.aggregator.aggregate(updates, weights, ctx)
             update, accepted, scores = res.update, res.accepted, res.scores
-        rec.accepted = sorted(accepted)
-        rec.clients_aggregated = len(accepted)
+        real_ids = set(self.valid_ids)
+        rec.accepted = sorted(a for a in accepted if a in real_ids)
+        rec.clients_aggregated = len(rec.accepted)
+        if canary.ids:
+            rec.metrics["audit_canaries"] = len(canary.ids)
         if scores:
-            rec.metrics["scores"] = {str(k): float(s) for k, s in scores.items()}
+            rec.metrics["scores"] = {str(k): float(s) for k, s in scores.items() if k in real_ids}
         # 11. noise
-        update = rt.privacy.server_aggregate(update, [r.metrics for r in valid], ctx)
+        update = rt.privacy.server_aggregate(update, [r.metrics for r in valid] + canary.metrics, ctx)
         for d in self.server_defenses:
             update = d.apply(update, ctx)
+        if self.audit is not None:
+            self.audit.observe(update, len(valid) + len(canary.ids))
         # 12. apply
         if not bool(torch.isfinite(update).all()):
             rec.metrics["round_skipped"] = "non-finite aggregate refused"
             return None, None
         load_vector(self.model, gvec + rt.scenario.federation.server_lr * update, rt.layout)
-        return ArrayRecord(self.model.state_dict()), MetricRecord({"clients-aggregated": len(accepted)})
+        return ArrayRecord(self.model.state_dict()), MetricRecord({"clients-aggregated": rec.clients_aggregated})
 
     # ---- EVALUATION: centralised on the server's test split (see server_app) ----
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from simulator.scenario.attacks import AttacksConfig
+from simulator.scenario.audit import AuditConfig
 from simulator.scenario.base import Strict
 from simulator.scenario.compression import CompressionConfig
 from simulator.scenario.core import (DataConfig, EvaluationConfig, FederationConfig, ModelConfig, OutputConfig,
@@ -37,6 +38,7 @@ class Scenario(Strict):
     privacy: PrivacyConfig = PrivacyConfig()
     compression: CompressionConfig = CompressionConfig()
     leakage: LeakageConfig | None = None
+    audit: AuditConfig | None = None
     output: OutputConfig = OutputConfig()
     source: str | None = Field(None, exclude=True)  # the file it came from (not part of the hash)
 
@@ -50,8 +52,10 @@ class Scenario(Strict):
         d = self.resolved()
         for key in ("output", "name", "description"):
             d.pop(key, None)
-        if d.get("privacy", {}).get("noise_seed", 0) is None:  # the default: digests stay as they were
+        if d.get("privacy", {}).get("noise_seed", 0) is None:  # defaults that keep digests as they were
             d["privacy"].pop("noise_seed")
+        if d.get("audit", 0) is None:
+            d.pop("audit")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
