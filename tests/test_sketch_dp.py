@@ -49,7 +49,7 @@ def test_accountant_reads_the_compressors_privacy_params() -> None:
     single = _pld_eps(E.GaussianDpEvent(0.65), 3, s.privacy.delta)
     assert reports[-1]["epsilon_update_in_clear"] == pytest.approx(single, rel=1e-6)
     assert reports[-1]["epsilon"] == reports[-1]["epsilon_update_in_clear"]
-    assert reports[0]["epsilon"] < reports[1]["epsilon"] < reports[2]["epsilon"] == single
+    assert reports[0]["epsilon"] < reports[1]["epsilon"] < reports[2]["epsilon"] == pytest.approx(single, rel=1e-6)
 
 
 def test_poisson_cohorts_use_pld_with_amplification() -> None:

@@ -85,6 +85,11 @@ def _client_level(s: Scenario) -> list[Problem]:
 
 def _record_level(s: Scenario) -> list[Problem]:
     r, out = s.privacy.record, []
+    if r.mechanism == "gradient" and not r.poisson_sampling:
+        out.append(Problem("privacy.record.poisson_sampling",
+                           "false (shuffled fixed batches): adding or removing a record moves every batch boundary, "
+                           "so \"one Gaussian per epoch\" is not an add-or-remove-one analysis privsim can stand "
+                           "behind; use poisson_sampling = true (Opacus's sampled Gaussian)"))
     if r.feature_preprocessing == "dpsgd_f":
         if r.mechanism != "gradient":
             out.append(Problem("privacy.record.feature_preprocessing", "DPSGD-F precedes DP-SGD; it needs "
