@@ -77,6 +77,41 @@ def run(
 
 
 @app.command()
+def audit(
+    file: Path = typer.Argument(..., help="scenario TOML file (its [audit] section, or a default one)"),
+    sets: list[str] = typer.Option([], "--set", help="override a field (repeatable)"),
+    canaries: Optional[int] = typer.Option(None, "--canaries", help="number of canaries (default 1000)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder"),
+    store: Optional[Path] = typer.Option(None, "--store", help="SQLite results store"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar or per-round lines"),
+) -> None:
+    """Run a scenario with an empirical privacy audit: the ledger's ε (upper) beside the audit's ε̂ (lower)."""
+    base = _load(file, sets, None)
+    extra = list(sets)
+    if base.audit is None:  # the canaries that match the scenario's privacy level
+        level = "record" if base.privacy.level == "record" else "client"
+        extra.append(f'audit={{level="{level}"}}')
+    if canaries is not None:
+        extra.append(f"audit.canaries={canaries}")
+    s = _load(file, extra, None)
+    from simulator.runner import RunFailed
+    from simulator.runner import run as run_scenario
+
+    try:
+        result = run_scenario(s, out_dir=out, store=store, progress=not quiet)
+    except ScenarioError as e:
+        _fail(str(e))
+    except RunFailed as e:
+        _fail(f"run failed: {e}", 1)
+    a = result.extra["audit"]
+    upper = a["epsilon_upper"]
+    up = "inf (no DP)" if upper is None or upper == float("inf") else f"{upper:.3g}"
+    typer.echo(f"{s.name}: {a['level']}-level audit, {a['canaries']} canaries ({a['statistic']}): "
+               f"epsilon lower bound {a['epsilon_lower']:.3g} at {a['confidence']:.0%} confidence, "
+               f"ledger epsilon {up}, AUC {a['auc']:.3f}; results in {result.out_dir}")
+
+
+@app.command()
 def validate(
     file: Path = typer.Argument(..., help="scenario TOML file"),
     sets: list[str] = typer.Option([], "--set", help="override a field (repeatable)"),

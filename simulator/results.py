@@ -21,9 +21,13 @@ __all__ = ["RoundRecord", "RunResult", "ResultsStore", "versions", "write_output
 
 
 def jsonable(x: Any) -> Any:
-    """Plain JSON types; NaN/Inf become None so the file stays valid JSON."""
+    """Plain JSON types, so the file stays valid JSON: NaN becomes None (no value); ±Inf becomes the string
+    "inf" / "-inf" (an ε = ∞ or an exact reconstruction's PSNR is a value, not a missing one; Python's
+    ``float("inf")`` reads it back)."""
     if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else x
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return None if math.isnan(x) else x
     if isinstance(x, dict):
         return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):

@@ -430,4 +430,4 @@ def test_privacy_tables_show_only_the_metrics_some_cell_has() -> None:
     html = render_html(g, t, cell_records(g, outs), Path("."))
     assert ">ε<" not in html and ">MA<" not in html
     empty = leaderboard_table(g, cell_records(g, [_Outcome(c, "completed", {}) for c in g.cells]))
-    assert len(empty.headers) == 2 * 5  # nothing measured yet: every metric stays, shown as "–"
+    assert len(empty.headers) == 2 * 6  # nothing measured yet: every metric (ε and the audit ε̂ too) stays, as "–"

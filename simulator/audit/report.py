@@ -35,8 +35,12 @@ def _one(s_in: np.ndarray, s_out: np.ndarray, *, delta: float, confidence: float
 
 
 def headline_statistic(scores: dict[str, Any]) -> str:
-    """The all-iterates statistic fixed in advance: the likelihood ratio when available, else the max cosine."""
-    return "all_iterates_likelihood" if "all_iterates_likelihood" in scores else "all_iterates_max"
+    """The statistic fixed in advance: the all-iterates likelihood ratio when available, else the all-iterates
+    maximum cosine, else (record level) the only one there is."""
+    for name in ("all_iterates_likelihood", "all_iterates_max"):
+        if name in scores:
+            return name
+    return next(iter(scores))
 
 
 def audit_block(scores: dict[str, tuple[np.ndarray, np.ndarray]], *, delta: float, confidence: float,
@@ -48,7 +52,7 @@ def audit_block(scores: dict[str, tuple[np.ndarray, np.ndarray]], *, delta: floa
     h = per.get(head, {})
     block: dict[str, Any] = {
         "method": method, "canaries": canaries, "confidence": confidence, "delta": delta,
-        "threat": "all_iterates", "statistic": head,
+        "threat": "all_iterates" if head.startswith("all_iterates") else "final_model", "statistic": head,
         "epsilon_lower": h.get("epsilon_lower", 0.0), "epsilon_upper": epsilon_upper,
         "epsilon_gaussian_estimate": h.get("epsilon_gaussian_estimate"), "auc": h.get("auc"),
         "final_model": per.get("final_model"), "statistics": per,

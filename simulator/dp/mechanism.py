@@ -94,6 +94,17 @@ class PrivacyMechanism:
     def summary(self) -> dict[str, Any] | None:
         return None
 
+    def epsilon_of_view(self, view: str) -> float:
+        """ε of one ledger view (an audit's upper bound); ∞ without DP or without that view."""
+        ledger = getattr(self, "ledger", None)
+        if ledger is None or view not in ledger.views:
+            return math.inf
+        return float(ledger.epsilon(view))
+
+    def delta_of_run(self, default: float) -> float:
+        ledger = getattr(self, "ledger", None)
+        return float(ledger.delta) if ledger is not None else default
+
 
 class NoPrivacy(PrivacyMechanism):
     """No differential privacy."""

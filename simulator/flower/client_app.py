@@ -48,6 +48,9 @@ def client_train(scenario_json: str, msg: Message, context: Context) -> Message:
     model.load_state_dict(global_sd)
     gvec = flatten(global_sd, rt.layout).to(s.simulation.device)
     x, y = rt.data.client(pid)
+    if rt.record_canaries is not None:  # [audit] level = "record": this client's inserted canary examples
+        cx, cy = rt.record_canaries.for_client(pid)
+        x, y = torch.cat([x, cx.to(x.dtype)]), torch.cat([y, cy.to(y.dtype)])
     acting = pid in rt.schedule.acting(rnd)
     state = _load_state(context)
     ctx = ClientContext(

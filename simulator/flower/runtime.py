@@ -13,6 +13,7 @@ from torch import nn
 
 from attacks.base import CLIENT_ATTACKS, ClientAttack
 from defenses.base import CLIENT_DEFENSES, ClientDefense
+from simulator.audit.record import RecordCanaries
 from simulator.context import derive_seed, run_secret
 from simulator.data import FederatedData, build_federated_data
 from simulator.dp.mechanism import PrivacyMechanism, build_privacy
@@ -41,6 +42,7 @@ class Runtime:
     privacy: PrivacyMechanism
     train: LocalTrainConfig
     secret: int  # this process's privacy secret (DP noise, secret cohort sampling): see context.run_secret
+    record_canaries: RecordCanaries | None = None  # [audit] level = "record": the evaluator's canary examples
 
     def noise_key(self, partition_id: int) -> int:
         """The client's own key for privacy randomness (other clients' keys cannot be derived from it)."""
@@ -71,11 +73,19 @@ def build_runtime(s: Scenario) -> Runtime:
     train = LocalTrainConfig(epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr, optimizer=f.optimizer,
                              momentum=f.momentum, weight_decay=f.weight_decay, max_steps=f.local_steps,
                              label_smoothing=f.label_smoothing, mixup_alpha=f.mixup_alpha)
+    canaries = None
+    if s.audit is not None and s.audit.level == "record":
+        tx = data.train.x
+        canaries = RecordCanaries(num=s.audit.canaries, num_clients=s.data.num_clients,
+                                  input_shape=tuple(data.input_shape), num_classes=data.num_classes,
+                                  low=float(tx.min()), high=float(tx.max()),
+                                  seed=s.audit.seed if s.audit.seed is not None else derive_seed(s.seed, "audit"))
     return Runtime(
         scenario=s, data=data, model=model, layout=layout_of(model), attack=attack, schedule=schedule,
         sampler=sampler,
         client_defenses=[CLIENT_DEFENSES.create(d.name, d.params) for d in s.defenses.client],
-        compressor=compressor, privacy=privacy, train=train, secret=secret)
+        compressor=compressor, privacy=privacy, train=train, secret=secret,
+        record_canaries=canaries)
 
 
 def _inversion_targets(s: Scenario) -> dict[int, tuple[int, ...]]:

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from defenses.base import AGGREGATORS, SERVER_DEFENSES
 from defenses.detection import detection_rates
 from simulator.backdoor_metrics import backdoor_lifespan
+from simulator.audit.report import audit_block
 from simulator.flat import flatten
 from simulator.flower.audit import ClientAudit
 from simulator.flower.runtime import Runtime, build_runtime
@@ -165,8 +166,17 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
         outcome.extra["privacy"] = summary
     if audit is not None:
         scores = audit.scores(flatten(model.state_dict(), rt.layout) - initial)
-        upper = rt.privacy.ledger.epsilon("aggregate") if hasattr(rt.privacy, "ledger") else math.inf
-        outcome.extra["audit"] = audit.block(scores, delta=s.privacy.delta, epsilon_upper=upper)
+        outcome.extra["audit"] = audit.block(scores, delta=s.privacy.delta,
+                                             epsilon_upper=rt.privacy.epsilon_of_view("aggregate"))
+        outcome.audit_scores = scores
+    if rt.record_canaries is not None and s.audit is not None:
+        c = rt.record_canaries
+        scores = c.scores(model)
+        outcome.extra["audit"] = audit_block(
+            scores, delta=rt.privacy.delta_of_run(s.privacy.delta), confidence=s.audit.confidence,
+            epsilon_upper=rt.privacy.epsilon_of_view("records"), canaries=c.num,
+            method="canary examples (Steinke, Nasr, Jagielski, NeurIPS 2023), black-box loss on the final model",
+            extra={"level": "record", "inserted": int(c.inserted.sum())})
         outcome.audit_scores = scores
     outcome.extra["defense"] = _defense_block(s, outcome.records)
     if observer is not None:

@@ -66,9 +66,9 @@ INTEGRITY_METRICS = (Metric("main_accuracy", "MA", "max"), Metric("backdoor_accu
                      Metric("tpr", "TPR", "max"), Metric("fpr", "FPR", "min"))
 PRIVACY_METRICS = (Metric("main_accuracy", "MA", "max"), Metric("psnr", "PSNR", "min"),
                    Metric("ssim", "SSIM", "min"), Metric("label_accuracy", "label acc", "min"),
-                   Metric("epsilon", "ε", "min"))
+                   Metric("epsilon", "ε", "min"), Metric("epsilon_lower", "ε̂ (audit)", "min"))
 ALL_KEYS = ("main_accuracy", "backdoor_accuracy", "tpr", "fpr", "psnr", "ssim", "label_accuracy", "epsilon",
-            "bytes_up_per_round", "wall_time_s")
+            "epsilon_lower", "bytes_up_per_round", "wall_time_s")
 
 
 def _num(x: Any) -> float | None:
@@ -85,7 +85,7 @@ def _block(summary: dict[str, Any], key: str) -> dict[str, Any]:
 def cell_metrics(summary: dict[str, Any] | None) -> dict[str, float | None]:
     """All leaderboard metrics of one run summary (``None`` for anything missing or non-numeric)."""
     s = summary if isinstance(summary, dict) else {}
-    final, defense, inv, priv = (_block(s, k) for k in ("final", "defense", "inversion", "privacy"))
+    final, defense, inv, priv, audit = (_block(s, k) for k in ("final", "defense", "inversion", "privacy", "audit"))
     return {
         "main_accuracy": _num(final.get("main_accuracy")),
         "backdoor_accuracy": _num(final.get("backdoor_accuracy")),
@@ -94,7 +94,8 @@ def cell_metrics(summary: dict[str, Any] | None) -> dict[str, float | None]:
         "psnr": _num(inv.get("psnr")),
         "ssim": _num(inv.get("ssim")),
         "label_accuracy": _num(inv.get("label_accuracy")),
-        "epsilon": _num(priv.get("epsilon")),
+        "epsilon": _num(priv.get("epsilon")),  # the ledger's upper bound (worst view)
+        "epsilon_lower": _num(audit.get("epsilon_lower")),  # the audit's lower bound, beside it
         "wall_time_s": _num(s.get("wall_time_s")),
         "bytes_up_per_round": _num(_block(s, "communication").get("bytes_up_per_round")),
     }
