@@ -69,3 +69,38 @@ def test_audit_settings_that_cannot_work_fail_at_load() -> None:
         load_scenario(DP_FEDAVG, ["audit={level='record'}"])
     with pytest.raises(ScenarioError, match=r"audit\.level"):
         load_scenario(ROOT / "scenarios" / "sketch_fedavg.toml", ["audit={canaries=1000}"])
+
+
+@pytest.mark.slow
+def test_record_level_audit_puts_canaries_in_their_clients_data() -> None:
+    """Canary examples join their owners' local data (the clients train on more examples), are scored by the
+    final model's loss, and the upper bound is the ledger's record-level ε."""
+    over = ["simulation.engine='inline'", "federation.rounds=1", "data.num_clients=4", "federation.clients_per_round=4",
+            "data.max_examples=400", "model.name='mlp'", "model.params={hidden=[16]}", "privacy.target_epsilon=1000",
+            "federation.batch_size=10"]
+    plain = run(load_scenario(ROOT / "scenarios" / "dp_sgd.toml", over), write=False)
+    audited = run(load_scenario(ROOT / "scenarios" / "dp_sgd.toml", [*over, "audit={level='record', canaries=100}"]),
+                  write=False)
+    a = audited.extra["audit"]
+    assert a["level"] == "record" and a["statistic"] == "final_model_loss" and a["threat"] == "final_model"
+    assert a["epsilon_upper"] == pytest.approx(audited.extra["privacy"]["epsilon"])
+    assert 0.0 <= a["epsilon_lower"] <= a["epsilon_upper"]
+    assert a["statistics"]["final_model_loss"]["in"] == a["inserted"] > 0
+    # the inserted canaries made the clients' local data larger: Opacus's sampling rate 1/batches fell with it
+    rate = lambda r: r.extra["privacy"]["ledger"]["views"]["records"]["events"][0]["event"]  # noqa: E731
+    assert rate(audited) != rate(plain)
+
+
+def test_privsim_audit_command_adds_a_default_audit(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from simulator.cli import app
+
+    res = CliRunner().invoke(app, ["audit", str(DP_FEDAVG), "--quiet", "--out", str(tmp_path / "o"), "--store",
+                                   str(tmp_path / "s.sqlite"), "--set", "federation.rounds=1",
+                                   "--set", "simulation.engine='inline'"])
+    assert res.exit_code == 0, res.output
+    assert "client-level audit, 1000 canaries" in res.output and "ledger epsilon" in res.output
+    assert (tmp_path / "o" / "audit_scores.png").is_file()
+    bad = CliRunner().invoke(app, ["audit", str(DP_FEDAVG), "--canaries", "8"])
+    assert bad.exit_code == 2 and "audit.canaries" in bad.output and "Traceback" not in bad.output

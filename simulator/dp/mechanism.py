@@ -463,7 +463,8 @@ class ClientLevelDP(PrivacyMechanism):
         self._record_round(rnd, ctx.client_ids, self.total_noise_std(n), self.clip_norm)
         self.clip_history.append(self.clip_norm)
         if self.adaptive is not None:
-            bits = [float(mt.get("dp-clip-bit", -0.5)) for mt in client_metrics]
+            # clients' shifted bits; rows without one (an audit's canary clients) do not vote on the clip norm
+            bits = [float(mt["dp-clip-bit"]) for mt in client_metrics if "dp-clip-bit" in mt]
             self.noisy_fraction = self.adaptive.update(bits, expected_clients=self.m,
                                                        generator=self._generator(rnd, "dp-clip-count"))
             self.clip_norm = self.adaptive.clip_norm
@@ -499,21 +500,29 @@ class ClientLevelDP(PrivacyMechanism):
 
     def summary(self) -> dict[str, Any]:
         view, eps = self.ledger.worst()
+        ledger = self.ledger.to_dict()
         extra: dict[str, Any] = {
             "clip_norm": self.cfg.clip_norm, "adaptive_clipping": self.adaptive is not None,
             "noise": self.cfg.noise, "update_noise_multiplier": self.update_z,
             "expected_clients_per_round": self.m, "aggregate": "uniform sum of clipped updates / expected m",
             "target_epsilon": self.target_epsilon, "on_budget": self.on_budget,
             "epsilon": eps, "epsilon_view": view, "epsilons": self.ledger.epsilons(),
-            "noise_randomness": self.randomness, "ledger": self.ledger.to_dict(),
+            "noise_randomness": self.randomness, "ledger": ledger,
         }
         if self.adaptive is not None:
             extra.update(clipped_count_stddev=self.count_stddev, final_clip_norm=self.clip_norm,
                          target_quantile=self.adaptive.target_quantile, clip_norm_lr=self.adaptive.lr,
                          clip_bits="shifted to ±½ (sensitivity ½), as TF Privacy's quantile estimator")
-        block = self.plan.privacy_block(rounds=self.rounds_done, level="client", extra=extra)
-        for k in ("epsilon_rdp", "epsilon_pld"):  # the plan's cross-checks are of the planned aggregate only
-            block.pop(k, None)
+        p = self.plan
+        block: dict[str, Any] = {
+            "level": "client", "delta": self.ledger.delta, "accountant": ledger["views"]["aggregate"]["accountant"],
+            "noise_multiplier": p.noise_multiplier, "sampling_rate": p.sampling_rate,
+            "steps": self.rounds_done, "neighboring_relation": "replace_one" if self.replace_one else "add_or_remove_one",
+            "sampling": {"poisson": "poisson", "fixed": "fixed-size without replacement",
+                         "none": "none (no amplification)"}[p.sampling]}
+        if p.sampling == "fixed":
+            block.update(num_clients=p.num_clients, sample_size=p.sample_size)
+        block.update(extra)
         return block
 
 

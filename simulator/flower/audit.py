@@ -3,7 +3,8 @@
 At step 10 the round's participating inserted canaries (:class:`~simulator.audit.canaries.CanaryClients`) are
 appended to the per-client update matrix as extra clients with their own ids (``−1 − j``), so the aggregator and
 the DP mechanism treat them exactly like clients (a canary's update has the clip norm, so clipping leaves it
-unchanged; its shifted clip bit is +½). After step 11 the released aggregate is scored. Canaries are evaluator
+unchanged; canaries do not vote on an adaptive clip norm, so they cannot drag it down). After step 11 the released
+aggregate is scored. Canaries are evaluator
 state: no plug-in learns which were inserted, and no record lists them among the accepted clients.
 """
 
@@ -68,7 +69,7 @@ class ClientAudit:
         weights = torch.cat([weights, torch.full((len(take),), w, dtype=weights.dtype, device=weights.device)])
         ctx = dataclasses.replace(ctx, client_ids=ctx.client_ids + ids,
                                   num_examples=ctx.num_examples + (int(round(w)),) * len(ids))
-        return updates, weights, ctx, CanaryRound(ids, [{"dp-clip-bit": 0.5} for _ in ids])
+        return updates, weights, ctx, CanaryRound(ids, [{} for _ in ids])
 
     def observe(self, released: torch.Tensor, num_in_sum: int) -> None:
         """After step 11: score the canaries against the released aggregate."""
