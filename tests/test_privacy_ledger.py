@@ -139,6 +139,10 @@ def test_settings_that_void_the_guarantee_are_refused_at_load() -> None:
     for field, over in cases.items():
         with pytest.raises(ScenarioError, match=field.replace(".", r"\.")):
             load_scenario(DP_FEDAVG, over)
+    with pytest.raises(ScenarioError, match=r"privacy\.level.*leakage experiment"):  # it would report no ε
+        load_scenario(ROOT / "scenarios" / "leakage_dlg.toml", ["privacy={level='client'}"])
+    with pytest.raises(ScenarioError, match=r"privacy\.record\.poisson_sampling"):
+        load_scenario(ROOT / "scenarios" / "dp_sgd.toml", ["privacy.record.poisson_sampling=false"])
     with pytest.raises(ScenarioError, match=r"privacy\.on_budget"):
         load_scenario(DP_FEDAVG, ["privacy.target_epsilon=8.0", "privacy.on_budget='calibrate'",
                                   "privacy.client={clip_norm=1.0, noise_multiplier=1.0, noise='local'}"])

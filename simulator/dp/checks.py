@@ -21,6 +21,11 @@ def _any_dp(s: Scenario) -> bool:
 def _common(s: Scenario) -> list[Problem]:
     """Settings that void any DP claim, whatever the level."""
     out: list[Problem] = []
+    if s.kind == "leakage" and s.privacy.level != "none":
+        out.append(Problem("privacy.level", f"{s.privacy.level!r} in a leakage experiment, which runs no DP "
+                                            f"mechanism and reports no ε; attack a DP payload in a federated run "
+                                            f"(kind = \"federated\" with [attacks.inversion]), or noise the leakage "
+                                            f"payload with [[defenses.client]] name = \"gaussian_noise\""))
     ws = s.model.warm_start
     if ws is not None and ws.rounds is not None and _any_dp(s):
         out.append(Problem("model.warm_start.rounds",

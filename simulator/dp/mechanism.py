@@ -545,7 +545,21 @@ def randomness_note(scenario: Any) -> str:
     return "fresh OS entropy per process: not derivable from the scenario, the seed, the round or the client id"
 
 
+def _assumptions(scenario: Any, mech: PrivacyMechanism) -> PrivacyMechanism:
+    ledger = getattr(mech, "ledger", None)
+    ws = scenario.model.warm_start
+    if ledger is not None and ws is not None and ws.checkpoint is not None:
+        ledger.notes.append(f"warm start from {ws.checkpoint!r}: ε assumes that checkpoint saw none of the clients' "
+                            f"data (a checkpoint trained on them voids it)")
+    return mech
+
+
 def build_privacy(scenario: Any, compressor: Any = None, *, secret: int | None = None) -> PrivacyMechanism:
+    """The mechanism for a scenario's ``[privacy]`` section (see :func:`_build`), with its stated assumptions."""
+    return _assumptions(scenario, _build(scenario, compressor, secret=secret))
+
+
+def _build(scenario: Any, compressor: Any = None, *, secret: int | None = None) -> PrivacyMechanism:
     """The mechanism for a scenario's ``[privacy]`` section; ``secret`` seeds its server-side noise.
 
     With ``level = "none"`` and a compressor that noises its sketches (``privacy_params()`` not None), the
