@@ -155,3 +155,31 @@ def test_layout_check_lists_unexpected_and_missing():
     b = Layout(("a.weight", "c.weight"), ((2, 2), (3,)))
     assert architecture_problems(b, a) == ["1 unexpected: c.weight", "1 missing: b.weight"]
     assert architecture_problems(a, a) == []
+
+
+def test_model_inspection_refuses_an_imprinted_model_in_a_federated_run(tmp_path):
+    """The federated ClientApp runs the client defenses' inspect on the received model: a server that starts
+    the run from an imprint-forged MLP (Robbing the Fed's layer under the agreed names, via a warm-start
+    checkpoint) is refused by every client, each recorded as failed with the reason; the model never moves."""
+    from simulator import load_scenario, run
+
+    honest = build_model("mlp", {"hidden": [32]}, input_shape=SHAPE, num_classes=10, seed=0)
+    forged = copy.deepcopy(honest)
+    with torch.no_grad():
+        forged.net[1].weight.copy_(torch.full_like(forged.net[1].weight, 1.0 / forged.net[1].weight.shape[1]))
+        forged.net[1].bias.copy_(-torch.linspace(0.0, 0.5, forged.net[1].bias.numel()))
+    ckpt = tmp_path / "forged.pt"
+    torch.save(forged.state_dict(), ckpt)
+    base = ["simulation.engine='inline'", "federation.rounds=1", "data.max_examples=600",
+            "data.partitioner={name='iid'}", "model.name='mlp'", "model.params={hidden=[32]}",
+            f"model.warm_start={{checkpoint='{ckpt}'}}"]
+    s = load_scenario("scenarios/quickstart.toml", [*base, "defenses.client=[{name='model_inspection'}]"])
+    r = run(s, write=False)
+    rec = r.rounds[0]
+    assert rec.clients_aggregated == 0 and len(rec.failed) == rec.clients_sampled > 0
+    assert all("refused the model" in f["reason"] and "imprint-like" in f["reason"] for f in rec.failed)
+    assert "round_skipped" in rec.metrics
+    # without the defense the same clients train on it
+    plain = run(load_scenario("scenarios/quickstart.toml", base), write=False)
+    first = plain.rounds[0]
+    assert first.clients_aggregated == first.clients_sampled and not first.failed

@@ -239,10 +239,9 @@ def _compress(s: Scenario, payload: torch.Tensor, ctx: ClientContext,
         return payload, None
     from simulator.context import RoundContext
     from simulator.sketching.base import COMPRESSORS
-    from simulator.sketching.sketched import SketchCompressor
 
     comp = COMPRESSORS.create(s.compression.name, s.compression.params)
-    if not isinstance(comp, SketchCompressor) or comp.aggregates_in_sketch_space:
+    if not (comp.is_sketch and comp.decodes_alone) or comp.aggregates_in_sketch_space:
         raise ScenarioError(s.source, [Problem("compression.name", f"{s.compression.name!r} is not a per-client "
                                                "sketch; a leakage experiment supports gaussian_sketch, srht and "
                                                "count_sketch")])

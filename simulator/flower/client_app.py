@@ -19,7 +19,7 @@ from simulator.flat import flatten, model_vector
 from simulator.flower.runtime import runtime_for
 from simulator.training import train_local
 
-__all__ = ["make_client_app", "client_train", "STATE_KEY"]
+__all__ = ["make_client_app", "client_train", "STATE_KEY", "ModelRefused"]
 
 STATE_KEY = "privsim-state"
 
@@ -32,6 +32,10 @@ def _load_state(context: Context) -> dict[str, np.ndarray]:
 def _save_state(context: Context, state: dict[str, np.ndarray]) -> None:
     if state:
         context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+class ModelRefused(RuntimeError):
+    """A client defense refused the received model; the round records the client as failed with the reason."""
 
 
 def client_train(scenario_json: str, msg: Message, context: Context) -> Message:
@@ -60,6 +64,10 @@ def client_train(scenario_json: str, msg: Message, context: Context) -> Message:
         colluders=rt.schedule.colluders(pid, rnd), state=state, noise_key=rt.noise_key(pid))
     if any(d.needs_client_data for d in rt.client_defenses):  # e.g. Soteria: the received model and own data
         ctx = dataclasses.replace(ctx, received_model=copy.deepcopy(model), data=(x, y))
+    for d in rt.client_defenses:  # a client defense may refuse the received model (model_inspection)
+        why = d.inspect(model, ctx)
+        if why:
+            raise ModelRefused(f"client {pid} refused the model: {why}")
     attack = rt.attack if acting else None
     hooks = None
     if attack is not None:

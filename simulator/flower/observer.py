@@ -76,11 +76,9 @@ class InversionObserver:
 
     def _update_of(self, i: int, reply: ValidReply, updates: torch.Tensor | None,
                    ctx: RoundContext) -> tuple[torch.Tensor | None, SketchInfo | None]:
-        from simulator.sketching.sketched import SketchCompressor
-
         comp = self.rt.compressor
         if self.attack.wants_sketch:  # the raw sketch and what the server knows of R (shared seed, round)
-            if not isinstance(comp, SketchCompressor) or "sketch" not in reply.arrays:
+            if not comp.is_sketch or "sketch" not in reply.arrays:
                 return None, None
             y = reply.arrays["sketch"].detach().float().cpu().reshape(-1)
             c = self.rt.scenario.compression
@@ -88,7 +86,7 @@ class InversionObserver:
                                  server_round=ctx.server_round, dim=ctx.layout.dim)
         if updates is not None:
             return updates[i], None
-        if isinstance(comp, SketchCompressor):  # linear and stateless: one client's sketch de-sketches alone
+        if comp.decodes_alone:  # linear and stateless: one client's payload decodes alone
             one = dataclasses.replace(ctx, client_ids=(reply.partition_id,), num_examples=(reply.num_examples,))
             return comp.decode([reply.arrays], one)[0], None
         return None, None

@@ -16,6 +16,15 @@ def _flag(name: str, attr: str) -> bool:
     return bool(getattr(INVERSION_ATTACKS.get(name).factory, attr, False))
 
 
+def _compressor(s: Scenario) -> object | None:
+    from simulator.sketching.base import COMPRESSORS
+
+    try:
+        return COMPRESSORS.create(s.compression.name, s.compression.params)
+    except (ValueError, TypeError, KeyError):
+        return None  # reported by the compression checks
+
+
 def inversion_problems(s: Scenario) -> list[Problem]:
     inv, out = s.attacks.inversion, []
     if s.kind == "leakage":
@@ -27,11 +36,14 @@ def inversion_problems(s: Scenario) -> list[Problem]:
         if _flag(inv.name, "malicious_server") and server != "malicious":
             out.append(Problem("leakage.server", f"{inv.name!r} modifies the model the server sends; it needs "
                                                  f"server = \"malicious\" (got {server!r})"))
-        if s.compression.name not in ("none", "gaussian_sketch", "srht", "count_sketch"):
+        comp = _compressor(s)
+        if comp is not None and (not getattr(comp, "decodes_alone", False)
+                                 or getattr(comp, "aggregates_in_sketch_space", False)):
             out.append(Problem("compression.name", f"{s.compression.name!r} has no per-client payload to attack in "
-                                                   "a leakage experiment; allowed: none, gaussian_sketch, srht, "
-                                                   "count_sketch"))
-        if _flag(inv.name, "wants_sketch") and s.compression.name == "none":
+                                                   "a leakage experiment (it must decode one client's payload alone); "
+                                                   "use none or a per-client sketch (gaussian_sketch, srht, "
+                                                   "count_sketch)"))
+        if _flag(inv.name, "wants_sketch") and not getattr(comp, "is_sketch", False):
             out.append(Problem("attacks.inversion", f"{inv.name!r} matches in sketch space; it needs a sketch "
                                                     "[compression] (gaussian_sketch, srht, count_sketch)"))
         return out
@@ -52,8 +64,10 @@ def inversion_problems(s: Scenario) -> list[Problem]:
                                                 "modified model; in a federated run every client gets the same global "
                                                 "model, so run it as kind = \"leakage\" with [leakage] server = "
                                                 "\"malicious\""))
-    if s.compression.name == "fetchsgd":
-        out.append(Problem("attacks.inversion", "FetchSGD merges the sketches in sketch space with server state; "
-                                                "there is no per-client update to attack (use a sketched FedAvg "
-                                                "compressor: gaussian_sketch, srht, count_sketch)"))
+    comp = _compressor(s)
+    if comp is not None and getattr(comp, "aggregates_in_sketch_space", False):
+        out.append(Problem("attacks.inversion", f"{s.compression.name!r} merges the payloads in sketch space before "
+                                                "decoding; there is no per-client update to attack (use a compressor "
+                                                "that decodes each client: srht, gaussian_sketch, count_sketch with "
+                                                "aggregate_in_sketch_space = false)"))
     return out

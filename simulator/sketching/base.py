@@ -31,7 +31,15 @@ class ArraySpec:
 
 
 class Compressor(ABC):
+    """A client-side encoder and its server-side decoder. Capabilities (read by load-time checks, never names):"""
+
+    #: the server merges payloads before decoding (FetchSGD): there is no per-client update for an aggregator or
+    #: an inversion attack to see
     aggregates_in_sketch_space: bool = False
+    #: one client's payload decodes on its own (stateless and linear), so it can be attacked alone
+    decodes_alone: bool = False
+    #: the payload is a linear sketch ``R·Δ`` from shared randomness (an attack may match in sketch space)
+    is_sketch: bool = False
 
     @abstractmethod
     def spec(self, layout: Layout, server_round: int) -> dict[str, ArraySpec]:
@@ -60,6 +68,8 @@ COMPRESSORS: Registry[Compressor] = Registry("compressor")
 @COMPRESSORS.register("none")
 class Identity(Compressor):
     """No compression: the dense float32 update goes on the wire."""
+
+    decodes_alone = True
 
     def spec(self, layout: Layout, server_round: int) -> dict[str, ArraySpec]:
         return {"delta": ArraySpec((layout.dim,))}

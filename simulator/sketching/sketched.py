@@ -92,6 +92,9 @@ class SketchCompressor(Compressor):
         z: Gaussian noise of std z·g·C on each client's sketch; needs ``clip_norm``.
     """
 
+    decodes_alone = True
+    is_sketch = True
+
     operator_name: str = "sketch"
 
     def __init__(self, *, ratio: Ratio = 0.1, sketch_dim: PositiveInt | None = None,
