@@ -6,3 +6,4 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+collect_ignore = ["helpers"]  # imported by the tests; collecting it for doctests would register its plug-ins twice

@@ -18,7 +18,7 @@ def prune_smallest(delta: torch.Tensor, *, fraction: float) -> torch.Tensor:
     """Zero the ``⌊fraction · d⌋`` entries of smallest magnitude (ties broken by position).
 
     >>> prune_smallest(torch.tensor([0.1, -3.0, 0.5, 2.0]), fraction=0.5)
-    tensor([ 0.0000, -3.0000,  0.0000,  2.0000])
+    tensor([ 0., -3.,  0.,  2.])
     """
     k = int(fraction * delta.numel())
     out = delta.clone()
