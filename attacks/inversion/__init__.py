@@ -10,7 +10,7 @@ from attacks.inversion import (  # noqa: F401
     sketch_matching,
     soft_label,
 )
-from simulator.scenario.inversion_checks import inversion_problems
+from attacks.inversion.checks import inversion_problems
 from simulator.scenario.loader import SCENARIO_CHECKS
 
 if inversion_problems not in SCENARIO_CHECKS:

@@ -1,7 +1,9 @@
-"""Load-time checks of ``attacks.inversion`` and ``kind`` (registered in the loader's ``SCENARIO_CHECKS``)."""
+"""Load-time checks of ``attacks.inversion`` and ``kind`` (registered in the loader's ``SCENARIO_CHECKS`` by
+:mod:`attacks.inversion`; they read the attacks' declared capabilities, so they live with the plug-ins)."""
 
 from __future__ import annotations
 
+from attacks.base import INVERSION_ATTACKS
 from simulator.scenario.loader import Problem
 from simulator.scenario.schema import Scenario
 
@@ -9,8 +11,6 @@ __all__ = ["inversion_problems"]
 
 
 def _flag(name: str, attr: str) -> bool:
-    from attacks.base import INVERSION_ATTACKS
-
     if name not in INVERSION_ATTACKS:
         return False  # the registry check reports unknown names
     return bool(getattr(INVERSION_ATTACKS.get(name).factory, attr, False))
