@@ -8,7 +8,7 @@ import random
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from simulator.flower.runtime import Runtime
 from simulator.flower.server_app import ServerOutcome, make_server_app
 from simulator.results import ResultsStore, RoundRecord, RunResult, versions, write_outputs
 from simulator.scenario import Problem, Scenario, ScenarioError
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 __all__ = ["run", "RunFailed", "default_out_dir"]
 
@@ -52,7 +55,7 @@ class _Sink:
         self.s, self.store, self.run_id, self.show = s, store, run_id, progress
         self.console = None
         self.bar = None
-        self.task = None
+        self.task: TaskID | None = None
         if progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -82,6 +85,7 @@ class _Sink:
                 extra += f"  rejected {len(r.rejected)} failed {len(r.failed)} dropped {len(r.dropped)}"
             self.console.print(f"round {r.round:>4}/{self.s.federation.rounds}  acc {acc}  loss {loss}  "
                                f"clients {r.clients_aggregated}/{r.clients_sampled}  {r.seconds:6.2f} s{extra}")
+            assert self.task is not None  # on_start added the task when it started the bar
             self.bar.advance(self.task)
 
     def close(self) -> None:
@@ -175,6 +179,7 @@ def run(scenario: Scenario, *, out_dir: str | Path | None = None, store: str | P
         if outcome.attacked:
             from simulator.experiment.leakage import save_grid
 
+            assert s.attacks.inversion is not None  # only the in-run inversion attack fills outcome.attacked
             for a in outcome.attacked:  # one grid per attacked update: truth row, reconstruction row
                 save_grid(out / "inversion" / f"round{a.round:03d}_client{a.client}.png", a.truth, a.reconstruction,
                           title=f"{s.attacks.inversion.name}, round {a.round}, client {a.client}: "

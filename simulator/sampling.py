@@ -118,7 +118,8 @@ class ClientSampler:
             missing = sorted(must - chosen)
             if self.sampling == "fixed":
                 benign = sorted(chosen - must)
-                out = rng.choice(len(benign), size=min(len(missing), len(benign)), replace=False) if benign else []
+                out: np.ndarray | list[int] = (rng.choice(len(benign), size=min(len(missing), len(benign)),
+                                                          replace=False) if benign else [])
                 chosen -= {benign[i] for i in out}
             chosen |= set(missing)
         sampled = tuple(sorted(int(i) for i in chosen))

@@ -128,8 +128,8 @@ class ComposedAttack(ClientAttack):
         else:
             self.base = (base if isinstance(base, BaseSpec) else BaseSpec(name=base)).build()
 
-    @property  # type: ignore[override]
-    def target_label(self) -> int | None:
+    @property
+    def target_label(self) -> int | None:  # type: ignore[override]  # read-only view of the base's label
         return self.base.target_label
 
     def reserve(self, train: Any) -> Any:

@@ -102,6 +102,8 @@ class EdgeCase(ClientAttack):
     part of the file.
     """
 
+    target_label: int  # a targeted attack: never the base class's None
+
     def __init__(self, source_class: Annotated[int, Field(ge=0)] = 7,
                  target_label: Annotated[int, Field(ge=0)] = 1,
                  edge_size: Annotated[int, Field(ge=1)] = 100,

@@ -181,6 +181,8 @@ class TriggerAttack(ClientAttack):
         ``"replace"`` stamps part of the clean data, ``"add"`` appends stamped copies.
     """
 
+    target_label: int  # a targeted attack: never the base class's None
+
     def __init__(self, *, target_label: int, poison_ratio: float, mode: PoisonMode) -> None:
         if target_label < 0:
             raise ValueError(f"target_label must be ≥ 0, got {target_label}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -52,13 +53,14 @@ def gradient_distance(sim: tuple[torch.Tensor, ...], target: tuple[torch.Tensor,
 
     ``"euclidean"``: ``Σ ‖g − t‖²`` (Zhu et al. 2019); ``"cosine"``: ``1 − ⟨g, t⟩ / (‖g‖ ‖t‖)`` over the
     whole concatenated vector (Geiping et al. 2020)."""
+    # sum() types a sum of tensors as ``Tensor | Literal[0]``; the 0 is only for no layers at all
     if kind == "euclidean":
-        return sum(((g - t) ** 2).sum() for g, t in zip(sim, target))  # type: ignore[return-value]
+        return cast(torch.Tensor, sum(((g - t) ** 2).sum() for g, t in zip(sim, target)))
     if kind == "cosine":
-        dot = sum((g * t).sum() for g, t in zip(sim, target))
-        gn = sum((g * g).sum() for g in sim)
-        tn = sum((t * t).sum() for t in target)
-        return 1.0 - dot / (torch.sqrt(gn) * torch.sqrt(tn) + 1e-12)  # type: ignore[operator]
+        dot = cast(torch.Tensor, sum((g * t).sum() for g, t in zip(sim, target)))
+        gn = cast(torch.Tensor, sum((g * g).sum() for g in sim))
+        tn = cast(torch.Tensor, sum((t * t).sum() for t in target))
+        return 1.0 - dot / (torch.sqrt(gn) * torch.sqrt(tn) + 1e-12)
     raise ValueError(f"unknown gradient distance {kind!r}; known: euclidean, cosine")
 
 

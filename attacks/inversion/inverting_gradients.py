@@ -111,7 +111,7 @@ class InvertingGradients(InversionAttack):
         use_vmap = want and self.supports_vmap and self.restarts > 1
         batched = vmap(step, in_dims=(0, None)) if use_vmap else None
 
-        def direction(xd: torch.Tensor) -> torch.Tensor:
+        def direction(xd: torch.Tensor, /) -> torch.Tensor:  # positional-only, as compile_step_fn's result
             """The update direction of every restart: the (signed) gradient of its loss."""
             if batched is not None:
                 gx, _ = batched(xd, labels)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,10 +32,13 @@ from attacks.inversion.inverting_gradients import InvertingGradients
 from attacks.labels import LabelStrategy, recover_labels
 from simulator.flat import layout_of
 
+if TYPE_CHECKING:
+    from simulator.sketching.operators import SketchOperator
+
 __all__ = ["SketchInvertingGradients", "round_operator"]
 
 
-def round_operator(view: ServerView):  # type: ignore[no-untyped-def]
+def round_operator(view: ServerView) -> SketchOperator:
     """The sketch operator R of the view's round, rebuilt from the shared seed like the server does."""
     from simulator.sketching.base import COMPRESSORS
 
@@ -45,7 +48,9 @@ def round_operator(view: ServerView):  # type: ignore[no-untyped-def]
                          "(use a scenario with a sketch [compression])")
     comp = COMPRESSORS.create(info.operator, info.params)
     dim = info.dim or layout_of(view.model).dim
-    return comp.operator(seed=info.seed, server_round=info.server_round, dim=dim)
+    # a SketchInfo names only is_sketch compressors, and they have operator() (a capability, not a base class)
+    return comp.operator(seed=info.seed, server_round=info.server_round,  # type: ignore[attr-defined]
+                         dim=dim)
 
 
 @INVERSION_ATTACKS.register("sketch_inverting_gradients")

@@ -181,8 +181,8 @@ def recover_soft_label(
     for sign in (1.0, -1.0):
         vals = f(sign * s0 * 10.0**u)
         low = np.r_[True, vals[1:] <= vals[:-1]] & np.r_[vals[:-1] <= vals[1:], True]  # local minima
-        for i in np.flatnonzero(low):
-            (ends if i in (0, len(u) - 1) else candidates).append((float(vals[i]), sign, int(i)))
+        for j in np.flatnonzero(low):
+            (ends if j in (0, len(u) - 1) else candidates).append((float(vals[j]), sign, int(j)))
     # the grid's ends are used only when no interior minimum exists: as |λ| → ∞ the softmax saturates and the
     # "weight" form's ŷ tends to a one-hot vector, a spurious zero of the objective
     candidates = sorted(candidates or ends, key=lambda c: c[0])

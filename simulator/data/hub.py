@@ -7,6 +7,7 @@ data that the tests build (a parquet file for the hub loader, a fake torchvision
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +19,8 @@ _IMAGE_KEYS = ("img", "image", "pixel_values", "pixels")
 _LABEL_KEYS = ("label", "labels", "fine_label", "character", "y")
 
 
-def _to_array(img: object) -> np.ndarray:
-    return np.asarray(img.convert("RGB") if getattr(img, "mode", "L") not in ("L", "RGB") else img)  # type: ignore[union-attr]
+def _to_array(img: Any) -> np.ndarray:  # a PIL image (converted to RGB unless L/RGB) or array-like
+    return np.asarray(img.convert("RGB") if getattr(img, "mode", "L") not in ("L", "RGB") else img)
 
 
 @DATASETS.register("huggingface")

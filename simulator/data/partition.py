@@ -6,13 +6,18 @@ client's indices slice the tensors (fast, and identical on every worker given th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from simulator.registry import Registry
 
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
+
 __all__ = ["PARTITIONERS", "partition_indices"]
 
-PARTITIONERS: Registry[object] = Registry("partitioner")
+PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
 _CTX = ("num_partitions", "seed")
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -315,7 +315,8 @@ class PrivacyLedger:
             v.entries.append(entry)
 
     # ---- ε ----
-    def _worst_sequence(self, v: LedgerView, extra: list[E.DpEvent] = ()) -> tuple[float, str, Hashable | None]:
+    def _worst_sequence(self, v: LedgerView,
+                        extra: Sequence[E.DpEvent] = ()) -> tuple[float, str, Hashable | None]:
         seqs: dict[Hashable | None, list[_Entry]] = dict(v.sequences()) or {None: []}
         cache: dict[tuple[Any, ...], tuple[float, str]] = {}
         best: tuple[float, str, Hashable | None] | None = None
@@ -330,7 +331,7 @@ class PrivacyLedger:
         assert best is not None
         return best
 
-    def epsilon(self, view: str, *, extra: list[E.DpEvent] = ()) -> float:
+    def epsilon(self, view: str, *, extra: Sequence[E.DpEvent] = ()) -> float:
         """ε(δ) of ``view`` (its worst subject), optionally with ``extra`` hypothetical events appended."""
         return self._worst_sequence(self.views[view], list(extra))[0]
 

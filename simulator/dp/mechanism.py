@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from dp_accounting import dp_event as E
 from torch import nn
 
 from simulator.context import ClientContext, RoundContext, derive_seed, private_generator
-from simulator.dp.accounting import ClientLevelAccounting, calibrate_noise_multiplier, epsilon_pld
+from simulator.dp.accounting import ClientLevelAccounting, Sampling, calibrate_noise_multiplier, epsilon_pld
 from simulator.dp.client_level import (AdaptiveClipState, clip_update, local_noise_std, noisy_sum_average,
                                        update_noise_multiplier)
 from simulator.dp.ledger import PrivacyLedger, gaussian, gaussian_multiplier, sampled
@@ -527,13 +527,13 @@ class ClientLevelDP(PrivacyMechanism):
 
 
 def client_level_accounting(scenario: Any, noise_multiplier: float | None = None, *,
-                            accountant: str | None = None) -> ClientLevelAccounting:
+                            accountant: Literal["pld", "rdp"] | None = None) -> ClientLevelAccounting:
     """The plan of the aggregate view (the scenario's sampling and ``z``): used to calibrate ``z`` and to check
     a budget at load time; a run's ε comes from its ledger. ``accountant`` overrides ``privacy.accountant``."""
     p, f, n = scenario.privacy, scenario.federation, scenario.data.num_clients
     m = scenario.num_sampled_expected
     z = p.client.noise_multiplier if noise_multiplier is None else noise_multiplier
-    sampling = f.sampling if p.amplification else "none"
+    sampling: Sampling = f.sampling if p.amplification else "none"
     return ClientLevelAccounting(noise_multiplier=z, sampling=sampling, sampling_rate=m / n, num_clients=n,
                                  sample_size=int(round(m)), delta=p.delta, accountant=accountant or p.accountant)
 

@@ -18,7 +18,7 @@ sketch space plus ``N(0, (z·g·C)²)``. Every round appends to the run's :class
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from dp_accounting import dp_event as E
 
@@ -33,7 +33,8 @@ def sketch_accounting(scenario: Any, noise_multiplier: float) -> ClientLevelAcco
     """The plan of the sum of noisy sketches under the scenario's client sampling: DP-FedAvg's, except that
     fixed-size cohorts use RDP (PLD cannot analyse sampling without replacement)."""
     fixed = scenario.privacy.amplification and scenario.federation.sampling == "fixed"
-    accountant = "rdp" if fixed and scenario.privacy.accountant == "pld" else None
+    accountant: Literal["pld", "rdp"] | None = (
+        "rdp" if fixed and scenario.privacy.accountant == "pld" else None)
     return client_level_accounting(scenario, noise_multiplier, accountant=accountant)
 
 

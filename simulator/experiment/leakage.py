@@ -384,6 +384,7 @@ def view_on_device(s: Scenario, view: ServerView, attack: InversionAttack) -> Se
     if dev.type == "cpu":
         return view
     if not attack.runs_on_device:
+        assert s.attacks.inversion is not None  # ``attack`` was built from it
         able = [e.name for e in INVERSION_ATTACKS.entries() if getattr(e.factory, "runs_on_device", False)]
         raise ScenarioError(s.source, [Problem("simulation.device", f"{s.simulation.device!r}: attack "
                                                f"{s.attacks.inversion.name!r} runs on the CPU only; on a GPU: "

@@ -11,6 +11,7 @@ state: no plug-in learns which were inserted, and no record lists them among the
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ class ClientAudit:
     expected_clients: float
     scenario_seed: int
     canaries: CanaryClients = field(init=False)
+    seconds: float = 0.0  # time spent on the canaries (joining, scoring), for the audit's cost
 
     def __post_init__(self) -> None:
         seed = self.cfg.seed if self.cfg.seed is not None else derive_seed(self.scenario_seed, "audit")
@@ -59,6 +61,14 @@ class ClientAudit:
     def join(self, server_round: int, updates: torch.Tensor, weights: torch.Tensor,
              ctx: RoundContext) -> tuple[torch.Tensor, torch.Tensor, RoundContext, CanaryRound]:
         """Step 10: append this round's canaries to the update matrix (weight: the mean client weight)."""
+        t0 = time.perf_counter()
+        try:
+            return self._join(server_round, updates, weights, ctx)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _join(self, server_round: int, updates: torch.Tensor, weights: torch.Tensor,
+              ctx: RoundContext) -> tuple[torch.Tensor, torch.Tensor, RoundContext, CanaryRound]:
         norm = self._norm(server_round, updates)
         take, ups = self.canaries.round_updates(server_round, norm=norm)
         if not len(take):
@@ -73,12 +83,14 @@ class ClientAudit:
 
     def observe(self, released: torch.Tensor, num_in_sum: int) -> None:
         """After step 11: score the canaries against the released aggregate."""
+        t0 = time.perf_counter()
         if isinstance(self.privacy, ClientLevelDP):
             std = self.privacy.total_noise_std(num_in_sum)
             norm = self.privacy.clip_history[-1] if self.privacy.clip_history else self.privacy.clip_norm
             self.canaries.observe(released, noisy_sum=released * self.expected_clients, noise_std=std, norm=norm)
         else:
             self.canaries.observe(released)
+        self.seconds += time.perf_counter() - t0
 
     def scores(self, final_delta: torch.Tensor) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return self.canaries.scores(final_delta)
@@ -90,6 +102,7 @@ class ClientAudit:
                            method="canary clients (Andrew et al., ICLR 2024) with the one-run bound of Steinke, "
                                   "Nasr, Jagielski (NeurIPS 2023)",
                            canaries=c.num, extra={"level": "client", "inserted": int(c.inserted.sum()),
+                                                  "seconds_per_round": self.seconds / max(c.rounds, 1),
                                                   "participation_rate": c.rate,
                                                   "mean_participations": float(c.participations[c.inserted].mean())
                                                   if c.inserted.any() else 0.0})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from simulator.flat import flatten, model_vector
 from simulator.flower.runtime import runtime_for
 from simulator.training import train_local
 
+if TYPE_CHECKING:
+    from flwr.app import MetricRecordValues
+
 __all__ = ["make_client_app", "client_train", "STATE_KEY", "ModelRefused"]
 
 STATE_KEY = "privsim-state"
@@ -26,6 +30,7 @@ STATE_KEY = "privsim-state"
 
 def _load_state(context: Context) -> dict[str, np.ndarray]:
     rec = context.state[STATE_KEY] if STATE_KEY in context.state else None
+    assert rec is None or isinstance(rec, ArrayRecord)  # _save_state stores an ArrayRecord
     return {k: v.numpy() for k, v in rec.items()} if rec is not None else {}
 
 
@@ -43,11 +48,13 @@ def client_train(scenario_json: str, msg: Message, context: Context) -> Message:
     s = rt.scenario
     torch.set_num_threads(s.simulation.torch_threads)
     pid = int(context.node_config["partition-id"])
-    config = dict(msg.content["config"])
+    config: dict[str, Any] = dict(msg.content["config"])
     rnd = int(config["server-round"])
 
     # 1. data (and the attacker's poisoned view)
-    global_sd = msg.content["arrays"].to_torch_state_dict()
+    arrays = msg.content["arrays"]
+    assert isinstance(arrays, ArrayRecord)  # the strategy sends the global model as an ArrayRecord
+    global_sd = arrays.to_torch_state_dict()
     model = rt.model
     model.load_state_dict(global_sd)
     gvec = flatten(global_sd, rt.layout).to(s.simulation.device)
@@ -98,7 +105,8 @@ def client_train(scenario_json: str, msg: Message, context: Context) -> Message:
                     "local-steps": int(stats.steps), "partition-id": pid})
     content = RecordDict({
         "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in payload.items()}),
-        "metrics": MetricRecord(metrics),
+        # cast: the stub asks for an invariant dict of every metric value type; a dict of floats is one
+        "metrics": MetricRecord(cast("dict[str, MetricRecordValues]", metrics)),
     })
     return Message(content=content, reply_to=msg)
 

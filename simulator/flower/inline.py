@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import flwr
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
+
+if TYPE_CHECKING:
+    from flwr.supercore.run import Run
 
 __all__ = ["InlineGrid", "run_inline", "FLWR_VERSION"]
 
@@ -44,11 +48,11 @@ class InlineGrid(Grid):
                                          state=RecordDict(), run_config={})
         self._replies: dict[str, Message] = {}
 
-    def set_run(self, run: object) -> None:  # the inline engine has exactly one run
+    def set_run(self, run: Run) -> None:  # the inline engine has exactly one run
         self._run = run
 
     @property
-    def run(self) -> object:
+    def run(self) -> Run | None:  # type: ignore[override]  # None: run_inline never calls set_run
         return getattr(self, "_run", None)
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,

@@ -63,7 +63,8 @@ def validate_replies(replies: list[Message], *, spec: dict[str, ArraySpec],
             if "arrays" not in content or "metrics" not in content:
                 raise ValueError(f"reply lacks {'arrays' if 'arrays' not in content else 'metrics'}")
             rec = content["arrays"]
-            arrays = {k: v.numpy() for k, v in rec.items()}
+            # untrusted: a record that is not an ArrayRecord fails here and is rejected below
+            arrays = {k: v.numpy() for k, v in rec.items()}  # type: ignore[union-attr]
             metrics = dict(content["metrics"])
             n = metrics.get("num-examples")
             if not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:

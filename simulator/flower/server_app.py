@@ -68,7 +68,9 @@ def discover_partitions(grid: Grid, num_nodes: int, *, timeout: float = 300.0) -
     for r in replies:
         if r.has_error():
             raise RuntimeError(f"node {r.metadata.src_node_id} failed to report its partition: {r.error.reason}")
-        out[r.metadata.src_node_id] = int(r.content["info"]["partition-id"])
+        pid = r.content["info"]["partition-id"]
+        assert isinstance(pid, int)  # client_query sends it as an int
+        out[r.metadata.src_node_id] = int(pid)
     if len(out) != num_nodes or sorted(out.values()) != list(range(num_nodes)):
         raise RuntimeError(f"partition discovery incomplete: got {sorted(out.values())}")
     return out
@@ -90,7 +92,7 @@ def _evaluator(rt: Runtime):
     return run
 
 
-def _nanmean(xs: list[float]) -> float | None:
+def _nanmean(xs: list[float | None]) -> float | None:
     vals = [x for x in xs if x is not None and not math.isnan(x)]
     return sum(vals) / len(vals) if vals else None
 

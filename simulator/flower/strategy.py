@@ -113,13 +113,15 @@ class PrivsimStrategy(FedAvg):
         payloads = [r.arrays for r in valid]
         # 8. desketch
         updates = None
+        accepted: tuple[int, ...]
+        scores: dict[int, float]
         if not valid:  # only with a mechanism that releases its noisy sum whatever the count
             update = torch.zeros_like(gvec)
             accepted, scores = (), {}
         elif rt.compressor.aggregates_in_sketch_space:
             update = rt.compressor.decode_aggregate(payloads, weights, ctx).to(gvec.device)
-            accepted: tuple[int, ...] = ctx.client_ids
-            scores: dict[int, float] = {}
+            accepted = ctx.client_ids
+            scores = {}
         else:
             updates = rt.compressor.decode(payloads, ctx).to(gvec.device)
         # 9. observe

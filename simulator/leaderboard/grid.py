@@ -219,10 +219,10 @@ def grid_from_dict(raw: dict[str, Any], *, source: str | None = None, root: Path
             parsed = [_parse_entry(axis, i, e, problems) for i, e in enumerate(entries)]
             good = [e for e in parsed if e is not None]
             seen: set[str] = set()
-            for e in good:
-                if e.label in seen:
-                    problems.append(f"axis {axis!r}: label {e.label!r} appears twice")
-                seen.add(e.label)
+            for entry in good:
+                if entry.label in seen:
+                    problems.append(f"axis {axis!r}: label {entry.label!r} appears twice")
+                seen.add(entry.label)
             axes[axis] = good
     if problems:
         raise GridError(source, problems)

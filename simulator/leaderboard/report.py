@@ -158,7 +158,7 @@ class Table:
         """The best value of each column (``None`` when the column has no value or no direction)."""
         out: list[float | None] = []
         for j, b in enumerate(self.better):
-            vals = [r[1][j] for r in self.rows if r[1][j] is not None]
+            vals = [v for v in (r[1][j] for r in self.rows) if v is not None]
             out.append(None if not vals or b is None else (max(vals) if b == "max" else min(vals)))
         return out
 
@@ -213,7 +213,7 @@ def leaderboard_table(grid: Grid, records: list[dict[str, Any]]) -> Table:
         title = "Privacy track: main accuracy / inversion PSNR, SSIM, label accuracy / ε"
     headers = [f"{c} {m.header}" for c in cols for m in per_col] + [m.header for m in tail]
     keys = [f"{c}:{m.key}" for c in cols for m in per_col] + [m.key for m in tail]
-    better: list[str | None] = [m.better for _c in cols for m in per_col] + [m.better for m in tail]
+    better: list[str | None] = [*(m.better for _c in cols for m in per_col), *(m.better for m in tail)]
     scores: dict[str, float | None] = {}
     if grid.track == "integrity":
         scores = ranking_scores(ok, baseline=grid.baseline)

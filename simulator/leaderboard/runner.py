@@ -193,6 +193,7 @@ def run_grid(grid: Grid, *, store: str | Path, out_dir: str | Path, workers: int
                 console.print(f"completed  {cell.label_path}  {'  '.join(parts) or '(no metric)'}  ({secs:.1f} s)")
             else:
                 console.print(f"[red]failed[/red]     {cell.label_path}: {reason}")
+            assert task is not None  # added together with the bar
             bar.advance(task)
 
     def args(cell: Cell) -> tuple[Any, ...]:

@@ -12,15 +12,15 @@ __all__ = ["AttackerPlan", "InversionSpec", "AttacksConfig"]
 class AttackerPlan(Strict):
     """Which clients are malicious and in which rounds they act."""
 
-    malicious: int | None = Field(None, ge=0)  # a count, drawn from the seed ...
-    malicious_fraction: float | None = Field(None, ge=0.0, le=1.0)  # ... or a fraction ...
+    malicious: int | None = Field(default=None, ge=0)  # a count, drawn from the seed ...
+    malicious_fraction: float | None = Field(default=None, ge=0.0, le=1.0)  # ... or a fraction ...
     malicious_ids: list[int] | None = None  # ... or explicit partition ids
-    start_round: int = Field(1, ge=1)
-    end_round: int | None = Field(None, ge=1)  # last round they act (None: to the end)
-    every: int = Field(1, ge=1)  # act every k-th round from start_round
+    start_round: int = Field(default=1, ge=1)
+    end_round: int | None = Field(default=None, ge=1)  # last round they act (None: to the end)
+    every: int = Field(default=1, ge=1)  # act every k-th round from start_round
     rounds: list[int] | None = None  # explicit rounds (single-shot: [r]); overrides the window
     guarantee_sampled: bool = True  # acting attackers join the cohort (the papers' fixed-frequency setting)
-    per_round: int | None = Field(None, ge=1)  # how many acting attackers per round (None: all)
+    per_round: int | None = Field(default=None, ge=1)  # how many acting attackers per round (None: all)
     collude: bool = False
 
     @model_validator(mode="after")
@@ -36,7 +36,7 @@ class InversionSpec(PluginSpec):
 
     targets: list[int] = Field(default_factory=lambda: [0])  # partition ids to attack when sampled
     rounds: list[int] = Field(default_factory=lambda: [1])
-    max_images: int = Field(8, ge=1)  # images shown in the grid
+    max_images: int = Field(default=8, ge=1)  # images shown in the grid
     force_sampled: bool = True  # the server (it controls sampling) always samples its targets in those rounds
 
 

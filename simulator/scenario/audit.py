@@ -25,7 +25,7 @@ __all__ = ["AuditConfig"]
 
 class AuditConfig(Strict):
     level: Literal["client", "record"] = "client"
-    canaries: int = Field(1000, ge=2)
-    confidence: float = Field(0.95, gt=0.5, lt=1.0)
-    canary_norm: float | None = Field(None, gt=0.0)
+    canaries: int = Field(default=1000, ge=2)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    canary_norm: float | None = Field(default=None, gt=0.0)
     seed: int | None = None  # the canaries' directions and coins; None: derived from the scenario seed

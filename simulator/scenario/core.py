@@ -15,11 +15,11 @@ __all__ = ["DataConfig", "ModelConfig", "WarmStart", "FederationConfig", "Simula
 class DataConfig(Strict):
     dataset: str = "mnist5k"
     params: dict = Field(default_factory=dict)  # dataset-specific (hub name, image size ...)
-    num_clients: int = Field(20, ge=1)
+    num_clients: int = Field(default=20, ge=1)
     partitioner: PluginSpec = PluginSpec(name="iid")
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # global test split, held by the server
-    client_test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # per-client local test split
-    max_examples: int | None = Field(None, ge=10)  # subsample the data set (quick runs)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)  # global test split, held by the server
+    client_test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)  # per-client local test split
+    max_examples: int | None = Field(default=None, ge=10)  # subsample the data set (quick runs)
 
 
 class WarmStart(Strict):
@@ -27,7 +27,7 @@ class WarmStart(Strict):
     checkpoint pre-trained without attackers): ``rounds`` of plain FedAvg on the same clients (no
     attack, no defense, no DP, no compression; cached on disk), or a saved ``checkpoint``."""
 
-    rounds: int | None = Field(None, ge=1)
+    rounds: int | None = Field(default=None, ge=1)
     checkpoint: str | None = None  # a torch state_dict (.pt) of the same model
 
     @model_validator(mode="after")
@@ -44,22 +44,24 @@ class ModelConfig(Strict):
 
 
 class FederationConfig(Strict):
-    rounds: int = Field(10, ge=1)
+    rounds: int = Field(default=10, ge=1)
     sampling: Literal["fixed", "poisson"] = "fixed"
-    clients_per_round: int | None = Field(None, ge=1)  # fixed-size sampling
-    sampling_rate: float | None = Field(None, gt=0.0, le=1.0)  # Poisson rate q (or fixed size q·N)
-    local_epochs: int = Field(1, ge=1)
-    local_steps: int | None = Field(None, ge=1)  # cap on local steps per round
-    batch_size: int = Field(32, ge=1)
+    clients_per_round: int | None = Field(default=None, ge=1)  # fixed-size sampling
+    sampling_rate: float | None = Field(default=None, gt=0.0, le=1.0)  # Poisson rate q (or fixed size q·N)
+    local_epochs: int = Field(default=1, ge=1)
+    local_steps: int | None = Field(default=None, ge=1)  # cap on local steps per round
+    batch_size: int = Field(default=32, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0.0)
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    mixup_alpha: float = Field(0.0, ge=0.0)  # > 0: clients train with mixup, λ ~ Beta(α, α) per mini-batch
-    server_lr: float = Field(1.0, gt=0.0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # probability a sampled client never answers
-    min_replies: int = Field(1, ge=0)  # fewer valid replies than this: the round leaves the model unchanged
+    lr: float = Field(default=0.05, gt=0.0)
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # > 0: clients train with mixup, λ ~ Beta(α, α) per mini-batch
+    mixup_alpha: float = Field(default=0.0, ge=0.0)
+    server_lr: float = Field(default=1.0, gt=0.0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # probability a sampled client never answers
+    # fewer valid replies than this: the round leaves the model unchanged
+    min_replies: int = Field(default=1, ge=0)
 
     @model_validator(mode="after")
     def _one_cohort_rule(self) -> "FederationConfig":
@@ -72,13 +74,13 @@ class FederationConfig(Strict):
 
 class SimulationConfig(Strict):
     engine: Literal["inline", "ray"] = "inline"
-    num_cpus_per_client: float = Field(1.0, gt=0.0)
-    num_gpus_per_client: float = Field(0.0, ge=0.0)
+    num_cpus_per_client: float = Field(default=1.0, gt=0.0)
+    num_gpus_per_client: float = Field(default=0.0, ge=0.0)
     ray_address: str | None = None  # "auto" or "host:port" of a Ray cluster; None: a local Ray
-    ray_num_cpus: int | None = Field(None, ge=1)  # cap Ray's CPUs on a local run
+    ray_num_cpus: int | None = Field(default=None, ge=1)  # cap Ray's CPUs on a local run
     device: str = "cpu"  # "cpu", "cuda", "cuda:0" (inline engine, server-side evaluation, leakage attacks)
-    torch_threads: int = Field(1, ge=1)  # torch intra-op threads for client training (both engines)
-    round_timeout: float | None = Field(None, gt=0.0)  # seconds to wait for replies; None: no limit
+    torch_threads: int = Field(default=1, ge=1)  # torch intra-op threads for client training (both engines)
+    round_timeout: float | None = Field(default=None, gt=0.0)  # seconds to wait for replies; None: no limit
 
     @field_validator("device")
     @classmethod
@@ -102,8 +104,8 @@ class SimulationConfig(Strict):
 
 
 class EvaluationConfig(Strict):
-    every: int = Field(1, ge=1)  # evaluate the global model every k rounds (and the last)
-    batch_size: int = Field(1024, ge=1)
+    every: int = Field(default=1, ge=1)  # evaluate the global model every k rounds (and the last)
+    batch_size: int = Field(default=1024, ge=1)
 
 
 class OutputConfig(Strict):

@@ -28,18 +28,21 @@ class LeakageConfig(Strict):
     """The victim's batch, the model's training state and the client protocol of a leakage experiment."""
 
     images: list[int] | None = None  # dataset indices of the victim's images; None: a seeded draw
-    num_images: int = Field(1, ge=1)  # size of the seeded draw (ignored when images is given)
+    num_images: int = Field(default=1, ge=1)  # size of the seeded draw (ignored when images is given)
     protocol: Literal["gradient", "update"] = "gradient"  # FedSGD gradient or FedAvg update Δ
-    local_steps: int = Field(1, ge=1)  # SGD steps behind an update
-    lr: float = Field(0.01, gt=0.0)  # local learning rate (update)
-    batch_size: int | None = Field(None, ge=1)  # local batch size (None: the whole batch)
-    pretrain_steps: int = Field(0, ge=0)  # 0: untrained model; else SGD steps on the other images first
-    pretrain_lr: float = Field(0.05, gt=0.0)
-    pretrain_batch_size: int = Field(32, ge=1)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # the victim trains on label-smoothed targets
-    mixup_lambda: float | None = Field(None, gt=0.0, lt=1.0)  # the victim mixes each image with a partner
+    local_steps: int = Field(default=1, ge=1)  # SGD steps behind an update
+    lr: float = Field(default=0.01, gt=0.0)  # local learning rate (update)
+    batch_size: int | None = Field(default=None, ge=1)  # local batch size (None: the whole batch)
+    # 0: untrained model; else SGD steps on the other images first
+    pretrain_steps: int = Field(default=0, ge=0)
+    pretrain_lr: float = Field(default=0.05, gt=0.0)
+    pretrain_batch_size: int = Field(default=32, ge=1)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)  # the victim trains on label-smoothed targets
+    # the victim mixes each image with a partner
+    mixup_lambda: float | None = Field(default=None, gt=0.0, lt=1.0)
     server: Literal["honest", "malicious"] = "honest"  # a malicious server may modify the model it sends
-    public_images: int = Field(1000, ge=1)  # the attacker's public split (images outside the victim batch)
+    # the attacker's public split (images outside the victim batch)
+    public_images: int = Field(default=1000, ge=1)
 
     @field_validator("images")
     @classmethod

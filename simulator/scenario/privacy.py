@@ -41,46 +41,53 @@ class RecordDPConfig(Strict):
     """Record-level DP inside every client: DP-SGD (gradient perturbation) or input perturbation."""
 
     mechanism: Literal["gradient", "input"] = "gradient"
-    noise_multiplier: float = Field(1.0, gt=0.0)  # z: DP-SGD noise std / C, or input-noise std / sensitivity
-    max_grad_norm: float = Field(1.0, gt=0.0)  # C, per-example gradient clip (flat; split evenly per layer)
+    # z: DP-SGD noise std / C, or input-noise std / sensitivity
+    noise_multiplier: float = Field(default=1.0, gt=0.0)
+    # C, per-example gradient clip (flat; split evenly per layer)
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
     clipping: Literal["flat", "per_layer"] = "flat"
     grad_sample_mode: Literal["hooks", "functorch", "ew", "ghost"] = "hooks"
     poisson_sampling: bool = True  # false: shuffled fixed batches, accounted without amplification
     accountant: Literal["rdp", "prv"] = "prv"  # Opacus accountant of the record-level ε
-    delta: float | None = Field(None, gt=0.0, lt=1.0)  # record-level δ; None: the section's delta
-    feature_clip_norm: float = Field(10.0, gt=0.0)  # B: each example's feature vector is clipped to ‖x‖ ≤ B
+    delta: float | None = Field(default=None, gt=0.0, lt=1.0)  # record-level δ; None: the section's delta
+    # B: each example's feature vector is clipped to ‖x‖ ≤ B
+    feature_clip_norm: float = Field(default=10.0, gt=0.0)
     feature_preprocessing: Literal["none", "dpsgd_f"] = "none"
-    preprocessing_noise_multiplier: float = Field(2.0, gt=0.0)  # DPSGD-F mean and norm-histogram noise
-    preprocessing_quantile: float = Field(0.9, gt=0.0, le=1.0)  # DPSGD-F: scale so this share has ‖x−μ‖ ≤ r
+    # DPSGD-F mean and norm-histogram noise
+    preprocessing_noise_multiplier: float = Field(default=2.0, gt=0.0)
+    # DPSGD-F: scale so this share has ‖x−μ‖ ≤ r
+    preprocessing_quantile: float = Field(default=0.9, gt=0.0, le=1.0)
 
 
 class AdaptiveClippingConfig(Strict):
     """Adaptive clipping to a norm quantile (Andrew et al., 2021)."""
 
-    target_quantile: float = Field(0.5, gt=0.0, lt=1.0)  # γ
-    clip_norm_lr: float = Field(0.2, gt=0.0)  # η_C of the geometric update
-    clipped_count_stddev: float | None = Field(None, gt=0.0)  # σ_b; None: expected clients / 20 (paper default)
+    target_quantile: float = Field(default=0.5, gt=0.0, lt=1.0)  # γ
+    clip_norm_lr: float = Field(default=0.2, gt=0.0)  # η_C of the geometric update
+    # σ_b; None: expected clients / 20 (paper default)
+    clipped_count_stddev: float | None = Field(default=None, gt=0.0)
 
 
 class ClientDPConfig(Strict):
     """Client-level DP-FedAvg: clip each update, Gaussian noise on the sum, fixed denominator m = q·N."""
 
-    clip_norm: float = Field(1.0, gt=0.0)  # C (initial C when adaptive)
-    noise_multiplier: float = Field(1.0, ge=0.0)  # z (the accounted one; 0: no noise, ε = ∞; replaced by calibrate)
+    clip_norm: float = Field(default=1.0, gt=0.0)  # C (initial C when adaptive)
+    # z (the accounted one; 0: no noise, ε = ∞; replaced by calibrate)
+    noise_multiplier: float = Field(default=1.0, ge=0.0)
     noise: Literal["central", "local"] = "central"
     adaptive_clipping: AdaptiveClippingConfig | None = None
 
 
 class PrivacyConfig(Strict):
     level: Literal["none", "record", "client"] = "none"
-    delta: float = Field(1e-5, gt=0.0, lt=1.0)
-    target_epsilon: float | None = Field(None, gt=0.0)
+    delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
+    target_epsilon: float | None = Field(default=None, gt=0.0)
     on_budget: Literal["stop", "calibrate"] = "stop"
     accountant: Literal["pld", "rdp"] = "pld"  # client level: the reported accountant; the other cross-checks
     amplification: bool = True
     # the secret behind DP noise and secret sampling; None: fresh OS entropy per process (not reproducible).
     # An int makes DP runs reproducible, but anyone holding the scenario can regenerate the noise.
-    noise_seed: int | None = Field(None, ge=0)
+    noise_seed: int | None = Field(default=None, ge=0)
     record: RecordDPConfig = RecordDPConfig()
     client: ClientDPConfig = ClientDPConfig()
 

@@ -40,7 +40,7 @@ class Scenario(Strict):
     leakage: LeakageConfig | None = None
     audit: AuditConfig | None = None
     output: OutputConfig = OutputConfig()
-    source: str | None = Field(None, exclude=True)  # the file it came from (not part of the hash)
+    source: str | None = Field(default=None, exclude=True)  # the file it came from (not part of the hash)
 
     def resolved(self) -> dict:
         """The full scenario with every default filled in (what summary.json echoes)."""

@@ -13,10 +13,10 @@ from simulator.sketching.error_feedback import EF21, EControl, ErrorFeedback
 from simulator.sketching.fetchsgd import FetchSGD
 from simulator.sketching.operators import SRHT, CountSketch, GaussianSketch, SketchOperator
 from simulator.sketching.sketched import (
-                                          CountSketchCompressor,
-                                          GaussianSketchCompressor,
-                                          SketchCompressor,
-                                          SRHTCompressor,
+    CountSketchCompressor,
+    GaussianSketchCompressor,
+    SketchCompressor,
+    SRHTCompressor,
 )
 from simulator.sketching.sparsify import RandK, TopK
 
@@ -24,24 +24,24 @@ if compression_problems not in SCENARIO_CHECKS:
     SCENARIO_CHECKS.append(compression_problems)
 
 __all__ = [
-                                          "COMPRESSORS",
-                                          "EF21",
-                                          "SRHT",
-                                          "ArraySpec",
-                                          "CommCost",
-                                          "Compressor",
-                                          "CountSketch",
-                                          "CountSketchCompressor",
-                                          "EControl",
-                                          "ErrorFeedback",
-                                          "FetchSGD",
-                                          "GaussianSketch",
-                                          "GaussianSketchCompressor",
-                                          "RandK",
-                                          "SRHTCompressor",
-                                          "SketchCompressor",
-                                          "SketchOperator",
-                                          "TopK",
-                                          "communication_cost",
-                                          "payload_bytes",
+    "COMPRESSORS",
+    "EF21",
+    "SRHT",
+    "ArraySpec",
+    "CommCost",
+    "Compressor",
+    "CountSketch",
+    "CountSketchCompressor",
+    "EControl",
+    "ErrorFeedback",
+    "FetchSGD",
+    "GaussianSketch",
+    "GaussianSketchCompressor",
+    "RandK",
+    "SRHTCompressor",
+    "SketchCompressor",
+    "SketchOperator",
+    "TopK",
+    "communication_cost",
+    "payload_bytes",
 ]
