@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -36,6 +36,20 @@ def _load(file: Path, sets: list[str], engine: str | None):
         _fail(str(e))
 
 
+def _run(s: Any, out: Path | None, store: Path | None, quiet: bool) -> Any:
+    """``simulator.run`` with its errors as one message each (exit 2: the scenario; exit 1: the run)."""
+    from simulator.runner import RunFailed
+    from simulator.runner import run as run_scenario
+
+    try:
+        return run_scenario(s, out_dir=out, store=store, progress=not quiet)
+    except ScenarioError as e:  # what only running can tell: no GPU, image indices past the data set ...
+        _fail(str(e))
+    except RunFailed as e:
+        _fail(f"run failed: {e}", 1)
+    raise AssertionError("unreachable: _fail exits")
+
+
 @app.command()
 def run(
     file: Path = typer.Argument(..., help="scenario TOML file"),
@@ -47,15 +61,7 @@ def run(
 ) -> None:
     """Run a scenario; writes summary.json, rounds.csv and plots, and appends to the results store."""
     s = _load(file, sets, engine)
-    from simulator.runner import RunFailed
-    from simulator.runner import run as run_scenario
-
-    try:
-        result = run_scenario(s, out_dir=out, store=store, progress=not quiet)
-    except ScenarioError as e:  # what only running can tell: no GPU, image indices past the data set ...
-        _fail(str(e))
-    except RunFailed as e:
-        _fail(f"run failed: {e}", 1)
+    result = _run(s, out, store, quiet)
     d = result.to_dict()
     fin = d["final"]
     parts = []
@@ -94,15 +100,7 @@ def audit(
     if canaries is not None:
         extra.append(f"audit.canaries={canaries}")
     s = _load(file, extra, None)
-    from simulator.runner import RunFailed
-    from simulator.runner import run as run_scenario
-
-    try:
-        result = run_scenario(s, out_dir=out, store=store, progress=not quiet)
-    except ScenarioError as e:
-        _fail(str(e))
-    except RunFailed as e:
-        _fail(f"run failed: {e}", 1)
+    result = _run(s, out, store, quiet)
     a = result.extra["audit"]
     upper = a["epsilon_upper"]
     up = "inf (no DP)" if upper is None or upper == float("inf") else f"{upper:.3g}"
