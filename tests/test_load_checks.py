@@ -37,3 +37,16 @@ def test_inversion_on_a_sketch_space_aggregate_is_refused_in_both_kinds() -> Non
         load_scenario(ROOT / "scenarios" / "fl_with_inversion.toml", ["compression={name='fetchsgd'}"])
     with pytest.raises(ScenarioError, match=r"compression\.name.*no per-client payload"):
         load_scenario(ROOT / "scenarios" / "leakage_ig.toml", ["compression={name='fetchsgd'}"])
+
+
+def test_a_leakage_experiment_refuses_the_sections_it_would_ignore() -> None:
+    """kind = "leakage" runs one victim's payload: federation, evaluation, attacker plan, backdoor, aggregator and
+    server defenses would be silently ignored, so each is one error naming the section."""
+    cases = {"federation": ["federation.rounds=3"],
+             "defenses.aggregator": ["defenses.aggregator.name='krum'"],
+             "attacks.backdoor": ["attacks.backdoor={name='badnets'}"],
+             "evaluation": ["evaluation.every=2"]}
+    for field, over in cases.items():
+        with pytest.raises(ScenarioError, match=rf"- {field.replace('.', '[.]')}:"):
+            load_scenario(ROOT / "scenarios" / "leakage_ig.toml", over)
+    load_scenario(ROOT / "scenarios" / "leakage_ig.toml", ["defenses.client=[{name='gaussian_noise'}]"])  # used

@@ -139,8 +139,32 @@ def _pydantic_problems(err: ValidationError) -> list[Problem]:
     return out
 
 
-#: Extra whole-scenario checks (cross-section rules); later issues append functions here.
-SCENARIO_CHECKS: list[Callable[[Scenario], list[Problem]]] = []
+def leakage_unused_problems(s: Scenario) -> list[Problem]:
+    """A leakage experiment (one victim, one payload, no federation) refuses the sections it would ignore."""
+    if s.kind != "leakage":
+        return []
+    out: list[Problem] = []
+    why = "a leakage experiment attacks one client's payload and runs no federated rounds"
+    for name, section, fix in (("federation", s.federation, "set the victim's training in [leakage] (lr, "
+                                                          "local_steps, batch_size, protocol)"),
+                               ("evaluation", s.evaluation, "remove it"),
+                               ("attacks.plan", s.attacks.plan, "remove it")):
+        if section.model_fields_set:
+            keys = ", ".join(sorted(section.model_fields_set))
+            out.append(Problem(name, f"{keys}: {why}, so [{name}] would be ignored; {fix}"))
+    if s.attacks.backdoor is not None:
+        out.append(Problem("attacks.backdoor", f"{why}; a backdoor needs a federated run (kind = \"federated\")"))
+    agg = s.defenses.aggregator
+    if agg.name != "fedavg" or agg.params:
+        out.append(Problem("defenses.aggregator", f"{agg.name!r}: {why}, so no aggregator runs; attack an "
+                                                  f"aggregate in a federated run instead"))
+    if s.defenses.server:
+        out.append(Problem("defenses.server", f"{why}, so no server defense runs; remove [[defenses.server]]"))
+    return out
+
+
+#: Whole-scenario checks (cross-section rules); plug-in packages append theirs on import.
+SCENARIO_CHECKS: list[Callable[[Scenario], list[Problem]]] = [leakage_unused_problems]
 
 
 def scenario_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> Scenario:
