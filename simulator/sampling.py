@@ -14,6 +14,7 @@ import numpy as np
 
 from simulator.context import derive_seed
 from simulator.scenario.attacks import AttackerPlan
+from simulator.scenario.core import expected_cohort
 
 __all__ = ["AttackerSchedule", "Cohort", "ClientSampler"]
 
@@ -99,9 +100,8 @@ class ClientSampler:
 
     @property
     def expected_size(self) -> float:
-        if self.sampling_rate is not None:
-            return self.sampling_rate * self.num_clients
-        return float(min(self.clients_per_round or self.num_clients, self.num_clients))
+        return expected_cohort(self.num_clients, clients_per_round=self.clients_per_round,
+                               sampling_rate=self.sampling_rate)
 
     def sample(self, server_round: int) -> Cohort:
         n = self.num_clients

@@ -47,13 +47,8 @@ def cache_dir() -> Path:
 
 
 def cohort_size(s: Scenario) -> int:
-    """Clients per warm-up round: the scenario's fixed cohort, q·N for a sampling rate, else all."""
-    f, n = s.federation, s.data.num_clients
-    if f.clients_per_round is not None:
-        return min(f.clients_per_round, n)
-    if f.sampling_rate is not None:
-        return max(1, min(n, int(round(f.sampling_rate * n))))
-    return n
+    """Clients per warm-up round: the scenario's expected cohort, rounded (at least one)."""
+    return max(1, min(s.data.num_clients, int(round(s.num_sampled_expected))))
 
 
 def warm_start_key(s: Scenario, data: FederatedData, train: LocalTrainConfig) -> str:

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from simulator.scenario.base import PluginSpec, Strict
 
-__all__ = ["DataConfig", "ModelConfig", "WarmStart", "FederationConfig", "SimulationConfig", "EvaluationConfig",
+__all__ = ["expected_cohort", "DataConfig", "ModelConfig", "WarmStart", "FederationConfig", "SimulationConfig", "EvaluationConfig",
            "OutputConfig"]
 
 
@@ -41,6 +41,23 @@ class ModelConfig(Strict):
     name: str = "cnn"
     params: dict = Field(default_factory=dict)
     warm_start: WarmStart | None = None
+
+
+def expected_cohort(num_clients: int, *, clients_per_round: int | None, sampling_rate: float | None) -> float:
+    """The expected number of clients a round samples: ``q·N`` for a sampling rate, else ``min(m, N)``, else ``N``.
+
+    The one definition the sampler, the privacy accountant, the audit and the warm start all use.
+
+    >>> expected_cohort(200, clients_per_round=None, sampling_rate=0.25)
+    50.0
+    >>> expected_cohort(20, clients_per_round=50, sampling_rate=None)
+    20.0
+    """
+    if sampling_rate is not None:
+        return sampling_rate * num_clients
+    if clients_per_round is not None:
+        return float(min(clients_per_round, num_clients))
+    return float(num_clients)
 
 
 class FederationConfig(Strict):

@@ -12,8 +12,8 @@ from simulator.scenario.attacks import AttacksConfig
 from simulator.scenario.audit import AuditConfig
 from simulator.scenario.base import Strict
 from simulator.scenario.compression import CompressionConfig
-from simulator.scenario.core import (DataConfig, EvaluationConfig, FederationConfig, ModelConfig, OutputConfig,
-                                     SimulationConfig)
+from simulator.scenario.core import (DataConfig, EvaluationConfig, FederationConfig, ModelConfig,
+                                     OutputConfig, SimulationConfig, expected_cohort)
 from simulator.scenario.defenses import DefensesConfig
 from simulator.scenario.leakage import LeakageConfig
 from simulator.scenario.privacy import PrivacyConfig
@@ -60,9 +60,6 @@ class Scenario(Strict):
 
     @property
     def num_sampled_expected(self) -> float:
-        f, n = self.federation, self.data.num_clients
-        if f.sampling_rate is not None:
-            return f.sampling_rate * n
-        if f.clients_per_round is not None:
-            return float(min(f.clients_per_round, n))
-        return float(n)
+        f = self.federation
+        return expected_cohort(self.data.num_clients, clients_per_round=f.clients_per_round,
+                               sampling_rate=f.sampling_rate)
