@@ -12,8 +12,9 @@ from dp_accounting.privacy_accountant import NeighboringRelation
 from dp_accounting.rdp import RdpAccountant
 
 from simulator.context import RoundContext
-from simulator.dp.accounting import ClientLevelAccounting, calibrate_noise_multiplier
-from simulator.dp.mechanism import ClientLevelDP, build_privacy, client_level_accounting
+from simulator.dp.accounting import ClientLevelAccounting, calibrate_noise_multiplier, client_level_accounting
+from simulator.dp.build import build_privacy
+from simulator.dp.mechanism import ClientLevelDP
 from simulator.flat import Layout
 from simulator.scenario import ScenarioError, load_scenario, scenario_from_dict
 

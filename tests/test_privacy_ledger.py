@@ -17,7 +17,8 @@ from dp_accounting.rdp import RdpAccountant
 
 from simulator import load_scenario, run
 from simulator.context import RoundContext
-from simulator.dp.mechanism import ClientLevelDP, build_privacy
+from simulator.dp.build import build_privacy
+from simulator.dp.mechanism import ClientLevelDP
 from simulator.flat import Layout
 from simulator.scenario import ScenarioError
 

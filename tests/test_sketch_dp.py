@@ -8,7 +8,7 @@ from dp_accounting.pld import pld_privacy_accountant as pld
 from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
 from simulator import load_scenario
-from simulator.dp.mechanism import build_privacy
+from simulator.dp.build import build_privacy
 from simulator.dp.sketch_dp import SketchDP
 from simulator.runner import run
 from simulator.scenario import ScenarioError

@@ -27,7 +27,8 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.privacy_accountant import NeighboringRelation
 from dp_accounting.rdp import RdpAccountant
 
-__all__ = ["ClientLevelAccounting", "epsilon_pld", "epsilon_rdp", "calibrate_noise_multiplier"]
+__all__ = ["ClientLevelAccounting", "epsilon_pld", "epsilon_rdp", "calibrate_noise_multiplier",
+           "client_level_accounting"]
 
 Sampling = Literal["poisson", "fixed", "none"]
 
@@ -213,3 +214,15 @@ def calibrate_noise_multiplier(*, target_epsilon: float, rounds: int, make: Any,
             return lo
     _, hi = bisect(eps, lo, hi, eps(lo), eps(hi), 60)
     return hi
+
+
+def client_level_accounting(scenario: Any, noise_multiplier: float | None = None, *,
+                            accountant: Literal["pld", "rdp"] | None = None) -> ClientLevelAccounting:
+    """The plan of the aggregate view (the scenario's sampling and ``z``): used to calibrate ``z`` and to check
+    a budget at load time; a run's ε comes from its ledger. ``accountant`` overrides ``privacy.accountant``."""
+    p, f, n = scenario.privacy, scenario.federation, scenario.data.num_clients
+    m = scenario.num_sampled_expected
+    z = p.client.noise_multiplier if noise_multiplier is None else noise_multiplier
+    sampling: Sampling = f.sampling if p.amplification else "none"
+    return ClientLevelAccounting(noise_multiplier=z, sampling=sampling, sampling_rate=m / n, num_clients=n,
+                                 sample_size=int(round(m)), delta=p.delta, accountant=accountant or p.accountant)

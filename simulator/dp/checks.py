@@ -7,6 +7,7 @@ not hold.
 
 from __future__ import annotations
 
+from simulator.dp.accounting import client_level_accounting
 from simulator.scenario.loader import Problem
 from simulator.scenario.schema import Scenario
 
@@ -78,8 +79,6 @@ def _client_level(s: Scenario) -> list[Problem]:
                                f"σ_b = {sb:g} must exceed noise_multiplier/2 = {p.client.noise_multiplier / 2:g} "
                                f"(Andrew et al. 2021, Thm 1: the update noise is (z⁻² − (2σ_b)⁻²)^(−1/2))"))
     if p.target_epsilon is not None and p.on_budget == "stop" and not out:
-        from simulator.dp.mechanism import client_level_accounting
-
         e1 = client_level_accounting(s).epsilon(1)
         if e1 > p.target_epsilon:
             out.append(Problem("privacy.target_epsilon", f"one round already costs ε = {e1:.3g} > target "

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,17 +43,26 @@ from dp_accounting import dp_event as E
 from torch import nn
 
 from simulator.context import ClientContext, RoundContext, derive_seed, private_generator
-from simulator.dp.accounting import ClientLevelAccounting, Sampling, calibrate_noise_multiplier, epsilon_pld
-from simulator.dp.client_level import (AdaptiveClipState, clip_update, local_noise_std, noisy_sum_average,
-                                       update_noise_multiplier)
-from simulator.dp.ledger import PrivacyLedger, gaussian, gaussian_multiplier, sampled
+from simulator.dp.accounting import ClientLevelAccounting, calibrate_noise_multiplier, epsilon_pld
+from simulator.dp.client_level import (
+    AdaptiveClipState,
+    clip_update,
+    local_noise_std,
+    noisy_sum_average,
+    update_noise_multiplier,
+)
 from simulator.dp.dpsgd import opacus_epsilon, train_dpsgd
-from simulator.dp.dpsgd_f import FeatureTransform, private_feature_transform, to_raw_space, to_transformed_space
+from simulator.dp.dpsgd_f import (
+    FeatureTransform,
+    private_feature_transform,
+    to_raw_space,
+    to_transformed_space,
+)
 from simulator.dp.input_perturbation import input_perturbation_epsilon, perturb_inputs
+from simulator.dp.ledger import PrivacyLedger, gaussian, gaussian_multiplier, sampled
 from simulator.training import TrainHooks, TrainStats, train_local
 
-__all__ = ["PrivacyMechanism", "NoPrivacy", "RecordLevelDP", "ClientLevelDP", "build_privacy",
-           "client_level_accounting", "randomness_note"]
+__all__ = ["PrivacyMechanism", "NoPrivacy", "RecordLevelDP", "ClientLevelDP"]
 
 HISTORY_KEY = "dp-history"
 
@@ -524,68 +533,3 @@ class ClientLevelDP(PrivacyMechanism):
             block.update(num_clients=p.num_clients, sample_size=p.sample_size)
         block.update(extra)
         return block
-
-
-def client_level_accounting(scenario: Any, noise_multiplier: float | None = None, *,
-                            accountant: Literal["pld", "rdp"] | None = None) -> ClientLevelAccounting:
-    """The plan of the aggregate view (the scenario's sampling and ``z``): used to calibrate ``z`` and to check
-    a budget at load time; a run's ε comes from its ledger. ``accountant`` overrides ``privacy.accountant``."""
-    p, f, n = scenario.privacy, scenario.federation, scenario.data.num_clients
-    m = scenario.num_sampled_expected
-    z = p.client.noise_multiplier if noise_multiplier is None else noise_multiplier
-    sampling: Sampling = f.sampling if p.amplification else "none"
-    return ClientLevelAccounting(noise_multiplier=z, sampling=sampling, sampling_rate=m / n, num_clients=n,
-                                 sample_size=int(round(m)), delta=p.delta, accountant=accountant or p.accountant)
-
-
-def randomness_note(scenario: Any) -> str:
-    if scenario.privacy.noise_seed is not None:
-        return ("privacy.noise_seed: reproducible, but anyone holding the scenario can regenerate the noise "
-                "(experiments only)")
-    return "fresh OS entropy per process: not derivable from the scenario, the seed, the round or the client id"
-
-
-def _assumptions(scenario: Any, mech: PrivacyMechanism) -> PrivacyMechanism:
-    ledger = getattr(mech, "ledger", None)
-    ws = scenario.model.warm_start
-    if ledger is not None and ws is not None and ws.checkpoint is not None:
-        ledger.notes.append(f"warm start from {ws.checkpoint!r}: ε assumes that checkpoint saw none of the clients' "
-                            f"data (a checkpoint trained on them voids it)")
-    return mech
-
-
-def build_privacy(scenario: Any, compressor: Any = None, *, secret: int | None = None) -> PrivacyMechanism:
-    """The mechanism for a scenario's ``[privacy]`` section (see :func:`_build`), with its stated assumptions."""
-    return _assumptions(scenario, _build(scenario, compressor, secret=secret))
-
-
-def _build(scenario: Any, compressor: Any = None, *, secret: int | None = None) -> PrivacyMechanism:
-    """The mechanism for a scenario's ``[privacy]`` section; ``secret`` seeds its server-side noise.
-
-    With ``level = "none"`` and a compressor that noises its sketches (``privacy_params()`` not None), the
-    mechanism is :class:`~simulator.dp.sketch_dp.SketchDP`, which accounts that noise."""
-    p = scenario.privacy
-    note = randomness_note(scenario)
-    if p.level == "none":
-        params = getattr(compressor, "privacy_params", lambda: None)()
-        if params is not None:
-            from simulator.dp.sketch_dp import SketchDP, sketch_accounting
-
-            z, c = params
-            return SketchDP(sketch_accounting(scenario, z), c, scenario.compression.name,
-                            sum_aggregator=scenario.defenses.aggregator.name == "fedavg", randomness=note)
-        return NoPrivacy()
-    if p.level == "record":
-        return RecordLevelDP(p.record, delta=p.record.delta or p.delta, rounds=scenario.federation.rounds,
-                             target_epsilon=p.target_epsilon, on_budget=p.on_budget, randomness=note)
-    acc = client_level_accounting(scenario)
-    if p.target_epsilon is not None and p.on_budget == "calibrate":
-        z = calibrate_noise_multiplier(target_epsilon=p.target_epsilon, rounds=scenario.federation.rounds,
-                                       make=lambda z: client_level_accounting(scenario, z))
-        acc = client_level_accounting(scenario, z)
-    inv = scenario.attacks.inversion
-    forced = {r: tuple(inv.targets) for r in inv.rounds} if inv is not None and inv.force_sampled else {}
-    observed = tuple(inv.rounds) if inv is not None else ()
-    return ClientLevelDP(p.client, acc, expected_clients=scenario.num_sampled_expected,
-                         target_epsilon=p.target_epsilon, on_budget=p.on_budget, forced=forced,
-                         observed_rounds=observed, secret=secret, randomness=note)

@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from dp_accounting import dp_event as E
 
-from simulator.dp.accounting import ClientLevelAccounting
+from simulator.dp.accounting import ClientLevelAccounting, client_level_accounting
 from simulator.dp.ledger import PrivacyLedger, gaussian, sampled
-from simulator.dp.mechanism import PrivacyMechanism, client_level_accounting
+from simulator.dp.mechanism import PrivacyMechanism
 
 __all__ = ["SketchDP", "sketch_accounting"]
 

@@ -16,7 +16,8 @@ from defenses.base import CLIENT_DEFENSES, ClientDefense
 from simulator.audit.record import RecordCanaries
 from simulator.context import derive_seed, run_secret
 from simulator.data import FederatedData, build_federated_data
-from simulator.dp.mechanism import PrivacyMechanism, build_privacy
+from simulator.dp.build import build_privacy
+from simulator.dp.mechanism import PrivacyMechanism
 from simulator.flat import Layout, layout_of
 from simulator.models import build_model
 from simulator.registry import import_plugins
