@@ -7,6 +7,9 @@ not hold.
 
 from __future__ import annotations
 
+import numpy as np
+
+from simulator.audit.estimators import one_run_epsilon_lower_bound
 from simulator.dp.accounting import client_level_accounting
 from simulator.scenario.loader import Problem
 from simulator.scenario.schema import Scenario
@@ -113,10 +116,6 @@ def _record_level(s: Scenario) -> list[Problem]:
 
 def max_audit_epsilon(canaries: int, *, confidence: float, delta: float) -> float:
     """The largest one-run ε̂ that ``canaries`` canaries can give at all (perfectly separated scores)."""
-    import numpy as np
-
-    from simulator.audit.estimators import one_run_epsilon_lower_bound
-
     half = canaries // 2
     return one_run_epsilon_lower_bound(np.ones(canaries - half), np.zeros(half), delta=delta,
                                        confidence=confidence).epsilon_lower
