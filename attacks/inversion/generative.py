@@ -76,7 +76,8 @@ def cosine_lr(t: float, base: float, *, warmup: float = 0.05) -> float:
 
 @INVERSION_ATTACKS.register("generative_latent")
 class GenerativeLatent(InversionAttack):
-    """Latent-space search in an attacker-trained generator (GIAS / GGL / GIFD latent stage).
+    """Latent-space search in an attacker-trained generator (GIAS: Jeon et al., NeurIPS 2021; GGL: Li et al.,
+    CVPR 2022; the latent stage of GIFD: Fang et al., ICCV 2023).
 
     Parameters
     ----------
