@@ -14,10 +14,17 @@ import platform
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RoundRecord", "RunResult", "ResultsStore", "versions", "write_outputs", "jsonable"]
+__all__ = ["RoundRecord", "RunResult", "ResultsStore", "versions", "write_outputs", "jsonable", "default_out_dir"]
+
+
+def default_out_dir(s: Any) -> Path:
+    """``<output.dir>/<name>-<time>-<digest>``: a new run folder for scenario ``s``."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(s.output.dir) / f"{s.name}-{stamp}-{s.digest()[:6]}"
 
 
 def jsonable(x: Any) -> Any:

@@ -6,18 +6,18 @@ import logging
 import os
 import random
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from simulator.experiment import run_experiment
 from simulator.flower.client_app import make_client_app
 from simulator.flower.inline import run_inline
 from simulator.flower.runtime import Runtime
 from simulator.flower.server_app import ServerOutcome, make_server_app
-from simulator.results import ResultsStore, RoundRecord, RunResult, versions, write_outputs
+from simulator.results import ResultsStore, RoundRecord, RunResult, default_out_dir, versions, write_outputs
 from simulator.scenario import Problem, Scenario, ScenarioError
 
 if TYPE_CHECKING:
@@ -41,11 +41,6 @@ def check_device(s: Scenario) -> None:
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ScenarioError(s.source, [Problem("simulation.device", f"{s.simulation.device!r} but only "
                                                f"{torch.cuda.device_count()} CUDA device(s) are visible")])
-
-
-def default_out_dir(s: Scenario) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(s.output.dir) / f"{s.name}-{stamp}-{s.digest()[:6]}"
 
 
 class _Sink:
@@ -128,8 +123,6 @@ def run(scenario: Scenario, *, out_dir: str | Path | None = None, store: str | P
     s = scenario
     check_device(s)
     if s.kind != "federated":
-        from simulator.experiment import run_experiment  # leakage experiments (no Flower)
-
         return run_experiment(s, out_dir=out_dir, store=store, write=write, tag=tag, progress=progress)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     _seed_everything(s.seed)

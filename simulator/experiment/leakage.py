@@ -41,12 +41,14 @@ from attacks.base import (
 )
 from attacks.labels import capture_input, last_layer_gradient, last_linear
 from attacks.metrics import aligned, score_reconstruction
-from simulator.context import ClientContext, derive_seed, make_generator, run_secret
+from simulator.context import ClientContext, RoundContext, derive_seed, make_generator, run_secret
 from simulator.data import DATASETS
 from simulator.flat import flatten, layout_of, model_vector
 from simulator.models import build_model
+from simulator.results import ResultsStore, RunResult, default_out_dir, versions
 from simulator.scenario import Problem, Scenario, ScenarioError
 from simulator.scenario.leakage import LeakageConfig
+from simulator.sketching.base import COMPRESSORS
 from simulator.training import LocalTrainConfig, train_local
 
 __all__ = [
@@ -237,8 +239,6 @@ def _compress(s: Scenario, payload: torch.Tensor, ctx: ClientContext,
     and the facts it knows about R (the shared seed and round)."""
     if s.compression.name == "none":
         return payload, None
-    from simulator.context import RoundContext
-    from simulator.sketching.base import COMPRESSORS
 
     comp = COMPRESSORS.create(s.compression.name, s.compression.params)
     if not (comp.is_sketch and comp.decodes_alone) or comp.aggregates_in_sketch_space:
@@ -311,7 +311,6 @@ def save_grid(path: Path, truth: torch.Tensor, recon: torch.Tensor, *, max_image
 
 
 def _summary(s: Scenario, case: LeakageCase, metrics: dict[str, Any], wall: float, out_dir: Path | None) -> Any:
-    from simulator.results import RunResult, versions
 
     inversion = {"attack": s.attacks.inversion.name if s.attacks.inversion else None, **metrics}
     payload = case.view.payload
@@ -407,8 +406,6 @@ def run_experiment(s: Scenario, *, out_dir: str | Path | None = None, store: str
     ``progress`` draws the attack's loops as progress bars on stderr (:mod:`attacks.progress`)."""
     from attacks.progress import shown
 
-    from simulator.results import ResultsStore
-    from simulator.runner import default_out_dir
 
     if not write:
         with shown(progress):
@@ -424,7 +421,6 @@ def run_experiment(s: Scenario, *, out_dir: str | Path | None = None, store: str
         raise
     import json
 
-    from simulator.results import RunResult
 
     d = json.loads((out / "summary.json").read_text())
     result = RunResult(name=d["name"], scenario=d["scenario"], scenario_digest=d["scenario_digest"], seed=d["seed"],

@@ -28,6 +28,7 @@ from torch import nn
 from attacks.base import INVERSION_ATTACKS, InversionAttack, ProtocolInfo, PublicData, ServerView, SketchInfo
 from attacks.metrics import aligned
 from simulator.context import RoundContext
+from simulator.experiment.leakage import attack_update
 from simulator.flower.replies import ValidReply
 from simulator.flower.runtime import Runtime
 from simulator.scenario.attacks import InversionSpec
@@ -93,8 +94,6 @@ class InversionObserver:
 
     def __call__(self, server_round: int, valid: list[ValidReply], updates: torch.Tensor | None,
                  ctx: RoundContext) -> dict[str, Any]:
-        from simulator.experiment.leakage import attack_update
-
         if server_round not in self.spec.rounds:
             return {}
         sampled = {r.partition_id: i for i, r in enumerate(valid)}

@@ -18,10 +18,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from defenses.base import AGGREGATORS, SERVER_DEFENSES
 from defenses.detection import detection_rates
-from simulator.backdoor_metrics import backdoor_lifespan
 from simulator.audit.report import audit_block
+from simulator.backdoor_metrics import backdoor_lifespan
 from simulator.flat import flatten
 from simulator.flower.audit import ClientAudit
+from simulator.flower.observer import InversionObserver
 from simulator.flower.runtime import Runtime, build_runtime
 from simulator.flower.strategy import PrivsimStrategy
 from simulator.results import RoundRecord
@@ -114,8 +115,6 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
         outcome.extra["warm_start"] = warm
     observer = None
     if s.attacks.inversion is not None:  # step 9: the in-run inversion attack
-        from simulator.flower.observer import InversionObserver
-
         observer = InversionObserver(rt, model)
     audit = None
     if s.audit is not None and s.audit.level == "client":
