@@ -22,7 +22,7 @@ def randomness_note(scenario: Any) -> str:
 
 
 def _assumptions(scenario: Any, mech: PrivacyMechanism) -> PrivacyMechanism:
-    ledger = getattr(mech, "ledger", None)
+    ledger = mech.ledger
     ws = scenario.model.warm_start
     if ledger is not None and ws is not None and ws.checkpoint is not None:
         ledger.notes.append(f"warm start from {ws.checkpoint!r}: ε assumes that checkpoint saw none of the clients' "

@@ -78,6 +78,8 @@ class PrivacyMechanism:
     #: True when the ε counts on client-sampling amplification: the cohort must then be drawn from the privacy
     #: secret, not from the scenario seed that anyone holding the scenario knows.
     secret_sampling: bool = False
+    #: the run's releases as dp-accounting events (None: this mechanism claims no ε)
+    ledger: PrivacyLedger | None = None
 
     def server_config(self, server_round: int) -> dict[str, float | int | str]:
         return {}
@@ -105,14 +107,12 @@ class PrivacyMechanism:
 
     def epsilon_of_view(self, view: str) -> float:
         """ε of one ledger view (an audit's upper bound); ∞ without DP or without that view."""
-        ledger = getattr(self, "ledger", None)
-        if ledger is None or view not in ledger.views:
+        if self.ledger is None or view not in self.ledger.views:
             return math.inf
-        return float(ledger.epsilon(view))
+        return float(self.ledger.epsilon(view))
 
     def delta_of_run(self, default: float) -> float:
-        ledger = getattr(self, "ledger", None)
-        return float(ledger.delta) if ledger is not None else default
+        return float(self.ledger.delta) if self.ledger is not None else default
 
 
 class NoPrivacy(PrivacyMechanism):
@@ -138,6 +138,8 @@ class RecordLevelDP(PrivacyMechanism):
     target_epsilon, on_budget:
         The budget and what to do about it.
     """
+
+    ledger: PrivacyLedger  # always present: this mechanism claims an ε
 
     def __init__(self, cfg: Any, *, delta: float, rounds: int, target_epsilon: float | None = None,
                  on_budget: str = "stop", randomness: str = "fresh OS entropy") -> None:
@@ -339,6 +341,8 @@ class ClientLevelDP(PrivacyMechanism):
     ``update_in_clear`` (local noise: each noisy update; central noise with a curious in-run server: the clipped
     update before the noise, a non-private release).
     """
+
+    ledger: PrivacyLedger  # always present: this mechanism claims an ε
 
     uniform_weights = True
     releases_without_replies = True  # the noisy sum is released whatever the count (a skip would reveal it)

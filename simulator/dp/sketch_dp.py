@@ -41,6 +41,8 @@ def sketch_accounting(scenario: Any, noise_multiplier: float) -> ClientLevelAcco
 class SketchDP(PrivacyMechanism):
     """Reports ε for a compressor that noises each client's sketch; the noise itself is in the compressor."""
 
+    ledger: PrivacyLedger  # always present: this mechanism claims an ε
+
     secret_sampling = True
 
     def __init__(self, accounting: ClientLevelAccounting, clip_norm: float, compressor: str, *,

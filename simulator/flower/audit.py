@@ -17,14 +17,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from simulator.audit.canaries import CanaryClients
+from simulator.audit.record import RecordCanaries
 from simulator.audit.report import audit_block
 from simulator.context import RoundContext, derive_seed
 from simulator.dp.mechanism import ClientLevelDP, PrivacyMechanism
 from simulator.scenario.audit import AuditConfig
 
-__all__ = ["ClientAudit", "CanaryRound"]
+__all__ = ["ClientAudit", "CanaryRound", "record_audit_block"]
 
 
 @dataclass
@@ -106,3 +108,15 @@ class ClientAudit:
                                                   "participation_rate": c.rate,
                                                   "mean_participations": float(c.participations[c.inserted].mean())
                                                   if c.inserted.any() else 0.0})
+
+
+def record_audit_block(canaries: RecordCanaries, model: nn.Module, cfg: AuditConfig, privacy: PrivacyMechanism,
+                       delta: float) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """``[audit] level = "record"``: score the canary examples on the final model; the block and the scores."""
+    scores = canaries.scores(model)
+    block = audit_block(scores, delta=privacy.delta_of_run(delta), confidence=cfg.confidence,
+                        epsilon_upper=privacy.epsilon_of_view("records"), canaries=canaries.num,
+                        method="canary examples (Steinke, Nasr, Jagielski, NeurIPS 2023), black-box loss on the "
+                               "final model",
+                        extra={"level": "record", "inserted": int(canaries.inserted.sum())})
+    return block, scores

@@ -18,10 +18,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from defenses.base import AGGREGATORS, SERVER_DEFENSES
 from defenses.detection import detection_rates
-from simulator.audit.report import audit_block
 from simulator.backdoor_metrics import backdoor_lifespan
 from simulator.flat import flatten
-from simulator.flower.audit import ClientAudit
+from simulator.flower.audit import ClientAudit, record_audit_block
 from simulator.flower.observer import InversionObserver
 from simulator.flower.runtime import Runtime, build_runtime
 from simulator.flower.strategy import PrivsimStrategy
@@ -171,14 +170,8 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
                                              epsilon_upper=rt.privacy.epsilon_of_view("aggregate"))
         outcome.audit_scores = scores
     if rt.record_canaries is not None and s.audit is not None:
-        c = rt.record_canaries
-        scores = c.scores(model)
-        outcome.extra["audit"] = audit_block(
-            scores, delta=rt.privacy.delta_of_run(s.privacy.delta), confidence=s.audit.confidence,
-            epsilon_upper=rt.privacy.epsilon_of_view("records"), canaries=c.num,
-            method="canary examples (Steinke, Nasr, Jagielski, NeurIPS 2023), black-box loss on the final model",
-            extra={"level": "record", "inserted": int(c.inserted.sum())})
-        outcome.audit_scores = scores
+        outcome.extra["audit"], outcome.audit_scores = record_audit_block(
+            rt.record_canaries, model, s.audit, rt.privacy, s.privacy.delta)
     outcome.extra["defense"] = _defense_block(s, outcome.records)
     if observer is not None:
         outcome.extra["inversion"] = observer.summary()
