@@ -28,15 +28,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from simulator.context import derive_seed, make_generator
+from simulator.context import ClientContext, RoundContext, derive_seed, make_generator
 from simulator.data import FederatedData
 from simulator.flat import layout_of, load_vector, model_vector
+from simulator.round import ClientPlugins, ServerPlugins, ValidReply, client_step, server_step
 from simulator.scenario import Scenario
-from simulator.training import LocalTrainConfig, evaluate, train_local
+from simulator.training import LocalTrainConfig, evaluate
 
 __all__ = ["apply_warm_start", "cache_dir", "fedavg_pretrain", "warm_start_key"]
 
-_FORMAT = 1
+_FORMAT = 2  # 2: pre-trained through the round core (the update is the mean of Δ, not of w)
 log = logging.getLogger("privsim.warm_start")
 
 
@@ -69,27 +70,39 @@ def warm_start_key(s: Scenario, data: FederatedData, train: LocalTrainConfig) ->
 
 def fedavg_pretrain(model: nn.Module, data: FederatedData, train: LocalTrainConfig, *, rounds: int,
                     cohort: int, seed: int) -> None:
-    """Plain FedAvg for ``rounds`` rounds, in place: each round samples ``cohort`` clients uniformly
-    without replacement (seeded), trains each from the global weights and averages their floating
-    state (parameters and buffers such as BatchNorm statistics, :func:`simulator.flat.layout_of`) by
-    example count."""
+    """Plain FedAvg for ``rounds`` rounds, in place, through the round core with its default plug-ins (no
+    DP, no defense, dense updates, the FedAvg aggregator): each round samples ``cohort`` clients uniformly
+    without replacement (seeded), runs :func:`simulator.round.client_step` on each and
+    :func:`simulator.round.server_step` on their replies. The floating state (parameters and buffers such as
+    BatchNorm statistics, :func:`simulator.flat.layout_of`) is averaged by example count."""
     rng = np.random.default_rng(derive_seed(seed, "warm_start", "sampling"))
     layout = layout_of(model)
     local = copy.deepcopy(model)
+    client, server = ClientPlugins(), ServerPlugins()
     for rnd in range(1, rounds + 1):
         chosen = np.sort(rng.choice(data.num_clients, size=cohort, replace=False))
         glob = model_vector(model, layout)
-        total, acc = 0, torch.zeros_like(glob)
-        for pid in chosen:
-            x, y = data.client(int(pid))
+        replies = []
+        for pid in (int(p) for p in chosen):
+            x, y = data.client(pid)
             if x.shape[0] == 0:
                 continue
             load_vector(local, glob, layout)
-            train_local(local, x, y, train, generator=make_generator(seed, "warm_start", rnd, int(pid)))
-            total += int(x.shape[0])
-            acc += model_vector(local, layout) * int(x.shape[0])
-        if total:
-            load_vector(model, acc / total, layout)
+            ctx = ClientContext(partition_id=pid, server_round=rnd, seed=seed, num_examples=int(x.shape[0]),
+                                global_vector=glob, layout=layout, train=train, num_clients=data.num_clients,
+                                expected_clients_per_round=float(cohort))
+            reply = client_step(local, x, y, ctx, client, generator=make_generator(seed, "warm_start", rnd, pid))
+            replies.append(ValidReply(pid, int(x.shape[0]), {k: torch.from_numpy(v) for k, v in reply.payload.items()},
+                                      reply.metrics, 0))
+        if not replies:
+            continue
+        rctx = RoundContext(server_round=rnd, seed=seed, global_vector=glob, layout=layout,
+                            client_ids=tuple(r.partition_id for r in replies),
+                            num_examples=tuple(r.num_examples for r in replies), num_clients=data.num_clients,
+                            expected_clients_per_round=float(cohort))
+        out = server_step(replies, rctx, server, server_lr=1.0)
+        if out.new_global is not None:
+            load_vector(model, out.new_global, layout)
 
 
 def _load_checkpoint(model: nn.Module, path: str) -> None:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from simulator.sketching import COMPRESSORS, communication_cost, payload_bytes
 from simulator.sketching.base import ArraySpec
-from simulator.sketching.testing import client_context, flat_layout, round_context, run_round
+from simulator.round.harness import run_round
+from simulator.sketching.testing import client_context, flat_layout, round_context
 
 D = 500
 LAYOUT = flat_layout(D)

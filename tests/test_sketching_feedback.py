@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from simulator.sketching import COMPRESSORS
 from simulator.sketching.fetchsgd import FetchSGD
-from simulator.sketching.testing import flat_layout, run_round
+from simulator.round.harness import run_round
+from simulator.sketching.testing import flat_layout
 
 D = 400
 LAYOUT = flat_layout(D)

@@ -41,14 +41,16 @@ from attacks.base import (
 )
 from attacks.labels import capture_input, last_layer_gradient, last_linear
 from attacks.metrics import aligned, score_reconstruction
+from defenses.base import CLIENT_DEFENSES
 from simulator.context import ClientContext, RoundContext, derive_seed, make_generator, run_secret
 from simulator.data import DATASETS
 from simulator.flat import flatten, layout_of, model_vector
 from simulator.models import build_model
 from simulator.results import ResultsStore, RunResult, default_out_dir, versions
+from simulator.round import ClientPlugins, decode_updates, defend_update, inspect_model
 from simulator.scenario import Problem, Scenario, ScenarioError
 from simulator.scenario.leakage import LeakageConfig
-from simulator.sketching.base import COMPRESSORS
+from simulator.sketching.base import COMPRESSORS, Compressor, Identity
 from simulator.training import LocalTrainConfig, train_local
 
 __all__ = [
@@ -208,10 +210,9 @@ def prepare_leakage(scenario: Scenario, attack: InversionAttack | None = None) -
                         global_vector=model_vector(model, layout_of(model)), layout=agreed, train=train,
                         num_clients=1, expected_clients_per_round=1.0, received_model=model, data=(x, target),
                         noise_key=derive_seed(run_secret(s.privacy.noise_seed), "client", 0))
-    from defenses.base import CLIENT_DEFENSES
-
-    defenses = [CLIENT_DEFENSES.create(spec.name, spec.params) for spec in s.defenses.client]
-    refused = next((r for r in (d.inspect(model, ctx) for d in defenses) if r), None)
+    plugins = ClientPlugins(defenses=tuple(CLIENT_DEFENSES.create(d.name, d.params) for d in s.defenses.client),
+                            compressor=_compressor(s))
+    refused = inspect_model(plugins.defenses, model, ctx)  # before step 1, as in a federated round
     layout = layout_of(model)
     protocol = ProtocolInfo(kind=cfg.protocol, lr=cfg.lr if cfg.protocol == "update" else None,
                             local_steps=train.max_steps if cfg.protocol == "update" else None,
@@ -222,40 +223,46 @@ def prepare_leakage(scenario: Scenario, attack: InversionAttack | None = None) -
                           input_shape=ds.input_shape, num_classes=ds.num_classes)
         return LeakageCase(view=view, truth_x=x, truth_y=y, indices=tuple(int(i) for i in idx), refused=refused,
                            public_source=None if public is None else public.source, soft_y=soft)
-    payload = client_payload(model, x, target, cfg=cfg, generator=make_generator(s.seed, "leakage", "client"))
-    for d in defenses:
-        payload = d.apply(payload, ctx)
-    payload, sketch = _compress(s, payload, ctx, want_sketch=attack is not None and attack.wants_sketch)
+    # steps 2-3 (FedSGD gradient or FedAvg update), then step 5 of the round core: client defenses, compression
+    delta = client_payload(model, x, target, cfg=cfg, generator=make_generator(s.seed, "leakage", "client"))
+    sent, _ = defend_update(delta, ctx, plugins, {})
+    payload, sketch = _received(s, plugins.compressor, sent, ctx,
+                                want_sketch=attack is not None and attack.wants_sketch)
     view = ServerView(model=copy.deepcopy(model), payload=payload.detach().clone(), protocol=protocol,
                       input_shape=ds.input_shape, num_classes=ds.num_classes, sketch=sketch)
     return LeakageCase(view=view, truth_x=x, truth_y=y, indices=tuple(int(i) for i in idx),
                        public_source=None if public is None else public.source, soft_y=soft)
 
 
-def _compress(s: Scenario, payload: torch.Tensor, ctx: ClientContext,
-              *, want_sketch: bool) -> tuple[torch.Tensor, SketchInfo | None]:
-    """Step 5's last stage, the scenario's compressor: the server receives ``encode(Δ)``. It decodes it
-    (a de-sketched Rᵀ·R·Δ for sketches), or, for an attack that matches in sketch space, keeps the raw sketch
-    and the facts it knows about R (the shared seed and round)."""
-    if s.compression.name == "none":
-        return payload, None
-
+def _compressor(s: Scenario) -> Compressor:
+    """The scenario's compressor, if a single client's payload can be decoded alone (a per-client sketch)."""
     comp = COMPRESSORS.create(s.compression.name, s.compression.params)
-    if not (comp.is_sketch and comp.decodes_alone) or comp.aggregates_in_sketch_space:
-        raise ScenarioError(s.source, [Problem("compression.name", f"{s.compression.name!r} is not a per-client "
-                                               "sketch; a leakage experiment supports gaussian_sketch, srht and "
-                                               "count_sketch")])
-    arrays = comp.encode(payload, ctx)
-    sent = {k: torch.as_tensor(v) for k, v in arrays.items()}
-    if want_sketch:
-        y = sent["sketch"].to(torch.float32)
+    if isinstance(comp, Identity) or (comp.is_sketch and comp.decodes_alone and not comp.aggregates_in_sketch_space):
+        return comp
+    able = [e.name for e in COMPRESSORS.entries()
+            if getattr(e.factory, "is_sketch", False) and getattr(e.factory, "decodes_alone", False)
+            and not getattr(e.factory, "aggregates_in_sketch_space", False)]
+    raise ScenarioError(s.source, [Problem("compression.name", f"{s.compression.name!r} is not a per-client "
+                                           f"sketch; a leakage experiment supports {', '.join(sorted(able))}")])
+
+
+def _received(s: Scenario, comp: Compressor, sent: dict[str, np.ndarray], ctx: ClientContext,
+              *, want_sketch: bool) -> tuple[torch.Tensor, SketchInfo | None]:
+    """What the server holds after step 8: the decoded update (a de-sketched Rᵀ·R·Δ for sketches), or, for an
+    attack that matches in sketch space, the raw sketch and the facts it knows about R (shared seed, round)."""
+    arrays = {k: torch.as_tensor(v) for k, v in sent.items()}
+    if want_sketch and comp.is_sketch:
+        y = arrays["sketch"].to(torch.float32)
         info = SketchInfo(operator=s.compression.name, seed=ctx.seed, sketch_dim=int(y.numel()),
-                          params=dict(s.compression.params), server_round=ctx.server_round, dim=int(payload.numel()))
+                          params=dict(s.compression.params), server_round=ctx.server_round,
+                          dim=layout_of(ctx.received_model).dim)
         return y, info
     rctx = RoundContext(server_round=ctx.server_round, seed=ctx.seed, global_vector=ctx.global_vector,
                         layout=layout_of(ctx.received_model), client_ids=(0,), num_examples=(ctx.num_examples,),
                         num_clients=1, expected_clients_per_round=1.0)
-    return comp.decode([sent], rctx)[0], None
+    updates, _ = decode_updates(comp, [arrays], torch.ones(1), rctx)
+    assert updates is not None  # _compressor admits only compressors that decode per client
+    return updates[0], None
 
 
 def attack_update(attack: InversionAttack, view: ServerView, truth_x: torch.Tensor,

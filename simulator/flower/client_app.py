@@ -1,4 +1,4 @@
-"""The privsim ClientApp (Flower Message API): steps 1-6 of a round on one client.
+"""The privsim ClientApp (Flower Message API): a thin adapter around the round core's client step (1-6).
 
 Importing this module does no work; :func:`make_client_app` builds the app around the scenario
 JSON, and the runtime (data, model, plug-ins) is built lazily once per process.
@@ -6,8 +6,6 @@ JSON, and the runtime (data, model, plug-ins) is built lazily once per process.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -16,9 +14,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from simulator.context import ClientContext
-from simulator.flat import flatten, model_vector
+from simulator.flat import flatten
 from simulator.flower.runtime import runtime_for
-from simulator.training import train_local
+from simulator.round import ClientPlugins, ModelRefused, client_step
 
 if TYPE_CHECKING:
     from flwr.app import MetricRecordValues
@@ -39,25 +37,19 @@ def _save_state(context: Context, state: dict[str, np.ndarray]) -> None:
         context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
 
 
-class ModelRefused(RuntimeError):
-    """A client defense refused the received model; the round records the client as failed with the reason."""
-
-
 def client_train(scenario_json: str, msg: Message, context: Context) -> Message:
+    """The Flower adapter around :func:`simulator.round.client_step`: message in, steps 1-6, message out."""
     rt = runtime_for(scenario_json)
     s = rt.scenario
     torch.set_num_threads(s.simulation.torch_threads)
     pid = int(context.node_config["partition-id"])
     config: dict[str, Any] = dict(msg.content["config"])
     rnd = int(config["server-round"])
-
-    # 1. data (and the attacker's poisoned view)
     arrays = msg.content["arrays"]
     assert isinstance(arrays, ArrayRecord)  # the strategy sends the global model as an ArrayRecord
     global_sd = arrays.to_torch_state_dict()
     model = rt.model
     model.load_state_dict(global_sd)
-    gvec = flatten(global_sd, rt.layout).to(s.simulation.device)
     x, y = rt.data.client(pid)
     if rt.record_canaries is not None:  # [audit] level = "record": this client's inserted canary examples
         cx, cy = rt.record_canaries.for_client(pid)
@@ -65,48 +57,19 @@ def client_train(scenario_json: str, msg: Message, context: Context) -> Message:
     acting = pid in rt.schedule.acting(rnd)
     state = _load_state(context)
     ctx = ClientContext(
-        partition_id=pid, server_round=rnd, seed=s.seed, num_examples=int(x.shape[0]), global_vector=gvec,
+        partition_id=pid, server_round=rnd, seed=s.seed, num_examples=int(x.shape[0]),
+        global_vector=flatten(global_sd, rt.layout).to(s.simulation.device),
         layout=rt.layout, train=rt.train, num_clients=s.data.num_clients,
         expected_clients_per_round=rt.sampler.expected_size, malicious=acting,
         colluders=rt.schedule.colluders(pid, rnd), state=state, noise_key=rt.noise_key(pid))
-    if any(d.needs_client_data for d in rt.client_defenses):  # e.g. Soteria: the received model and own data
-        ctx = dataclasses.replace(ctx, received_model=copy.deepcopy(model), data=(x, y))
-    for d in rt.client_defenses:  # a client defense may refuse the received model (model_inspection)
-        why = d.inspect(model, ctx)
-        if why:
-            raise ModelRefused(f"client {pid} refused the model: {why}")
-    attack = rt.attack if acting else None
-    hooks = None
-    if attack is not None:
-        x, y = attack.poison(x, y, ctx)
-        hooks = attack.hooks(ctx)
-
-    # 2. train (DP-SGD when the privacy mechanism takes over)
-    out = rt.privacy.client_train(model, x, y, ctx, config, hooks)
-    if out is None:
-        stats = train_local(model, x, y, rt.train, generator=ctx.generator("train"), hooks=hooks)
-        metrics: dict[str, float] = {}
-    else:
-        stats, metrics = out
-
-    # 3. update, 4. attack, 5. defend (privacy first, then the client defense chain, then compression)
-    delta = model_vector(model, rt.layout) - gvec
-    if attack is not None:
-        delta = attack.transform(delta, ctx)
-    delta, pm = rt.privacy.client_update(delta, ctx, config)
-    metrics.update(pm)
-    for d in rt.client_defenses:
-        delta = d.apply(delta, ctx)
-    payload = rt.compressor.encode(delta, ctx)
+    plugins = ClientPlugins(privacy=rt.privacy, defenses=tuple(rt.client_defenses), compressor=rt.compressor,
+                            attack=rt.attack if acting else None)
+    reply = client_step(model, x, y, ctx, plugins, config=config)
     _save_state(context, state)
-
-    # 6. reply
-    metrics.update({"num-examples": int(stats.num_examples), "train-loss": float(stats.loss),
-                    "local-steps": int(stats.steps), "partition-id": pid})
     content = RecordDict({
-        "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in payload.items()}),
+        "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in reply.payload.items()}),
         # cast: the stub asks for an invariant dict of every metric value type; a dict of floats is one
-        "metrics": MetricRecord(cast("dict[str, MetricRecordValues]", metrics)),
+        "metrics": MetricRecord(cast("dict[str, MetricRecordValues]", reply.metrics)),
     })
     return Message(content=content, reply_to=msg)
 

@@ -29,7 +29,7 @@ from attacks.base import INVERSION_ATTACKS, InversionAttack, ProtocolInfo, Publi
 from attacks.metrics import aligned
 from simulator.context import RoundContext
 from simulator.experiment.leakage import attack_update
-from simulator.flower.replies import ValidReply
+from simulator.round.validate import ValidReply
 from simulator.flower.runtime import Runtime
 from simulator.scenario.attacks import InversionSpec
 

@@ -20,7 +20,7 @@ from defenses.base import AGGREGATORS, SERVER_DEFENSES
 from defenses.detection import detection_rates
 from simulator.backdoor_metrics import backdoor_lifespan
 from simulator.flat import flatten
-from simulator.flower.audit import ClientAudit, record_audit_block
+from simulator.round.audit import ClientAudit, record_audit_block
 from simulator.flower.observer import InversionObserver
 from simulator.flower.runtime import Runtime, build_runtime
 from simulator.flower.strategy import PrivsimStrategy

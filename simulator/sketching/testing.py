@@ -1,7 +1,7 @@
-"""Run a compressor outside Flower: contexts for one client or round, and a few rounds of encode → decode.
+"""Contexts for running a compressor outside Flower: one client's, one round's, and a payload check.
 
-Used by the sketching tests and the benchmark; it follows the strategy's steps 5-8 (encode on each client with its
-persistent state, validate against the spec, decode per client or in sketch space) without training or Flower.
+Used by the sketching tests and the benchmark; :func:`simulator.round.harness.run_round` runs rounds of encode →
+validate → decode through the round core with them.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import torch
 
 from simulator.context import ClientContext, RoundContext
 from simulator.flat import Layout
-from simulator.sketching.base import ArraySpec, Compressor
+from simulator.sketching.base import ArraySpec
 from simulator.training import LocalTrainConfig
 
-__all__ = ["check_payload", "client_context", "flat_layout", "round_context", "run_round"]
+__all__ = ["check_payload", "client_context", "flat_layout", "round_context"]
 
 
 def flat_layout(dim: int) -> Layout:
@@ -50,28 +50,3 @@ def check_payload(payload: dict[str, np.ndarray], spec: dict[str, ArraySpec]) ->
         assert isinstance(a, np.ndarray), f"{name}: {type(a)} is not a numpy array"
         assert tuple(a.shape) == tuple(sp.shape), f"{name}: shape {a.shape} != {sp.shape}"
         assert str(a.dtype) == sp.dtype, f"{name}: dtype {a.dtype} != {sp.dtype}"
-
-
-def run_round(compressor: Compressor, deltas: torch.Tensor, *, layout: Layout, server_round: int = 1,
-              seed: int = 0, states: dict[int, dict[str, np.ndarray]] | None = None,
-              weights: torch.Tensor | None = None) -> tuple[list[dict[str, np.ndarray]], torch.Tensor]:
-    """One round for clients 0..n−1 with updates ``deltas`` (n, d): (payloads, decoded).
-
-    ``decoded`` is (n, d) per-client estimates, or (d,) for a compressor that aggregates in sketch space.
-    ``states`` maps a client id to its persistent state and is updated in place.
-    """
-    states = states if states is not None else {}
-    spec = compressor.spec(layout, server_round)
-    payloads = []
-    for i, delta in enumerate(deltas):
-        ctx = client_context(layout, partition_id=i, server_round=server_round, seed=seed,
-                             state=states.setdefault(i, {}), num_clients=len(deltas))
-        p = compressor.encode(delta, ctx)
-        check_payload(p, spec)
-        payloads.append(p)
-    tensors = [{k: torch.from_numpy(np.array(v)) for k, v in p.items()} for p in payloads]
-    rctx = round_context(layout, client_ids=range(len(deltas)), server_round=server_round, seed=seed)
-    if compressor.aggregates_in_sketch_space:
-        w = weights if weights is not None else torch.ones(len(deltas))
-        return payloads, compressor.decode_aggregate(tensors, w, rctx)
-    return payloads, compressor.decode(tensors, rctx)
