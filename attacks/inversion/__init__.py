@@ -10,10 +10,6 @@ from attacks.inversion import (  # noqa: F401
     sketch_matching,
     soft_label,
 )
-from attacks.inversion.checks import inversion_problems
-from simulator.scenario.loader import SCENARIO_CHECKS
+from attacks.inversion.checks import inversion_problems  # registers the load-time inversion check
 
-if inversion_problems not in SCENARIO_CHECKS:
-    SCENARIO_CHECKS.append(inversion_problems)
-
-__all__ = ["analytic", "dlg", "generative", "idlg", "inverting_gradients", "robbing_the_fed", "sketch_matching", "soft_label"]
+__all__ = ["inversion_problems", "analytic", "dlg", "generative", "idlg", "inverting_gradients", "robbing_the_fed", "sketch_matching", "soft_label"]

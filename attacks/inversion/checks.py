@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from attacks.base import INVERSION_ATTACKS
-from simulator.scenario.loader import Problem
+from simulator.scenario.loader import Problem, scenario_check
 from simulator.scenario.schema import Scenario
 
 __all__ = ["inversion_problems"]
@@ -25,6 +25,7 @@ def _compressor(s: Scenario) -> object | None:
         return None  # reported by the compression checks
 
 
+@scenario_check
 def inversion_problems(s: Scenario) -> list[Problem]:
     inv, out = s.attacks.inversion, []
     if s.kind == "leakage":

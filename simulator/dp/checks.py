@@ -1,4 +1,4 @@
-"""Load-time checks of ``[privacy]`` against the rest of the scenario (appended to ``SCENARIO_CHECKS``).
+"""Load-time checks of ``[privacy]`` against the rest of the scenario (registered with :func:`~simulator.scenario.scenario_check`).
 
 Each returns every :class:`~simulator.scenario.loader.Problem` it finds, so a scenario whose sampling
 scheme and privacy analysis do not match fails at load time instead of reporting a number that does
@@ -11,7 +11,7 @@ import numpy as np
 
 from simulator.audit.estimators import one_run_epsilon_lower_bound
 from simulator.dp.accounting import client_level_accounting
-from simulator.scenario.loader import Problem
+from simulator.scenario.loader import Problem, scenario_check
 from simulator.scenario.schema import Scenario
 
 __all__ = ["privacy_problems"]
@@ -153,6 +153,7 @@ def _audit(s: Scenario) -> list[Problem]:
     return out
 
 
+@scenario_check
 def privacy_problems(s: Scenario) -> list[Problem]:
     """Every mismatch between ``[privacy]`` / ``[audit]`` and the scenario's sampling, aggregator and model."""
     common = _common(s) + _audit(s)

@@ -14,11 +14,11 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from simulator.registry import BadParams, UnknownName, did_you_mean, import_plugins
+from simulator.registry import BadParams, UnknownName, all_registries, did_you_mean, import_plugins
 from simulator.scenario.schema import Scenario
 
 __all__ = ["ScenarioError", "Problem", "load_scenario", "scenario_from_dict", "apply_overrides",
-           "PLUGIN_FIELDS", "SCENARIO_CHECKS"]
+           "PLUGIN_FIELDS", "SCENARIO_CHECKS", "scenario_check"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,6 @@ def _get(data: Any, path: str) -> Any:
 
 
 def _check_plugin(kind: str, name: Any, params: Any, name_path: str, params_path: str) -> list[Problem]:
-    from simulator.registry import all_registries
-
     if not isinstance(name, str):
         return []
     reg = all_registries()[kind]
@@ -163,8 +161,21 @@ def leakage_unused_problems(s: Scenario) -> list[Problem]:
     return out
 
 
-#: Whole-scenario checks (cross-section rules); plug-in packages append theirs on import.
-SCENARIO_CHECKS: list[Callable[[Scenario], list[Problem]]] = [leakage_unused_problems]
+ScenarioCheck = Callable[[Scenario], list[Problem]]
+
+#: Whole-scenario checks (cross-section rules), registered with :func:`scenario_check` where they are defined,
+#: like plug-ins; :func:`scenario_from_dict` imports every plug-in package first, so none is ever missing.
+SCENARIO_CHECKS: list[ScenarioCheck] = []
+
+
+def scenario_check(check: ScenarioCheck) -> ScenarioCheck:
+    """Register a whole-scenario check (a decorator; idempotent). It returns every problem it finds."""
+    if check not in SCENARIO_CHECKS:
+        SCENARIO_CHECKS.append(check)
+    return check
+
+
+scenario_check(leakage_unused_problems)
 
 
 def scenario_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> Scenario:
@@ -175,6 +186,7 @@ def scenario_from_dict(data: Mapping[str, Any], *, source: str | None = None) ->
     except ValidationError as err:
         raise ScenarioError(source, _pydantic_problems(err) + problems) from None
     if not problems:
+        import_plugins()  # registers the plug-in packages' checks (privacy, compression, inversion)
         for check in SCENARIO_CHECKS:
             problems += check(s)
     if problems:

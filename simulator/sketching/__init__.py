@@ -5,9 +5,8 @@ optional DP on the sketch), ``fetchsgd``, sparsifiers (``topk``, ``randk``) and 
 contractive compressor (``ef``, ``ef21``, ``econtrol``).
 """
 
-from simulator.scenario.loader import SCENARIO_CHECKS
 from simulator.sketching.base import COMPRESSORS, ArraySpec, Compressor
-from simulator.sketching.checks import compression_problems
+from simulator.sketching.checks import compression_problems  # registers the [compression] load-time check
 from simulator.sketching.comm import CommCost, communication_cost, payload_bytes
 from simulator.sketching.error_feedback import EF21, EControl, ErrorFeedback
 from simulator.sketching.fetchsgd import FetchSGD
@@ -19,9 +18,6 @@ from simulator.sketching.sketched import (
     SRHTCompressor,
 )
 from simulator.sketching.sparsify import RandK, TopK
-
-if compression_problems not in SCENARIO_CHECKS:
-    SCENARIO_CHECKS.append(compression_problems)
 
 __all__ = [
     "COMPRESSORS",
@@ -43,5 +39,6 @@ __all__ = [
     "SketchOperator",
     "TopK",
     "communication_cost",
+    "compression_problems",
     "payload_bytes",
 ]

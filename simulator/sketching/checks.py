@@ -1,4 +1,4 @@
-"""Load-time checks of ``[compression]`` (appended to the loader's ``SCENARIO_CHECKS`` on import).
+"""Load-time checks of ``[compression]`` (registered with :func:`~simulator.scenario.scenario_check`).
 
 The registry validates each param on its own; the compressor's constructor checks how they combine (noise
 without a clip norm, a ratio that leaves no rows…). Building the compressor here — cheap, nothing is allocated
@@ -7,12 +7,13 @@ before the first round — turns those into load-time problems that name the fie
 
 from __future__ import annotations
 
-from simulator.scenario.loader import Problem
+from simulator.scenario.loader import Problem, scenario_check
 from simulator.scenario.schema import Scenario
 
 __all__ = ["compression_problems"]
 
 
+@scenario_check
 def compression_problems(s: Scenario) -> list[Problem]:
     from simulator.sketching.base import COMPRESSORS
 
