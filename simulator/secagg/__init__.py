@@ -1,0 +1,32 @@
+"""Simulated secure aggregation: the numerics of Flower's SecAgg+ (Bell et al., CCS 2020), no cryptography.
+
+See :mod:`simulator.secagg.encoding` for the data flow and what the server learns.
+"""
+
+from simulator.secagg.encoding import (
+    SecAggParams,
+    SecAggResult,
+    aggregate,
+    encode_client,
+    error_bound,
+    error_rms,
+    precision_problems,
+    quantization_step,
+    relative_error_bound,
+    simulate,
+    weight_factor,
+)
+
+__all__ = [
+    "SecAggParams",
+    "SecAggResult",
+    "aggregate",
+    "encode_client",
+    "error_bound",
+    "error_rms",
+    "precision_problems",
+    "quantization_step",
+    "relative_error_bound",
+    "simulate",
+    "weight_factor",
+]
