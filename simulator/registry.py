@@ -20,8 +20,10 @@ named in ``context`` and are not user parameters.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -138,6 +140,18 @@ class Registry(Generic[T]):
 
         return deco
 
+    @contextmanager
+    def temporarily(self, name: str, factory: Callable[..., T], **kwargs: Any) -> Iterator[None]:
+        """Register ``factory`` as ``name`` only inside the ``with`` block (test-only plug-ins: they never stay in
+        the production registry, so registry-wide loops and ``privsim list`` never see them)."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self.register(name, **kwargs)(factory)
+        try:
+            yield
+        finally:
+            del self._entries[name]
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 
@@ -192,8 +206,6 @@ def all_registries() -> dict[str, Registry[Any]]:
 
 def import_plugins() -> None:
     """Import every package that registers plug-ins (idempotent, no other side effects)."""
-    import importlib
-
     for mod in ("simulator.data", "simulator.models", "simulator.sketching", "simulator.dp",
                 "attacks", "defenses"):
         importlib.import_module(mod)

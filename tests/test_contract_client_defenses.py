@@ -26,8 +26,8 @@ from simulator.training import LocalTrainConfig
 
 import_plugins()
 
-NAMES = [n for n in CLIENT_DEFENSES.names() if not n.startswith("test_")]
-SERVER_NAMES = [n for n in SERVER_DEFENSES.names() if not n.startswith("test_")]
+NAMES = CLIENT_DEFENSES.names()
+SERVER_NAMES = SERVER_DEFENSES.names()
 NUM_CLASSES = 10
 SHAPE = (1, 28, 28)
 NOISE_KEY = 99

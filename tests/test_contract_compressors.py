@@ -37,7 +37,7 @@ import_plugins()
 
 #: per-name parameters for a compressor whose defaults cannot run on the layout below (none today)
 OVERRIDES: dict[str, dict[str, Any]] = {}
-NAMES = [n for n in COMPRESSORS.names() if not n.startswith("test_")]
+NAMES = COMPRESSORS.names()
 #: a model-like layout of d = 3000 (a 56→50→3 MLP, no bias on the last layer)
 LAYOUT = Layout(("fc1.weight", "fc1.bias", "fc2.weight"), ((50, 56), (50,), (3, 50)))
 D = LAYOUT.dim

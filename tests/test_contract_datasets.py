@@ -30,7 +30,7 @@ def _case(name: str):
     return pytest.param(name, marks=pytest.mark.skip(reason=f"{name!r} is not embedded: it needs a download"))
 
 
-CASES = [_case(n) for n in DATASETS.names() if not n.startswith("test_")]
+CASES = [_case(n) for n in DATASETS.names()]
 
 
 @pytest.fixture

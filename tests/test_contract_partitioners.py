@@ -28,7 +28,7 @@ from simulator.registry import import_plugins
 
 import_plugins()
 
-NAMES = [n for n in PARTITIONERS.names() if not n.startswith("test_")]
+NAMES = PARTITIONERS.names()
 N, NUM_CLASSES, CLIENTS, SEED = 600, 10, 10, 3
 LABELS = np.random.default_rng(0).permutation(np.repeat(np.arange(NUM_CLASSES), N // NUM_CLASSES))
 #: "Uniformly random, equal-size partitions"

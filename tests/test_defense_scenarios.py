@@ -1,4 +1,4 @@
-"""scenarios/defense_<name>.toml: one per robust aggregator, each the α = 0.5 edge-case PGD cell of
+"""scenarios/defense_<name>.toml: one per robust aggregator of the backdoor table, each the α = 0.5 edge-case PGD cell of
 backdoor_defense_grid.toml (so running it reproduces that row of the table), and each runs (tiny: 2 rounds,
 small MLP, 1,000 digits, a 1-round warm start)."""
 
@@ -20,8 +20,9 @@ TINY = ["simulation.engine='inline'", "data.max_examples=1000", "data.num_client
         "attacks.backdoor.params.base.params.edge_size=10", "model.warm_start={rounds=1}"]
 
 
-def test_there_is_one_defense_scenario_per_robust_aggregator() -> None:
-    assert DEFENSES == sorted(set(AGGREGATORS.names()) - {"fedavg"})
+def test_each_defense_scenario_names_a_registered_aggregator() -> None:
+    """Files name real rules; a new aggregator is not forced into a scenario file (its own test covers it)."""
+    assert DEFENSES and set(DEFENSES) <= set(AGGREGATORS.names()) - {"fedavg"}
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-import tests.helpers.misbehaving  # noqa: F401  (registers the test-only attacks)
+from tests.helpers.misbehaving import registered
 from simulator import load_scenario
 from simulator.runner import run
 
@@ -37,6 +37,11 @@ def test_inline_and_ray_give_the_same_per_round_accuracy():
 
 
 def test_nan_wrong_shape_and_crashing_clients_are_rejected_and_recorded():
+    with registered():
+        _rejected_and_recorded()
+
+
+def _rejected_and_recorded() -> None:
     s = _small("simulation.engine='inline'", "attacks.backdoor.name='test_misbehave'",
                "attacks.plan.malicious_ids=[0, 1, 2]", "attacks.plan.collude=true",
                "federation.clients_per_round=5")
@@ -55,9 +60,10 @@ def test_nan_wrong_shape_and_crashing_clients_are_rejected_and_recorded():
 
 
 def test_all_replies_invalid_leaves_the_model_unchanged():
-    s = _small("simulation.engine='inline'", "attacks.backdoor.name='test_nan_update'",
-               "attacks.plan.malicious_fraction=1.0")
-    r = run(s, write=False)
+    with registered():
+        s = _small("simulation.engine='inline'", "attacks.backdoor.name='test_nan_update'",
+                   "attacks.plan.malicious_fraction=1.0")
+        r = run(s, write=False)
     assert all(x.clients_aggregated == 0 for x in r.rounds)
     assert r.rounds[0].metrics["round_skipped"]
     assert r.rounds[0].main_accuracy == r.rounds[1].main_accuracy  # nothing applied

@@ -76,3 +76,17 @@ def test_a_subclass_passing_kwargs_on_inherits_its_parents_parameters() -> None:
     assert (made.a, made.b, made.c) == (7, "y", 0.5)  # the subclass's default wins on a shared name
     with pytest.raises(Exception, match="unknown parameter"):
         reg.create("child", {"d": 1})
+
+
+def test_temporarily_registers_only_inside_the_block() -> None:
+    reg: Registry[object] = Registry("tmp-kind")
+
+    class Thing:
+        """A thing."""
+
+    with reg.temporarily("thing", Thing):
+        assert reg.names() == ["thing"] and isinstance(reg.create("thing"), Thing)
+        with pytest.raises(ValueError, match="already registered"):
+            with reg.temporarily("thing", Thing):
+                pass
+    assert reg.names() == []

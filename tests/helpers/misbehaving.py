@@ -1,13 +1,19 @@
-"""Client attacks that misbehave on purpose, for tests of reply validation (inline engine only)."""
+"""Client attacks that misbehave on purpose, for tests of reply validation (inline engine only).
+
+They are registered only inside :func:`registered` (``CLIENT_ATTACKS.temporarily``), never in the production
+registry.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
 from attacks.base import CLIENT_ATTACKS, ClientAttack
 
 
-@CLIENT_ATTACKS.register("test_nan_update")
 class NaNUpdate(ClientAttack):
     """Test only: the update is all NaN."""
 
@@ -15,7 +21,6 @@ class NaNUpdate(ClientAttack):
         return torch.full_like(delta, float("nan"))
 
 
-@CLIENT_ATTACKS.register("test_misbehave")
 class Misbehave(ClientAttack):
     """Test only: the lowest acting id sends NaN, the next a wrong-length update, the next raises."""
 
@@ -26,3 +31,12 @@ class Misbehave(ClientAttack):
         if rank == 1:
             return delta[:-5]
         raise RuntimeError("client crashed on purpose")
+
+
+@contextmanager
+def registered() -> Iterator[None]:
+    """``test_nan_update`` and ``test_misbehave`` in the attack registry for the duration of the block."""
+    with ExitStack() as stack:
+        stack.enter_context(CLIENT_ATTACKS.temporarily("test_nan_update", NaNUpdate))
+        stack.enter_context(CLIENT_ATTACKS.temporarily("test_misbehave", Misbehave))
+        yield
