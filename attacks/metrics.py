@@ -166,6 +166,7 @@ def match_batch(recon: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
     >>> match_batch(t[1:], t).tolist()
     [-1, 0]
     """
+    # deferred: scipy.optimize loads only when a batch is matched
     from scipy.optimize import linear_sum_assignment
 
     if recon.shape[1:] != truth.shape[1:]:

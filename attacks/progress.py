@@ -12,6 +12,16 @@ import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 __all__ = ["shown", "steps"]
 
 _SHOW: contextvars.ContextVar[bool] = contextvars.ContextVar("privsim_attack_progress", default=False)
@@ -32,16 +42,6 @@ def steps(total: int, what: str) -> Iterator[int]:
     if not _SHOW.get() or total < 2:
         yield from range(total)
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("left"), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:

@@ -15,6 +15,7 @@ def __getattr__(name: str):  # keep `import simulator` light: Flower and torch l
 
         return run
     if name == "RunResult":
+        # deferred: keeps `import simulator` free of torch until a result is needed
         from simulator.results import RunResult
 
         return RunResult

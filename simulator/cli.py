@@ -13,6 +13,11 @@ from typing import Any, Optional
 
 import typer
 
+from simulator.leaderboard import GridError, default_out_dir, default_store, load_grid, run_grid
+from simulator.leaderboard.report import outcomes_from_store, print_tables
+from simulator.registry import all_registries, did_you_mean
+from simulator.runner import RunFailed
+from simulator.runner import run as run_scenario
 from simulator.scenario import ScenarioError, load_scenario
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -38,9 +43,6 @@ def _load(file: Path, sets: list[str], engine: str | None):
 
 def _run(s: Any, out: Path | None, store: Path | None, quiet: bool) -> Any:
     """``simulator.run`` with its errors as one message each (exit 2: the scenario; exit 1: the run)."""
-    from simulator.runner import RunFailed
-    from simulator.runner import run as run_scenario
-
     try:
         return run_scenario(s, out_dir=out, store=store, progress=not quiet)
     except ScenarioError as e:  # what only running can tell: no GPU, image indices past the data set ...
@@ -125,8 +127,6 @@ def validate(
 @app.command("list")
 def list_plugins(kind: Optional[str] = typer.Argument(None, help="one registry, e.g. 'aggregator'")) -> None:
     """Every registry and its plug-ins, one line of doc each."""
-    from simulator.registry import all_registries, did_you_mean
-
     regs = all_registries()
     if kind is not None and kind not in regs:
         _fail(f"unknown registry {kind!r}{did_you_mean(kind, list(regs))}; known: {', '.join(regs)}")
@@ -145,8 +145,6 @@ app.add_typer(leaderboard_app, name="leaderboard")
 
 
 def _load_grid(file: Path, sets: list[str] | None = None):
-    from simulator.leaderboard import GridError, load_grid
-
     try:
         return load_grid(file, sets or [])
     except GridError as e:
@@ -169,8 +167,6 @@ def leaderboard_run(
 ) -> None:
     """Run every cell of a grid not yet in the store; write leaderboard.md / .csv / .html and heatmaps."""
     grid = _load_grid(file, sets)
-    from simulator.leaderboard import default_out_dir, default_store, run_grid
-
     out_dir = out or default_out_dir(grid)
     result = run_grid(grid, store=store or default_store(grid), out_dir=out_dir, workers=workers, rerun=rerun,
                       progress=not quiet)
@@ -190,9 +186,6 @@ def leaderboard_show(
 ) -> None:
     """Print a grid's leaderboard from the results store (cells not run yet show as 'not run')."""
     grid = _load_grid(file, sets)
-    from simulator.leaderboard import default_store
-    from simulator.leaderboard.report import outcomes_from_store, print_tables
-
     print_tables(grid, outcomes_from_store(grid, store or default_store(grid)))
 
 

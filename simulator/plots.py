@@ -13,6 +13,7 @@ def pyplot():  # type: ignore[no-untyped-def]
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib loads only when a figure is drawn
     import matplotlib.pyplot as plt
 
     return plt

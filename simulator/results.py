@@ -8,6 +8,7 @@ are documented in the README.
 from __future__ import annotations
 
 import csv
+import importlib.metadata as md
 import json
 import math
 import platform
@@ -145,8 +146,6 @@ class RunResult:
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("privsim", "torch", "flwr", "opacus", "numpy", "flwr-datasets", "dp-accounting", "ray"):
         try:

@@ -11,12 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from simulator.audit.report import plot_scores
 from simulator.experiment import run_experiment
+from simulator.experiment.leakage import save_grid
 from simulator.flower.client_app import make_client_app
 from simulator.flower.inline import run_inline
 from simulator.flower.runtime import Runtime
 from simulator.flower.server_app import ServerOutcome, make_server_app
+from simulator.plots import plot_rounds
 from simulator.results import ResultsStore, RoundRecord, RunResult, default_out_dir, versions, write_outputs
 from simulator.scenario import Problem, Scenario, ScenarioError
 
@@ -52,9 +57,6 @@ class _Sink:
         self.bar = None
         self.task: TaskID | None = None
         if progress:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             self.console = Console(stderr=True)
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeRemainingColumn(), console=self.console, transient=True)
@@ -95,6 +97,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _run_ray(s: Scenario, server_app: Any, client_app: Any) -> None:
+    # deferred: Flower simulation starts Ray; loaded only for engine = "ray"
     from flwr.simulation import run_simulation
 
     init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
@@ -158,20 +161,14 @@ def run(scenario: Scenario, *, out_dir: str | Path | None = None, store: str | P
     if write:
         write_outputs(result, out)
         if s.output.plots:
-            from simulator.plots import plot_rounds
-
             plot_rounds([r.flat() for r in result.rounds], out, title=s.name,
                         attacker_rounds=(outcome.extra.get("attack") or {}).get("acting_rounds"))
         if outcome.audit_scores:
-            from simulator.audit.report import plot_scores
-
             a = outcome.extra["audit"]
             plot_scores(outcome.audit_scores, out / "audit_scores.png",
                         title=f"{s.name}: canaries, ε̂ ≥ {a['epsilon_lower']:.2f} (all iterates, "
                               f"{a['confidence']:.0%}); ledger ε ≤ {a['epsilon_upper']:.3g}")
         if outcome.attacked:
-            from simulator.experiment.leakage import save_grid
-
             assert s.attacks.inversion is not None  # only the in-run inversion attack fills outcome.attacked
             for a in outcome.attacked:  # one grid per attacked update: truth row, reconstruction row
                 save_grid(out / "inversion" / f"round{a.round:03d}_client{a.client}.png", a.truth, a.reconstruction,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from attacks.base import INVERSION_ATTACKS
 from simulator.scenario.loader import Problem, scenario_check
 from simulator.scenario.schema import Scenario
+from simulator.sketching.base import COMPRESSORS
 
 __all__ = ["inversion_problems"]
 
@@ -17,8 +18,6 @@ def _flag(name: str, attr: str) -> bool:
 
 
 def _compressor(s: Scenario) -> object | None:
-    from simulator.sketching.base import COMPRESSORS
-
     try:
         return COMPRESSORS.create(s.compression.name, s.compression.params)
     except (ValueError, TypeError, KeyError):

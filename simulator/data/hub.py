@@ -29,6 +29,7 @@ def huggingface(name: str, split: str = "train", subset: str | None = None, data
                 max_examples: int | None = None) -> ArrayDataset:
     """A Hugging Face data set by hub name (e.g. ``uoft-cs/cifar10``, ``ylecun/mnist``,
     ``flwrlabs/femnist``) or a local builder (``parquet``/``imagefolder`` with ``data_files``)."""
+    # deferred: Hugging Face datasets (pyarrow) load only when a hub or partitioned set is used
     import datasets
 
     ds = datasets.load_dataset(path=name, name=subset, split=split, data_files=data_files)
@@ -54,6 +55,7 @@ def torchvision_dataset(name: str = "CIFAR10", root: str = "~/.cache/privsim/tor
     """A torchvision data set class by name (CIFAR10, CIFAR100, MNIST, FashionMNIST, EMNIST ...).
     Needs the optional ``vision`` extra (torchvision) and the network for the first download."""
     try:
+        # deferred: torchvision is optional
         import torchvision.datasets as tvd
     except ImportError as e:  # pragma: no cover - depends on the optional extra
         raise RuntimeError("the 'torchvision' data set needs torchvision: pip install 'privsim[vision]'") from e

@@ -24,6 +24,7 @@ _CTX = ("num_partitions", "seed")
 @PARTITIONERS.register("iid", context=_CTX)
 def iid(num_partitions: int, seed: int):
     """Uniformly random, equal-size partitions (flwr-datasets IidPartitioner)."""
+    # deferred: flwr-datasets pulls in datasets/pyarrow; loaded only to partition
     from flwr_datasets.partitioner import IidPartitioner
 
     return IidPartitioner(num_partitions=num_partitions)
@@ -33,6 +34,7 @@ def iid(num_partitions: int, seed: int):
 def dirichlet(num_partitions: int, seed: int, alpha: float = 0.5, min_partition_size: int = 10,
               self_balancing: bool = False):
     """Label skew: class proportions per client ~ Dirichlet(α) (flwr-datasets DirichletPartitioner)."""
+    # deferred: flwr-datasets pulls in datasets/pyarrow; loaded only to partition
     from flwr_datasets.partitioner import DirichletPartitioner
 
     return DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha,
@@ -43,6 +45,7 @@ def dirichlet(num_partitions: int, seed: int, alpha: float = 0.5, min_partition_
 def pathological(num_partitions: int, seed: int, num_classes_per_partition: int = 2,
                  class_assignment_mode: str = "first-deterministic"):
     """Each client holds k classes (flwr-datasets PathologicalPartitioner)."""
+    # deferred: flwr-datasets pulls in datasets/pyarrow; loaded only to partition
     from flwr_datasets.partitioner import PathologicalPartitioner
 
     return PathologicalPartitioner(num_partitions=num_partitions, partition_by="label",
@@ -53,6 +56,7 @@ def pathological(num_partitions: int, seed: int, num_classes_per_partition: int 
 @PARTITIONERS.register("shard", context=_CTX)
 def shard(num_partitions: int, seed: int, num_shards_per_partition: int = 2, shard_size: int | None = None):
     """McMahan et al.'s sort-by-label shards (flwr-datasets ShardPartitioner)."""
+    # deferred: flwr-datasets pulls in datasets/pyarrow; loaded only to partition
     from flwr_datasets.partitioner import ShardPartitioner
 
     return ShardPartitioner(num_partitions=num_partitions, partition_by="label",
@@ -61,6 +65,7 @@ def shard(num_partitions: int, seed: int, num_shards_per_partition: int = 2, sha
 
 def partition_indices(labels: np.ndarray, name: str, params: dict, num_partitions: int, seed: int) -> list[np.ndarray]:
     """Indices into ``labels`` for each of ``num_partitions`` clients."""
+    # deferred: Hugging Face datasets (pyarrow) load only when a hub or partitioned set is used
     import datasets
 
     datasets.disable_progress_bars()

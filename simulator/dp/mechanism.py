@@ -171,6 +171,7 @@ class RecordLevelDP(PrivacyMechanism):
                 self._z_cache[key] = calibrate_noise_multiplier(target_epsilon=self.target_epsilon, rounds=1,
                                                                 make=make)
             else:
+                # deferred: Opacus loads only when a record-level noise multiplier is calibrated
                 from opacus.accountants.utils import get_noise_multiplier
 
                 per_epoch = math.ceil(n / t.batch_size)

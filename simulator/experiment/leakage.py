@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from attacks.base import (
 )
 from attacks.labels import capture_input, last_layer_gradient, last_linear
 from attacks.metrics import aligned, score_reconstruction
+from attacks.progress import shown
 from defenses.base import CLIENT_DEFENSES
 from simulator.context import ClientContext, RoundContext, derive_seed, make_generator, run_secret
 from simulator.data import DATASETS
@@ -284,17 +286,17 @@ def attack_update(attack: InversionAttack, view: ServerView, truth_x: torch.Tens
 
 def _plain(info: dict[str, Any]) -> dict[str, Any]:
     """``info`` with tensors and numpy values as lists / numbers, so that it goes into summary.json."""
-    import json
-
     return json.loads(json.dumps(info, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def save_grid(path: Path, truth: torch.Tensor, recon: torch.Tensor, *, max_images: int = 8,
               title: str = "") -> None:
     """An image grid: ground truth in the top row, the (matched) reconstruction below (matplotlib, Agg)."""
+    # deferred: matplotlib loads only when a figure is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib loads only when a figure is drawn
     import matplotlib.pyplot as plt
 
     n = min(int(truth.shape[0]), max_images)
@@ -339,8 +341,6 @@ def _summary(s: Scenario, case: LeakageCase, metrics: dict[str, Any], wall: floa
 def run_leakage(scenario: Scenario, out_dir: Path) -> dict[str, Any]:
     """Run the leakage experiment; writes ``summary.json`` and ``reconstruction.png`` to ``out_dir`` and
     returns the summary (``summary["inversion"]`` holds psnr, ssim, label_accuracy, per_image ...)."""
-    import json
-
     result, recon, case = _run(scenario, Path(out_dir))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -411,8 +411,6 @@ def run_experiment(s: Scenario, *, out_dir: str | Path | None = None, store: str
     """What :func:`simulator.run` calls for a non-federated scenario; returns a ``RunResult``.
 
     ``progress`` draws the attack's loops as progress bars on stderr (:mod:`attacks.progress`)."""
-    from attacks.progress import shown
-
 
     if not write:
         with shown(progress):
@@ -426,8 +424,6 @@ def run_experiment(s: Scenario, *, out_dir: str | Path | None = None, store: str
     except Exception as e:
         rs.fail_run(run_id, str(e))
         raise
-    import json
-
 
     d = json.loads((out / "summary.json").read_text())
     result = RunResult(name=d["name"], scenario=d["scenario"], scenario_digest=d["scenario_digest"], seed=d["seed"],

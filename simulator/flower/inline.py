@@ -28,6 +28,7 @@ _RUN_ID = 1
 
 
 def _set_task_identity() -> None:
+    # deferred: Flower internals needed only inside an inline-engine task
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.task_id = 1

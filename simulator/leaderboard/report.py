@@ -42,8 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+from rich.console import Console
+from rich.table import Table as RichTable
+
 from simulator.leaderboard.grid import Grid
 from simulator.plots import pyplot
+from simulator.results import ResultsStore
 
 __all__ = ["MISSING", "Metric", "INTEGRITY_METRICS", "PRIVACY_METRICS", "cell_metrics", "ranking_scores", "Table",
            "leaderboard_table", "cell_records", "render_markdown", "write_csv", "write_heatmaps", "write_curves",
@@ -270,8 +275,6 @@ def write_csv(grid: Grid, records: list[dict[str, Any]], path: Path) -> None:
 
 def _mean_std(records: list[dict[str, Any]], rows: list[str], cols: list[str], key: str) -> tuple[Any, Any]:
     """Mean and standard deviation of ``key`` per (row, column) over the other axes (NaN where no value)."""
-    import numpy as np
-
     mean = np.full((len(rows), len(cols)), np.nan)
     std = np.full((len(rows), len(cols)), np.nan)
     for i, row in enumerate(rows):
@@ -312,8 +315,6 @@ def write_curves(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> li
     row, mean ± standard deviation over the other axes. Nothing when a column label is not a number or there are
     fewer than two columns. The x axis is logarithmic when the positive values span two decades or more (with a
     linear stretch around 0 when 0 is one of them)."""
-    import numpy as np
-
     plt = pyplot()
     rows, cols, metrics = _plotted(grid, records)
     xs = numeric_columns(cols)
@@ -350,8 +351,6 @@ def write_curves(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> li
 
 def write_heatmaps(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """``heatmap_<metric>.png`` (rows × columns, mean over other axes, annotated) for each metric with data."""
-    import numpy as np
-
     plt = pyplot()
     rows, cols, metrics = _plotted(grid, records)
     written = []
@@ -545,8 +544,6 @@ class _StoredOutcome:
 
 def outcomes_from_store(grid: Grid, store: str | Path) -> list[Any]:
     """Each cell's state in the store: ``skipped`` (finished; summary attached), ``failed`` or ``not run``."""
-    from simulator.results import ResultsStore
-
     p = Path(store)
     if not p.exists():
         return [_StoredOutcome(c, "not run") for c in grid.cells]
@@ -568,9 +565,6 @@ def outcomes_from_store(grid: Grid, store: str | Path) -> list[Any]:
 
 def print_tables(grid: Grid, outcomes: list[Any], console: Any = None) -> None:
     """Print the leaderboard table and the per-cell table in the terminal with rich."""
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
     console = console or Console()
     records = cell_records(grid, outcomes)
     table = leaderboard_table(grid, records)

@@ -24,9 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 from simulator.leaderboard.grid import Cell, Grid
-from simulator.leaderboard.report import INTEGRITY_METRICS, PRIVACY_METRICS, cell_metrics
+from simulator.leaderboard.report import INTEGRITY_METRICS, PRIVACY_METRICS, cell_metrics, write_reports
 from simulator.results import ResultsStore
+from simulator.runner import RunFailed, run
+from simulator.scenario import scenario_from_dict
 
 __all__ = ["CellOutcome", "GridRun", "run_grid", "default_store", "default_out_dir"]
 
@@ -99,9 +111,6 @@ def _run_cell(data: dict[str, Any], source: str | None, digest: str, out_dir: st
     tuple
         ``(status, summary, reason, seconds)`` with status ``"completed"`` or ``"failed"``.
     """
-    from simulator.runner import RunFailed, run
-    from simulator.scenario import scenario_from_dict
-
     t0 = time.time()
     name = str(data.get("name", "cell"))
     try:
@@ -154,8 +163,6 @@ def run_grid(grid: Grid, *, store: str | Path, out_dir: str | Path, workers: int
     if workers > 1 and any(c.scenario.simulation.engine == "ray" for c in grid.cells):
         workers = 1
         if progress:
-            from rich.console import Console
-
             Console(stderr=True).print("[yellow]cells use the ray engine: running the grid with workers=1")
     outcomes: dict[str, CellOutcome] = {}
     todo: list[Cell] = []
@@ -168,10 +175,6 @@ def run_grid(grid: Grid, *, store: str | Path, out_dir: str | Path, workers: int
 
     console = bar = task = None
     if progress:
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
         console = Console(stderr=True)
         for c in grid.cells:
             if c.digest in outcomes:
@@ -227,7 +230,5 @@ def run_grid(grid: Grid, *, store: str | Path, out_dir: str | Path, workers: int
     result = GridRun(grid=grid, out_dir=out, store=store_p, workers=workers,
                      cells=[outcomes[c.digest] for c in grid.cells if c.digest in outcomes])
     if report:
-        from simulator.leaderboard.report import write_reports
-
         write_reports(result)
     return result

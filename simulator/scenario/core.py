@@ -102,6 +102,7 @@ class SimulationConfig(Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
+        # deferred: the scenario schema stays importable without torch; only a device check needs it
         import torch
 
         try:

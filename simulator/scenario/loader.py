@@ -6,6 +6,7 @@ and what is allowed (with a did-you-mean for misspelt keys and plug-in names).
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -203,8 +204,6 @@ def _parse_value(text: str) -> Any:
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str], *, source: str | None = None) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (values parsed as TOML, else taken as strings)."""
-    import copy
-
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from simulator.scenario.loader import Problem, scenario_check
 from simulator.scenario.schema import Scenario
+from simulator.sketching.base import COMPRESSORS
 
 __all__ = ["compression_problems"]
 
 
 @scenario_check
 def compression_problems(s: Scenario) -> list[Problem]:
-    from simulator.sketching.base import COMPRESSORS
-
     c = s.compression
     try:
         comp = COMPRESSORS.create(c.name, c.params)
