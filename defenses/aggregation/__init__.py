@@ -2,6 +2,8 @@
 
 from defenses.aggregation import (  # noqa: F401
     bulyan,
+    centered_clipping,
+    dnc,
     fedavg,
     flame,
     foolsgold,
@@ -11,5 +13,6 @@ from defenses.aggregation import (  # noqa: F401
     norm_clipping,
     rfa,
     rlr,
+    signguard,
     trimmed_mean,
 )
