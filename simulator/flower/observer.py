@@ -29,8 +29,8 @@ from attacks.base import INVERSION_ATTACKS, InversionAttack, ProtocolInfo, Publi
 from attacks.metrics import aligned
 from simulator.context import RoundContext
 from simulator.experiment.leakage import attack_update
-from simulator.round.validate import ValidReply
 from simulator.flower.runtime import Runtime
+from simulator.round.validate import ValidReply
 from simulator.scenario.attacks import InversionSpec
 
 __all__ = ["AttackedUpdate", "InversionObserver"]

@@ -20,11 +20,11 @@ from defenses.base import AGGREGATORS, SERVER_DEFENSES
 from defenses.detection import detection_rates
 from simulator.backdoor_metrics import backdoor_lifespan
 from simulator.flat import flatten
-from simulator.round.audit import ClientAudit, record_audit_block
 from simulator.flower.observer import InversionObserver
 from simulator.flower.runtime import Runtime, build_runtime
 from simulator.flower.strategy import PrivsimStrategy
 from simulator.results import RoundRecord
+from simulator.round.audit import ClientAudit, record_audit_block
 from simulator.scenario import Scenario
 from simulator.training import evaluate
 from simulator.warm_start import apply_warm_start

@@ -12,8 +12,15 @@ from simulator.scenario.attacks import AttacksConfig
 from simulator.scenario.audit import AuditConfig
 from simulator.scenario.base import Strict
 from simulator.scenario.compression import CompressionConfig
-from simulator.scenario.core import (DataConfig, EvaluationConfig, FederationConfig, ModelConfig,
-                                     OutputConfig, SimulationConfig, expected_cohort)
+from simulator.scenario.core import (
+    DataConfig,
+    EvaluationConfig,
+    FederationConfig,
+    ModelConfig,
+    OutputConfig,
+    SimulationConfig,
+    expected_cohort,
+)
 from simulator.scenario.defenses import DefensesConfig
 from simulator.scenario.leakage import LeakageConfig
 from simulator.scenario.privacy import PrivacyConfig
