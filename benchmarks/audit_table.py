@@ -49,7 +49,7 @@ def cost(rounds: int) -> None:
             "audit={canaries=1000}"]
     r = run(load_scenario("scenarios/dp_fedavg.toml", base), write=False)
     per = statistics.median(x.seconds for x in r.rounds[1:] or r.rounds)  # steady rounds (not the first)
-    audit = r.extra["audit"]["seconds_per_round"]
+    audit = r.audit["seconds_per_round"]
     print(f"dp_fedavg.toml with 1000 canary clients: round {per:.3f} s (median after round 1), of which the "
           f"audit (joining + scoring the canaries) {audit:.3f} s = {audit / per:.0%}")
 

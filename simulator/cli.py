@@ -103,7 +103,8 @@ def audit(
         extra.append(f"audit.canaries={canaries}")
     s = _load(file, extra, None)
     result = _run(s, out, store, quiet)
-    a = result.extra["audit"]
+    a = result.audit
+    assert a is not None  # the scenario was given an [audit] section above
     upper = a["epsilon_upper"]
     up = "inf (no DP)" if upper is None or upper == float("inf") else f"{upper:.3g}"
     typer.echo(f"{s.name}: {a['level']}-level audit, {a['canaries']} canaries ({a['statistic']}): "

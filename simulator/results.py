@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RoundRecord", "RunResult", "ResultsStore", "versions", "write_outputs", "jsonable", "default_out_dir"]
+__all__ = ["InversionRound", "RoundRecord", "RunResult", "ResultsStore", "versions", "write_outputs", "jsonable", "default_out_dir"]
 
 
 def default_out_dir(s: Any) -> Path:
@@ -46,8 +46,21 @@ def jsonable(x: Any) -> Any:
 
 
 @dataclass
+class InversionRound:
+    """The in-run inversion attack's results in one round (step 9): per attacked client and their means."""
+
+    per_client: dict[int, dict[str, float | None]] = field(default_factory=dict)  # psnr, ssim, mse, label_acc ...
+    psnr: float | None = None
+    ssim: float | None = None
+    label_accuracy: float | None = None
+
+
+@dataclass
 class RoundRecord:
-    """What happened in one round (one row of rounds.csv, one entry of summary.json's ``rounds``)."""
+    """What happened in one round (one row of rounds.csv, one entry of summary.json's ``rounds``).
+
+    Every field is typed; :meth:`flat` gives summary.json's flat row (``skipped`` is written as ``round_skipped``,
+    the privacy report's numbers and the inversion means as their own columns)."""
 
     round: int
     main_accuracy: float | None = None
@@ -65,20 +78,47 @@ class RoundRecord:
     seconds: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)  # plug-in additions (backdoor, defense, privacy ...)
+    backdoor_accuracy: float | None = None  # on the attack's backdoor test set (with a backdoor attack)
+    defense_tpr: float | None = None  # detection rates against the evaluator's ground truth
+    defense_fpr: float | None = None
+    scores: dict[int, float] = field(default_factory=dict)  # the aggregator's per-client scores
+    skipped: str | None = None  # why the global model was left unchanged this round
+    audit_canaries: int = 0  # [audit] level = "client": canary clients in this round's aggregate
+    privacy: dict[str, float] = field(default_factory=dict)  # the mechanism's round report (ε, δ, clip norm ...)
+    inversion: InversionRound | None = None
 
     def flat(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(d.pop("metrics"))
+        d: dict[str, Any] = {k: getattr(self, k) for k in _PLAIN_FIELDS}
+        for k in ("backdoor_accuracy", "defense_tpr", "defense_fpr"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        if self.scores:
+            d["scores"] = {str(k): v for k, v in self.scores.items()}
+        if self.skipped is not None:
+            d["round_skipped"] = self.skipped
+        if self.audit_canaries:
+            d["audit_canaries"] = self.audit_canaries
+        d.update(self.privacy)
+        if self.inversion is not None:
+            d["inversion"] = {str(k): v for k, v in self.inversion.per_client.items()}
+            d.update(inversion_psnr=self.inversion.psnr, inversion_ssim=self.inversion.ssim,
+                     inversion_label_accuracy=self.inversion.label_accuracy)
         return d
 
     CSV_FIELDS = ("round", "main_accuracy", "main_loss", "train_loss", "clients_sampled", "clients_replied",
                   "clients_aggregated", "seconds", "bytes_up", "bytes_down")
 
 
+_PLAIN_FIELDS = ("round", "main_accuracy", "main_loss", "train_loss", "clients_sampled", "clients_replied",
+                 "clients_aggregated", "sampled", "dropped", "failed", "rejected", "accepted", "malicious", "seconds",
+                 "bytes_up", "bytes_down")
+
+
 @dataclass
 class RunResult:
-    """The content of summary.json, as returned by :func:`simulator.run`."""
+    """The content of summary.json, as returned by :func:`simulator.run`. The optional blocks are written under
+    their own names when present (a federated run: warm_start, privacy, audit, defense, inversion, attack; a
+    leakage experiment: inversion, client, payload, images)."""
 
     name: str
     scenario: dict[str, Any]
@@ -90,7 +130,18 @@ class RunResult:
     wall_time_s: float
     status: str  # "completed" | "stopped: <reason>"
     out_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # privacy / defense / inversion / attack blocks
+    kind: str = "federated"
+    warm_start: dict[str, Any] | None = None
+    privacy: dict[str, Any] | None = None  # the mechanism's summary with its ledger
+    audit: dict[str, Any] | None = None
+    defense: dict[str, Any] | None = None
+    inversion: dict[str, Any] | None = None
+    attack: dict[str, Any] | None = None
+    client: dict[str, Any] | None = None  # leakage: what the victim did (refused, label smoothing ...)
+    payload: dict[str, Any] | None = None  # leakage: the payload the server received
+    images: list[int] | None = None  # leakage: the victim's dataset indices
+
+    BLOCKS = ("warm_start", "privacy", "audit", "defense", "inversion", "attack", "client", "payload", "images")
 
     @property
     def final(self) -> dict[str, Any]:
@@ -101,8 +152,8 @@ class RunResult:
             "main_accuracy": last.main_accuracy if last else None,
             "main_loss": last.main_loss if last else None,
         }
-        if last is not None and "backdoor_accuracy" in last.metrics:
-            out["backdoor_accuracy"] = last.metrics["backdoor_accuracy"]
+        if last is not None and last.backdoor_accuracy is not None:
+            out["backdoor_accuracy"] = last.backdoor_accuracy
         return out
 
     @property
@@ -118,7 +169,6 @@ class RunResult:
         down = sum(r.bytes_down for r in self.rounds)
         n = max(len(self.rounds), 1)
         out = {"bytes_up": up, "bytes_down": down, "bytes_up_per_round": up / n, "bytes_down_per_round": down / n}
-        out.update(self.extra.get("communication", {}))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,7 +188,8 @@ class RunResult:
                 "failed": sum(len(r.failed) for r in self.rounds),
                 "rejected": sum(len(r.rejected) for r in self.rounds),
             },
-            **{k: v for k, v in self.extra.items() if k != "communication"},
+            **({"kind": self.kind} if self.kind != "federated" else {}),
+            **{k: getattr(self, k) for k in self.BLOCKS if getattr(self, k) is not None},
             "rounds": [r.flat() for r in self.rounds],
             "scenario": self.scenario,
             "out_dir": self.out_dir,
@@ -159,7 +210,9 @@ def write_outputs(result: RunResult, out_dir: Path) -> None:
     """summary.json and rounds.csv in ``out_dir`` (plots are written by simulator.plots)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
-    extra_keys = sorted({k for r in result.rounds for k, v in r.metrics.items() if isinstance(v, (int, float))})
+    plain = {*RoundRecord.CSV_FIELDS, *_PLAIN_FIELDS}
+    extra_keys = sorted({k for r in result.rounds for k, v in r.flat().items()
+                         if k not in plain and isinstance(v, (int, float)) and not isinstance(v, bool)})
     with open(out_dir / "rounds.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*RoundRecord.CSV_FIELDS, "rejected", "failed", "dropped", *extra_keys])
@@ -167,7 +220,7 @@ def write_outputs(result: RunResult, out_dir: Path) -> None:
             flat = r.flat()
             w.writerow([flat[k] for k in RoundRecord.CSV_FIELDS]
                        + [len(r.rejected), len(r.failed), len(r.dropped)]
-                       + [r.metrics.get(k, "") for k in extra_keys])
+                       + [flat.get(k, "") for k in extra_keys])
 
 
 _SCHEMA = """

@@ -73,10 +73,10 @@ class _Sink:
             acc = "  -   " if r.main_accuracy is None else f"{r.main_accuracy:.4f}"
             loss = "  -   " if r.main_loss is None else f"{r.main_loss:.4f}"
             extra = ""
-            if "backdoor_accuracy" in r.metrics:
-                extra += f"  backdoor {r.metrics['backdoor_accuracy']:.4f}"
-            if "epsilon" in r.metrics and r.metrics["epsilon"] is not None:
-                extra += f"  eps {r.metrics['epsilon']:.3g}"
+            if r.backdoor_accuracy is not None:
+                extra += f"  backdoor {r.backdoor_accuracy:.4f}"
+            if r.privacy.get("epsilon") is not None:
+                extra += f"  eps {r.privacy['epsilon']:.3g}"
             bad = len(r.rejected) + len(r.failed) + len(r.dropped)
             if bad:
                 extra += f"  rejected {len(r.rejected)} failed {len(r.failed)} dropped {len(r.dropped)}"
@@ -157,14 +157,17 @@ def run(scenario: Scenario, *, out_dir: str | Path | None = None, store: str | P
         raise RunFailed(f"{s.name}: {reason}") from outcome.error
     result = RunResult(name=s.name, scenario=s.resolved(), scenario_digest=s.digest(), seed=s.seed,
                        engine=s.simulation.engine, versions=versions(), rounds=outcome.records, wall_time_s=wall,
-                       status=outcome.status, out_dir=str(out) if write else None, extra=outcome.extra)
+                       status=outcome.status, out_dir=str(out) if write else None, warm_start=outcome.warm_start,
+                       privacy=outcome.privacy, audit=outcome.audit, defense=outcome.defense,
+                       inversion=outcome.inversion, attack=outcome.attack)
     if write:
         write_outputs(result, out)
         if s.output.plots:
             plot_rounds([r.flat() for r in result.rounds], out, title=s.name,
-                        attacker_rounds=(outcome.extra.get("attack") or {}).get("acting_rounds"))
+                        attacker_rounds=(outcome.attack or {}).get("acting_rounds"))
         if outcome.audit_scores:
-            a = outcome.extra["audit"]
+            a = outcome.audit
+            assert a is not None  # the audit block is written with its scores
             plot_scores(outcome.audit_scores, out / "audit_scores.png",
                         title=f"{s.name}: canaries, ε̂ ≥ {a['epsilon_lower']:.2f} (all iterates, "
                               f"{a['confidence']:.0%}); ledger ε ≤ {a['epsilon_upper']:.3g}")

@@ -49,17 +49,17 @@ def test_audit_section_in_a_dp_fedavg_run(tmp_path: Path) -> None:
     plain = run(load_scenario(DP_FEDAVG, over), write=False)
     audited = run(load_scenario(DP_FEDAVG, [*over, "audit={canaries=1000}"]), out_dir=tmp_path / "a",
                   store=tmp_path / "s.sqlite")
-    a = audited.extra["audit"]
+    a = audited.audit
     assert a["canaries"] == 1000 and a["level"] == "client" and a["confidence"] == 0.95
-    assert a["epsilon_upper"] == pytest.approx(audited.extra["privacy"]["epsilons"]["aggregate"])
+    assert a["epsilon_upper"] == pytest.approx(audited.privacy["epsilons"]["aggregate"])
     assert 0.0 <= a["epsilon_lower"] <= a["epsilon_upper"]
     assert {"all_iterates_max", "all_iterates_likelihood", "final_model"} <= set(a["statistics"])
     assert (tmp_path / "a" / "audit_scores.png").stat().st_size > 10_000
     for r in audited.rounds:  # canaries joined the sum but are never listed as clients
-        assert r.metrics["audit_canaries"] > 0 and all(c >= 0 for c in r.accepted)
+        assert r.audit_canaries > 0 and all(c >= 0 for c in r.accepted)
     # the canaries barely move the model: same noise (noise_seed), ≤ 1 point of accuracy
     assert abs(audited.rounds[-1].main_accuracy - plain.rounds[-1].main_accuracy) < 0.01
-    assert audited.extra["privacy"]["epsilon"] == pytest.approx(plain.extra["privacy"]["epsilon"])
+    assert audited.privacy["epsilon"] == pytest.approx(plain.privacy["epsilon"])
 
 
 def test_audit_settings_that_cannot_work_fail_at_load() -> None:
@@ -81,13 +81,13 @@ def test_record_level_audit_puts_canaries_in_their_clients_data() -> None:
     plain = run(load_scenario(ROOT / "scenarios" / "dp_sgd.toml", over), write=False)
     audited = run(load_scenario(ROOT / "scenarios" / "dp_sgd.toml", [*over, "audit={level='record', canaries=100}"]),
                   write=False)
-    a = audited.extra["audit"]
+    a = audited.audit
     assert a["level"] == "record" and a["statistic"] == "final_model_loss" and a["threat"] == "final_model"
-    assert a["epsilon_upper"] == pytest.approx(audited.extra["privacy"]["epsilon"])
+    assert a["epsilon_upper"] == pytest.approx(audited.privacy["epsilon"])
     assert 0.0 <= a["epsilon_lower"] <= a["epsilon_upper"]
     assert a["statistics"]["final_model_loss"]["in"] == a["inserted"] > 0
     # the inserted canaries made the clients' local data larger: Opacus's sampling rate 1/batches fell with it
-    rate = lambda r: r.extra["privacy"]["ledger"]["views"]["records"]["events"][0]["event"]  # noqa: E731
+    rate = lambda r: r.privacy["ledger"]["views"]["records"]["events"][0]["event"]  # noqa: E731
     assert rate(audited) != rate(plain)
 
 

@@ -43,8 +43,8 @@ def test_a_run_reports_the_lifespan_after_its_last_attack_round():
         "federation.rounds=4", "federation.local_epochs=1", "model.name='mlp'", "model.params={hidden=[32]}",
         "attacks.plan.start_round=1", "attacks.plan.every=1", "attacks.plan.end_round=2"])
     r = run(s, write=False)
-    life = r.extra["attack"]["lifespan"]
-    assert r.extra["attack"]["acting_rounds"] == [1, 2] and life["after_round"] == 2
-    assert life == backdoor_lifespan([(x.round, x.metrics["backdoor_accuracy"]) for x in r.rounds], [1, 2])
-    assert life["rounds"] in (1, 2) and (life["censored"] == (min(x.metrics["backdoor_accuracy"]
+    life = r.attack["lifespan"]
+    assert r.attack["acting_rounds"] == [1, 2] and life["after_round"] == 2
+    assert life == backdoor_lifespan([(x.round, x.backdoor_accuracy) for x in r.rounds], [1, 2])
+    assert life["rounds"] in (1, 2) and (life["censored"] == (min(x.backdoor_accuracy
                                                                   for x in r.rounds[2:]) >= 0.1))

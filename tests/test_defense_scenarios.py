@@ -56,5 +56,5 @@ def test_defense_scenario_runs(name: str) -> None:
     assert r.status == "completed" and len(r.rounds) == 2
     assert r.rounds[1].malicious  # the attacker acts in round 2 and is recorded
     assert r.rounds[1].clients_aggregated >= 1 and r.rounds[-1].main_accuracy is not None
-    assert "backdoor_accuracy" in r.rounds[-1].metrics
-    assert r.extra["defense"]["aggregator"] == name
+    assert r.rounds[-1].backdoor_accuracy is not None
+    assert r.defense["aggregator"] == name

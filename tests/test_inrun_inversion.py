@@ -25,20 +25,20 @@ def test_targets_are_attacked_at_the_chosen_rounds_and_scored(tmp_path) -> None:
     r = _run(write=True, tmp_path=tmp_path / "run")
     assert r.status == "completed"
     r1, r2 = r.rounds
-    assert "inversion_psnr" not in r1.metrics
+    assert r1.inversion is None
     assert 7 in r2.sampled  # the curious server samples its target (3 of 60 clients otherwise)
-    assert set(r2.metrics["inversion"]) == {"7"}
-    inv = r.extra["inversion"]
+    assert r2.inversion is not None and set(r2.inversion.per_client) == {7}
+    inv = r.inversion
     assert inv["attacked"] == 1 and inv["skipped"] == []
-    assert inv["psnr"] == pytest.approx(r2.metrics["inversion_psnr"])
+    assert inv["psnr"] == pytest.approx(r2.inversion.psnr)
     assert inv["psnr"] > 20.0  # one SGD step on ~4 images of an MLP leaks them (measured 27.1 dB; 6.6 dB with σ = 0.05 noise)
     assert inv["label_accuracy"] == 1.0
     assert (tmp_path / "run" / "inversion" / "round002_client7.png").stat().st_size > 1000
 
 
 def test_noise_on_the_update_lowers_the_psnr() -> None:
-    clean = _run().extra["inversion"]["psnr"]
-    noisy = _run("defenses.client=[{name='gaussian_noise', params={sigma=0.05}}]").extra["inversion"]["psnr"]
+    clean = _run().inversion["psnr"]
+    noisy = _run("defenses.client=[{name='gaussian_noise', params={sigma=0.05}}]").inversion["psnr"]
     assert noisy < clean - 5.0
 
 
@@ -69,8 +69,8 @@ def test_the_curious_server_matches_a_live_sketch_with_the_shared_seed() -> None
     sk = ["compression.name='srht'", "compression.params={ratio=0.25}",
           "attacks.inversion.name='sketch_inverting_gradients'"]
     r = _run(*sk)
-    inv = r.extra["inversion"]
+    inv = r.inversion
     assert inv["attacked"] == 1 and inv["skipped"] == []
     assert inv["psnr"] > 15.0 and inv["label_accuracy"] == 1.0
-    naive = _run(*sk[:2]).extra["inversion"]  # plain IG on the de-sketched Rᵀ·y
+    naive = _run(*sk[:2]).inversion  # plain IG on the de-sketched Rᵀ·y
     assert inv["psnr"] > naive["psnr"] + 3.0, (inv["psnr"], naive["psnr"])

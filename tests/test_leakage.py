@@ -44,7 +44,7 @@ def test_simulator_run_dispatches_leakage(tmp_path):
 
     s = load_scenario("scenarios/leakage_dlg.toml", ["attacks.inversion.params.iterations=2"])
     result = run(s, out_dir=tmp_path / "out", store=tmp_path / "store.sqlite")
-    assert result.extra["inversion"]["attack"] == "dlg"
+    assert result.inversion["attack"] == "dlg"
     assert (tmp_path / "out" / "summary.json").exists() and (tmp_path / "out" / "reconstruction.png").exists()
 
 

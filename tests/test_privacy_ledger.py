@@ -196,7 +196,7 @@ def _recompute(view: dict[str, Any], delta: float) -> float:
 def test_shipped_dp_scenarios_epsilon_recomputes_from_their_own_ledger(name: str, overrides: list[str]) -> None:
     s = load_scenario(ROOT / "scenarios" / name, ["simulation.engine='inline'", *overrides])
     r = run(s, write=False)
-    priv = r.extra["privacy"]
+    priv = r.privacy
     led = priv["ledger"]
     worst = 0.0
     for vname, view in led["views"].items():
@@ -205,8 +205,8 @@ def test_shipped_dp_scenarios_epsilon_recomputes_from_their_own_ledger(name: str
             assert view["epsilon"] <= eps * (1 + 1e-9) and eps == pytest.approx(view["epsilon"], rel=1e-3), vname
             eps = view["epsilon"]
         assert eps == pytest.approx(view["epsilon"], rel=1e-6), vname
-        key = f"epsilon_{vname}" if f"epsilon_{vname}" in r.rounds[-1].metrics else "epsilon"
-        assert r.rounds[-1].metrics[key] == pytest.approx(eps, rel=1e-6)
+        key = f"epsilon_{vname}" if f"epsilon_{vname}" in r.rounds[-1].privacy else "epsilon"
+        assert r.rounds[-1].privacy[key] == pytest.approx(eps, rel=1e-6)
         worst = max(worst, eps)
     assert priv["epsilon"] == pytest.approx(worst, rel=1e-6)
-    assert r.rounds[-1].metrics["epsilon"] == pytest.approx(worst, rel=1e-6)
+    assert r.rounds[-1].privacy["epsilon"] == pytest.approx(worst, rel=1e-6)

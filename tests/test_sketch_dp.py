@@ -87,8 +87,8 @@ def test_sketch_dp_run_reports_epsilon_every_round() -> None:
                                   "model.name='mlp'", "model.params={hidden=[32]}"])
     r = run(s, write=False)
     assert r.status == "completed"
-    eps = [x.metrics["epsilon"] for x in r.rounds]
+    eps = [x.privacy["epsilon"] for x in r.rounds]
     assert 0 < eps[0] < eps[1]
-    assert r.extra["privacy"]["level"] == "client (sketch)"
-    assert r.extra["privacy"]["epsilon"] == pytest.approx(eps[-1])
+    assert r.privacy["level"] == "client (sketch)"
+    assert r.privacy["epsilon"] == pytest.approx(eps[-1])
     assert r.rounds[0].bytes_up > 0

@@ -95,6 +95,6 @@ def test_warm_start_needs_exactly_one_valid_source(value):
 def test_a_run_starts_from_the_warm_model_and_records_it():
     cold = run(load_scenario("scenarios/quickstart.toml", SMALL), write=False)
     warm = run(load_scenario("scenarios/quickstart.toml", [*SMALL, "model.warm_start={rounds=4}"]), write=False)
-    ws = warm.extra["warm_start"]
+    ws = warm.warm_start
     assert ws["rounds"] == 4 and ws["main_accuracy"] > 0.5
     assert warm.rounds[0].main_accuracy > cold.rounds[0].main_accuracy + 0.1

@@ -323,19 +323,16 @@ def _summary(s: Scenario, case: LeakageCase, metrics: dict[str, Any], wall: floa
 
     inversion = {"attack": s.attacks.inversion.name if s.attacks.inversion else None, **metrics}
     payload = case.view.payload
-    extra = {
-        "kind": "leakage",
-        "inversion": inversion,
-        "client": {"refused": case.refused, "label_smoothing": s.leakage.label_smoothing if s.leakage else 0.0,
-                   "mixup_lambda": s.leakage.mixup_lambda if s.leakage else None,
-                   "server": s.leakage.server if s.leakage else "honest", "public_data": case.public_source},
-        "payload": {"protocol": case.view.protocol.kind, "dim": int(payload.numel()),
-                    "norm": float(payload.norm()), "nonzero": int((payload != 0).sum())},
-        "images": list(case.indices),
-    }
     return RunResult(name=s.name, scenario=s.resolved(), scenario_digest=s.digest(), seed=s.seed, engine="leakage",
                      versions=versions(), rounds=[], wall_time_s=wall, status="completed",
-                     out_dir=None if out_dir is None else str(out_dir), extra=extra)
+                     out_dir=None if out_dir is None else str(out_dir), kind="leakage", inversion=inversion,
+                     client={"refused": case.refused,
+                             "label_smoothing": s.leakage.label_smoothing if s.leakage else 0.0,
+                             "mixup_lambda": s.leakage.mixup_lambda if s.leakage else None,
+                             "server": s.leakage.server if s.leakage else "honest", "public_data": case.public_source},
+                     payload={"protocol": case.view.protocol.kind, "dim": int(payload.numel()),
+                              "norm": float(payload.norm()), "nonzero": int((payload != 0).sum())},
+                     images=list(case.indices))
 
 
 def run_leakage(scenario: Scenario, out_dir: Path) -> dict[str, Any]:
@@ -429,6 +426,7 @@ def run_experiment(s: Scenario, *, out_dir: str | Path | None = None, store: str
     result = RunResult(name=d["name"], scenario=d["scenario"], scenario_digest=d["scenario_digest"], seed=d["seed"],
                        engine="leakage", versions=d["versions"], rounds=[], wall_time_s=d["wall_time_s"],
                        status=d["status"], out_dir=str(out),
-                       extra={k: d[k] for k in ("kind", "inversion", "client", "payload", "images")})
+                       kind="leakage", inversion=d["inversion"], client=d["client"], payload=d["payload"],
+                       images=d["images"])
     rs.finish_run(run_id, result)
     return result

@@ -30,6 +30,7 @@ from attacks.metrics import aligned
 from simulator.context import RoundContext
 from simulator.experiment.leakage import attack_update
 from simulator.flower.runtime import Runtime
+from simulator.results import InversionRound
 from simulator.round.validate import ValidReply
 from simulator.scenario.attacks import InversionSpec
 
@@ -93,11 +94,11 @@ class InversionObserver:
         return None, None
 
     def __call__(self, server_round: int, valid: list[ValidReply], updates: torch.Tensor | None,
-                 ctx: RoundContext) -> dict[str, Any]:
+                 ctx: RoundContext) -> InversionRound | None:
         if server_round not in self.spec.rounds:
-            return {}
+            return None
         sampled = {r.partition_id: i for i, r in enumerate(valid)}
-        per_client: dict[str, Any] = {}
+        per_client: dict[int, dict[str, float | None]] = {}
         for pid in self.spec.targets:
             if pid not in sampled:
                 self.skipped.append({"round": server_round, "client": pid, "reason": "no valid reply this round"})
@@ -121,12 +122,12 @@ class InversionObserver:
             keep = self.spec.max_images
             self.attacked.append(AttackedUpdate(server_round, pid, m, truth_x[:keep].cpu(),
                                                 aligned(recon.images, truth_x, m["order"])[:keep]))
-            per_client[str(pid)] = {k: m[k] for k in ("psnr", "ssim", "mse", "label_accuracy", "attack_time_s")}
+            per_client[pid] = {k: m[k] for k in ("psnr", "ssim", "mse", "label_accuracy", "attack_time_s")}
         if not per_client:
-            return {}
+            return None
         vals = list(per_client.values())
-        return {"inversion": per_client,
-                **{f"inversion_{k}": _mean([v[k] for v in vals]) for k in ("psnr", "ssim", "label_accuracy")}}
+        return InversionRound(per_client, psnr=_mean([v["psnr"] for v in vals]), ssim=_mean([v["ssim"] for v in vals]),
+                              label_accuracy=_mean([v["label_accuracy"] for v in vals]))
 
     def summary(self) -> dict[str, Any]:
         """The ``inversion`` block of summary.json."""
@@ -143,6 +144,6 @@ class InversionObserver:
         }
 
 
-def _mean(xs: list[float]) -> float | None:
+def _mean(xs: list[float | None]) -> float | None:
     vals = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
     return sum(vals) / len(vals) if vals else None

@@ -41,7 +41,12 @@ class RoundSink(Protocol):
 class ServerOutcome:
     records: list[RoundRecord] = field(default_factory=list)
     status: str = "not started"
-    extra: dict[str, Any] = field(default_factory=dict)
+    warm_start: dict[str, Any] | None = None  # summary.json's blocks (see simulator.results.RunResult)
+    privacy: dict[str, Any] | None = None
+    audit: dict[str, Any] | None = None
+    defense: dict[str, Any] | None = None
+    inversion: dict[str, Any] | None = None
+    attack: dict[str, Any] | None = None
     error: BaseException | None = None
     attacked: list[Any] = field(default_factory=list)  # in-run inversion results (images for the grids)
     audit_scores: dict[str, Any] = field(default_factory=dict)  # canary scores (in, out) per statistic, for the plot
@@ -100,8 +105,8 @@ def _nanmean(xs: list[float | None]) -> float | None:
 def _defense_block(s: Scenario, records: list[RoundRecord]) -> dict[str, Any]:
     """Mean detection rates over the rounds where they are defined (TPR: rounds with attackers)."""
     return {"aggregator": s.defenses.aggregator.name,
-            "tpr": _nanmean([r.metrics.get("defense_tpr") for r in records]),
-            "fpr": _nanmean([r.metrics.get("defense_fpr") for r in records])}
+            "tpr": _nanmean([r.defense_tpr for r in records]),
+            "fpr": _nanmean([r.defense_fpr for r in records])}
 
 
 def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: ServerOutcome) -> None:
@@ -110,8 +115,7 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
     torch.set_num_threads(max(1, s.simulation.torch_threads))
     model = copy.deepcopy(rt.model)
     warm = apply_warm_start(model, s, rt.data, rt.train)  # before anything reads the initial weights
-    if warm is not None:
-        outcome.extra["warm_start"] = warm
+    outcome.warm_start = warm
     observer = None
     if s.attacks.inversion is not None:  # step 9: the in-run inversion attack
         observer = InversionObserver(rt, model)
@@ -146,12 +150,12 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
         # ---- EVALUATION (SERVER-SIDE, GLOBAL TEST SPLIT) ----
         if rnd % s.evaluation.every == 0 or rnd == s.federation.rounds:
             ev = evaluate_model(model)
-            record.main_accuracy, record.main_loss = ev.pop("main_accuracy"), ev.pop("main_loss")
-            record.metrics.update(ev)
-        record.metrics.update(rt.privacy.round_report(rnd, strategy.client_metrics))
+            record.main_accuracy, record.main_loss = ev["main_accuracy"], ev["main_loss"]
+            record.backdoor_accuracy = ev.get("backdoor_accuracy")
+        record.privacy = rt.privacy.round_report(rnd, strategy.client_metrics)
         if rt.attack is not None and strategy.valid_ids:  # detection, against the evaluator's ground truth
             tpr, fpr = detection_rates(record.accepted, strategy.valid_ids, record.malicious)
-            record.metrics["defense_tpr"], record.metrics["defense_fpr"] = tpr, fpr
+            record.defense_tpr, record.defense_fpr = tpr, fpr
         record.seconds = time.perf_counter() - t0
         # ---- RECORD ----
         outcome.records.append(record)
@@ -161,28 +165,26 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
             break
     else:
         outcome.status = "completed"
-    summary = rt.privacy.summary()
-    if summary is not None:
-        outcome.extra["privacy"] = summary
+    outcome.privacy = rt.privacy.summary()
     if audit is not None:
         scores = audit.scores(flatten(model.state_dict(), rt.layout) - initial)
-        outcome.extra["audit"] = audit.block(scores, delta=s.privacy.delta,
+        outcome.audit = audit.block(scores, delta=s.privacy.delta,
                                              epsilon_upper=rt.privacy.epsilon_of_view("aggregate"))
         outcome.audit_scores = scores
     if rt.record_canaries is not None and s.audit is not None:
-        outcome.extra["audit"], outcome.audit_scores = record_audit_block(
+        outcome.audit, outcome.audit_scores = record_audit_block(
             rt.record_canaries, model, s.audit, rt.privacy, s.privacy.delta)
-    outcome.extra["defense"] = _defense_block(s, outcome.records)
+    outcome.defense = _defense_block(s, outcome.records)
     if observer is not None:
-        outcome.extra["inversion"] = observer.summary()
+        outcome.inversion = observer.summary()
         outcome.attacked = observer.attacked
     if rt.attack is not None:
         acting = rt.schedule.acting_rounds()
-        outcome.extra["attack"] = {"name": s.attacks.backdoor.name if s.attacks.backdoor else None,
+        outcome.attack = {"name": s.attacks.backdoor.name if s.attacks.backdoor else None,
                                    "malicious_ids": list(rt.schedule.malicious_ids),
                                    "acting_rounds": acting,
                                    "lifespan": backdoor_lifespan(
-                                       [(r.round, r.metrics.get("backdoor_accuracy")) for r in outcome.records],
+                                       [(r.round, r.backdoor_accuracy) for r in outcome.records],
                                        [a for a in acting if a <= (outcome.records[-1].round if outcome.records else 0)])}
 
 

@@ -94,15 +94,13 @@ class PrivsimStrategy(FedAvg):
         # 8-12
         out = server_step(valid, ctx, self.plugins, server_lr=rt.scenario.federation.server_lr,
                           min_replies=rt.scenario.federation.min_replies)
-        rec.metrics.update(out.observed)
+        rec.inversion = out.observed
         rec.accepted = out.accepted
         rec.clients_aggregated = len(out.accepted)
-        if out.canaries:
-            rec.metrics["audit_canaries"] = out.canaries
-        if out.scores:
-            rec.metrics["scores"] = {str(k): s for k, s in out.scores.items()}
+        rec.audit_canaries = out.canaries
+        rec.scores = out.scores
         if out.new_global is None:
-            rec.metrics["round_skipped"] = out.skipped
+            rec.skipped = out.skipped
             return None, None
         load_vector(self.model, out.new_global, rt.layout)
         return ArrayRecord(self.model.state_dict()), MetricRecord({"clients-aggregated": rec.clients_aggregated})

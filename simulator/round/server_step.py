@@ -23,14 +23,15 @@ from defenses.aggregation.fedavg import FedAvg
 from defenses.base import Aggregator, ServerDefense
 from simulator.context import RoundContext
 from simulator.dp.mechanism import NoPrivacy, PrivacyMechanism
+from simulator.results import InversionRound
 from simulator.round.audit import CanaryRound, ClientAudit
 from simulator.round.validate import ValidReply
 from simulator.sketching.base import Compressor, Identity
 
 __all__ = ["Observer", "RoundOutcome", "ServerPlugins", "decode_updates", "round_weights", "server_step"]
 
-#: step 9: (round, valid replies, per-client updates or None, round context) -> metrics for the record
-Observer = Callable[[int, list[ValidReply], "torch.Tensor | None", RoundContext], dict[str, Any]]
+#: step 9: (round, valid replies, per-client updates or None, round context) -> what the attack achieved, if it ran
+Observer = Callable[[int, list[ValidReply], "torch.Tensor | None", RoundContext], InversionRound | None]
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class RoundOutcome:
     new_global: torch.Tensor | None
     accepted: list[int] = field(default_factory=list)
     scores: dict[int, float] = field(default_factory=dict)
-    observed: dict[str, Any] = field(default_factory=dict)
+    observed: InversionRound | None = None
     canaries: int = 0
     skipped: str | None = None
 
@@ -95,7 +96,7 @@ def server_step(valid: list[ValidReply], ctx: RoundContext, plugins: ServerPlugi
         if summed is not None:
             update, accepted = summed, ctx.client_ids
     # 9. observe
-    observed = plugins.observer(ctx.server_round, valid, updates, ctx) if plugins.observer is not None else {}
+    observed = plugins.observer(ctx.server_round, valid, updates, ctx) if plugins.observer is not None else None
     # 10. aggregate (with the audit's canary clients, if any, as extra rows)
     real = set(ctx.client_ids)
     canary = CanaryRound()
