@@ -30,8 +30,17 @@ from torch import nn
 from attacks.base import ServerView
 from simulator.flat import layout_of, unflatten
 
-__all__ = ["LabelStrategy", "LABEL_STRATEGIES", "recover_labels", "last_linear", "last_layer_gradient",
-           "idlg_labels", "yin_labels", "llg_labels", "num_images_of"]
+__all__ = [
+    "LABEL_STRATEGIES",
+    "LabelStrategy",
+    "idlg_labels",
+    "last_layer_gradient",
+    "last_linear",
+    "llg_labels",
+    "num_images_of",
+    "recover_labels",
+    "yin_labels",
+]
 
 LabelStrategy = Literal["idlg", "yin", "llg"]
 
@@ -130,7 +139,9 @@ def llg_labels(view: ServerView, num_images: int, *, dummy_inputs: int = 32, see
 
 
 LABEL_STRATEGIES: dict[str, Callable[[ServerView, int], torch.Tensor]] = {
-    "idlg": idlg_labels, "yin": yin_labels, "llg": llg_labels,
+    "idlg": idlg_labels,
+    "yin": yin_labels,
+    "llg": llg_labels,
 }
 
 

@@ -27,8 +27,20 @@ import torch.nn.functional as F
 
 from attacks.base import Reconstruction
 
-__all__ = ["LPIPS_SKIPPED", "UNMATCHED_FILL", "aligned", "label_accuracy", "lpips", "lpips_available", "match_batch",
-           "mse", "psnr", "recovered_fraction", "score_reconstruction", "ssim"]
+__all__ = [
+    "LPIPS_SKIPPED",
+    "UNMATCHED_FILL",
+    "aligned",
+    "label_accuracy",
+    "lpips",
+    "lpips_available",
+    "match_batch",
+    "mse",
+    "psnr",
+    "recovered_fraction",
+    "score_reconstruction",
+    "ssim",
+]
 
 LPIPS_SKIPPED = "skipped: no LPIPS weights"
 #: the stand-in a true image without a matched reconstruction is scored against (mid-grey)
@@ -45,7 +57,9 @@ def _higher_is_better(flag: bool) -> Callable[[Callable[..., Any]], Callable[...
 
 def _check(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(f"expected two (B, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"expected two (B, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
 
 
 @_higher_is_better(False)
@@ -69,8 +83,15 @@ def _gauss_window(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
 
 
 @_higher_is_better(True)
-def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+def ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    data_range: float = 1.0,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
     """Structural similarity per image (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 2004).
 
     The standard Gaussian-window SSIM: an 11×11 window of σ = 1.5 (truncated at 3.5σ, as
@@ -111,7 +132,7 @@ def lpips_available() -> bool:
         import lpips as _lp  # type: ignore[import-not-found]
 
         _LPIPS_MODEL = _lp.LPIPS(net="alex", verbose=False, pretrained=True)  # reads local files only
-    except Exception:  # noqa: BLE001  (any failure to load means: no LPIPS here)
+    except Exception:
         return False
     return True
 
@@ -170,7 +191,9 @@ def match_batch(recon: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
     from scipy.optimize import linear_sum_assignment
 
     if recon.shape[1:] != truth.shape[1:]:
-        raise ValueError(f"reconstructions {tuple(recon.shape)} and truth {tuple(truth.shape)} differ in image shape")
+        raise ValueError(
+            f"reconstructions {tuple(recon.shape)} and truth {tuple(truth.shape)} differ in image shape"
+        )
     order = np.full(truth.shape[0], -1, dtype=np.int64)
     if recon.shape[0] == 0 or truth.shape[0] == 0:
         return order
@@ -217,8 +240,9 @@ def recovered_fraction(recon: torch.Tensor, truth: torch.Tensor, *, threshold_db
     return float((p >= threshold_db).sum()) / int(truth.shape[0])
 
 
-def score_reconstruction(recon: Reconstruction, true_x: torch.Tensor, true_y: torch.Tensor | None, *,
-                         threshold_db: float = 40.0) -> dict[str, Any]:
+def score_reconstruction(
+    recon: Reconstruction, true_x: torch.Tensor, true_y: torch.Tensor | None, *, threshold_db: float = 40.0
+) -> dict[str, Any]:
     """Per-image and mean PSNR / SSIM / MSE (and LPIPS if available) after Hungarian matching, plus label
     accuracy and :func:`recovered_fraction`. Only the evaluator calls this: it is the one place that
     holds the ground truth.
@@ -237,7 +261,9 @@ def score_reconstruction(recon: Reconstruction, true_x: torch.Tensor, true_y: to
     lp = lpips(x, t)
     recovered = (torch.as_tensor(order >= 0) & (p >= threshold_db)).tolist()
     out: dict[str, Any] = {
-        "psnr": float(p.mean()), "ssim": float(s.mean()), "mse": float(m.mean()),
+        "psnr": float(p.mean()),
+        "ssim": float(s.mean()),
+        "mse": float(m.mean()),
         "psnr_max": float(p.max()),
         "lpips": None if lp is None else float(lp.mean()),
         "label_accuracy": label_accuracy(recon.labels, true_y) if true_y is not None else math.nan,
@@ -246,8 +272,15 @@ def score_reconstruction(recon: Reconstruction, true_x: torch.Tensor, true_y: to
         "matched": int((order >= 0).sum()),
         "order": order.tolist(),
         "per_image": [
-            {"index": i, "matched": int(order[i]), "recovered": bool(recovered[i]), "psnr": float(p[i]),
-             "ssim": float(s[i]), "mse": float(m[i]), **({} if lp is None else {"lpips": float(lp[i])})}
+            {
+                "index": i,
+                "matched": int(order[i]),
+                "recovered": bool(recovered[i]),
+                "psnr": float(p[i]),
+                "ssim": float(s[i]),
+                "mse": float(m[i]),
+                **({} if lp is None else {"lpips": float(lp[i])}),
+            }
             for i in range(t.shape[0])
         ],
     }

@@ -25,33 +25,49 @@ def _fmt(x: float) -> str:
 
 
 def power(zs: list[float], seeds: list[int], canaries: int) -> None:
-    print(f"{'z':>5} {'seed':>4} {'ledger eps':>10} {'eps_lower':>9} {'lower/eps':>9} {'estimate':>8} "
-          f"{'est/eps':>7} {'AUC':>6} {'final lower':>11} {'s':>5}")
+    print(
+        f"{'z':>5} {'seed':>4} {'ledger eps':>10} {'eps_lower':>9} {'lower/eps':>9} {'estimate':>8} "
+        f"{'est/eps':>7} {'AUC':>6} {'final lower':>11} {'s':>5}"
+    )
     rows = [(z, s, 1.0, 0.25, 20) for z in zs for s in seeds] + [(8.0, s, 0.25, 1.0, 9) for s in seeds]
     for z, seed, scale, q, rounds in rows:
         t0 = time.perf_counter()
-        a = audit_dp_fedavg(noise_multiplier=z, seed=seed, canaries=canaries, noise_scale=scale, sampling_rate=q,
-                            rounds=rounds)
+        a = audit_dp_fedavg(
+            noise_multiplier=z,
+            seed=seed,
+            canaries=canaries,
+            noise_scale=scale,
+            sampling_rate=q,
+            rounds=rounds,
+        )
         b, e = a.block, a.epsilon_upper
         est = b["epsilon_gaussian_estimate"] or 0.0
         tag = f"{z:g}" if scale == 1.0 else f"{z:g}/4*"
-        print(f"{tag:>5} {seed:>4} {_fmt(e):>10} {b['epsilon_lower']:>9.2f} "
-              f"{(b['epsilon_lower'] / e if math.isfinite(e) else 0):>9.2f} {est:>8.2f} "
-              f"{(est / e if math.isfinite(e) else 0):>7.2f} {b['auc']:>6.3f} "
-              f"{b['final_model']['epsilon_lower']:>11.2f} {time.perf_counter() - t0:>5.1f}")
+        print(
+            f"{tag:>5} {seed:>4} {_fmt(e):>10} {b['epsilon_lower']:>9.2f} "
+            f"{(b['epsilon_lower'] / e if math.isfinite(e) else 0):>9.2f} {est:>8.2f} "
+            f"{(est / e if math.isfinite(e) else 0):>7.2f} {b['auc']:>6.3f} "
+            f"{b['final_model']['epsilon_lower']:>11.2f} {time.perf_counter() - t0:>5.1f}"
+        )
     print("* broken: the ledger accounts z = 8 (q = 1, 9 rounds) but the mechanism adds z = 2")
 
 
 def cost(rounds: int) -> None:
     from simulator import load_scenario, run
 
-    base = ["simulation.engine='inline'", f"federation.rounds={rounds}", "privacy.noise_seed=1",
-            "audit={canaries=1000}"]
+    base = [
+        "simulation.engine='inline'",
+        f"federation.rounds={rounds}",
+        "privacy.noise_seed=1",
+        "audit={canaries=1000}",
+    ]
     r = run(load_scenario("scenarios/dp_fedavg.toml", base), write=False)
     per = statistics.median(x.seconds for x in r.rounds[1:] or r.rounds)  # steady rounds (not the first)
     audit = r.audit["seconds_per_round"]
-    print(f"dp_fedavg.toml with 1000 canary clients: round {per:.3f} s (median after round 1), of which the "
-          f"audit (joining + scoring the canaries) {audit:.3f} s = {audit / per:.0%}")
+    print(
+        f"dp_fedavg.toml with 1000 canary clients: round {per:.3f} s (median after round 1), of which the "
+        f"audit (joining + scoring the canaries) {audit:.3f} s = {audit / per:.0%}"
+    )
 
 
 def main() -> None:

@@ -21,21 +21,34 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import defenses  # noqa: E402,F401  (registers the aggregators)
-from defenses.base import AGGREGATORS  # noqa: E402
-from simulator.context import RoundContext  # noqa: E402
-from simulator.flat import Layout  # noqa: E402
+import defenses  # noqa: F401  (registers the aggregators)
+from defenses.base import AGGREGATORS
+from simulator.context import RoundContext
+from simulator.flat import Layout
 
 FULL_N = (10, 50, 100)
 FULL_D = (100_000, 1_000_000, 11_000_000)
 QUICK_N = (10, 50)
 QUICK_D = (10_000, 100_000)
-DEFAULT_ORDER = ("multi_metrics", "krum", "flame", "multi_krum", "median", "trimmed_mean", "bulyan", "rfa",
-                 "norm_clipping", "foolsgold", "rlr", "fedavg")
+DEFAULT_ORDER = (
+    "multi_metrics",
+    "krum",
+    "flame",
+    "multi_krum",
+    "median",
+    "trimmed_mean",
+    "bulyan",
+    "rfa",
+    "norm_clipping",
+    "foolsgold",
+    "rlr",
+    "fedavg",
+)
 
 
-def time_one(name: str, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext, *,
-             repeats: int) -> float:
+def time_one(
+    name: str, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext, *, repeats: int
+) -> float:
     """Median seconds of ``repeats`` calls (a fresh aggregator each, so FoolsGold starts empty)."""
 
     def once() -> float:
@@ -67,11 +80,15 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     ns = tuple(args.n or (QUICK_N if args.quick else FULL_N))
     ds = tuple(args.d or (QUICK_D if args.quick else FULL_D))
-    names = [x for x in (args.only or DEFAULT_ORDER) if x in AGGREGATORS] + \
-        [x for x in (args.only or AGGREGATORS.names()) if x not in DEFAULT_ORDER and x in AGGREGATORS]
+    names = [x for x in (args.only or DEFAULT_ORDER) if x in AGGREGATORS] + [
+        x for x in (args.only or AGGREGATORS.names()) if x not in DEFAULT_ORDER and x in AGGREGATORS
+    ]
     device = torch.device(args.device)
-    label = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"cpu ({torch.get_num_threads()} threads)")
+    label = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
     print(f"device: {label}; median of {args.repeats} after 1 warm-up; seconds")
     header = f"{'aggregator':<15}" + "".join(f"{f'n={n},d={d:.0e}':>18}" for d in ds for n in ns)
     print(header)
@@ -82,10 +99,16 @@ def main(argv: list[str] | None = None) -> None:
             g = torch.Generator(device="cpu").manual_seed(n * 1_000_003 + d)
             updates = (torch.randn(n, d, generator=g) * 0.01).to(device)
             weights = torch.randint(10, 100, (n,), generator=g).to(torch.float32)
-            ctx = RoundContext(server_round=1, seed=0, global_vector=torch.zeros(d, device=device),
-                               layout=Layout(("w",), ((d,),)), client_ids=tuple(range(n)),
-                               num_examples=tuple(int(w) for w in weights), num_clients=10 * n,
-                               expected_clients_per_round=float(n))
+            ctx = RoundContext(
+                server_round=1,
+                seed=0,
+                global_vector=torch.zeros(d, device=device),
+                layout=Layout(("w",), ((d,),)),
+                client_ids=tuple(range(n)),
+                num_examples=tuple(int(w) for w in weights),
+                num_clients=10 * n,
+                expected_clients_per_round=float(n),
+            )
             for name in names:
                 cells[(name, n, d)] = time_one(name, updates, weights, ctx, repeats=args.repeats)
             del updates

@@ -38,9 +38,15 @@ def time_steps(*, mode: str | None, batch: int, device: str, warmup: int, reps: 
     if mode is not None:
         loader = DataLoader(TensorDataset(x, y), batch_size=batch)
         out = PrivacyEngine(accountant="rdp").make_private(
-            module=model, optimizer=opt,
-            criterion=crit, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False,
-            grad_sample_mode=mode)
+            module=model,
+            optimizer=opt,
+            criterion=crit,
+            data_loader=loader,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            poisson_sampling=False,
+            grad_sample_mode=mode,
+        )
         if mode == "ghost":
             model, opt, crit, _ = out
         else:
@@ -67,8 +73,10 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     warmup, reps = (2, 5) if args.quick else (5, 30)
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"model=cnn(1x28x28, 10 classes) reps={reps}")
+    print(
+        f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"model=cnn(1x28x28, 10 classes) reps={reps}"
+    )
     print(f"{'batch':>5} | {'mode':>11} | {'ms/step':>8} | {'× non-private':>13}")
     for batch in (32, 64):
         base = time_steps(mode=None, batch=batch, device=args.device, warmup=warmup, reps=reps)

@@ -26,10 +26,10 @@ import torch
 
 from simulator import load_scenario
 from simulator.context import make_generator
-from simulator.flat import flatten, layout_of, load_vector, model_vector
+from simulator.flat import layout_of, load_vector, model_vector
 from simulator.flower.runtime import build_runtime
 from simulator.runner import run
-from simulator.training import LocalTrainConfig, evaluate, train_local
+from simulator.training import evaluate, train_local
 
 
 def floor(s, rounds: int) -> list[float]:
@@ -74,8 +74,15 @@ def flower(s, rounds: int) -> list[float]:
         rt.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         x, y = rt.data.client(pid)
         train_local(rt.model, x, y, rt.train, generator=make_generator(s.seed, pid, "train"))
-        return Message(RecordDict({"arrays": ArrayRecord(rt.model.state_dict()),
-                                   "metrics": MetricRecord({"num-examples": int(x.shape[0])})}), reply_to=msg)
+        return Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord(rt.model.state_dict()),
+                    "metrics": MetricRecord({"num-examples": int(x.shape[0])}),
+                }
+            ),
+            reply_to=msg,
+        )
 
     stamps: list[float] = []
     server = ServerApp()
@@ -87,8 +94,12 @@ def flower(s, rounds: int) -> list[float]:
         while len(list(grid.get_node_ids())) < s.data.num_clients:
             time.sleep(0.05)
         n = s.federation.clients_per_round or s.data.num_clients
-        strategy = FedAvg(fraction_train=n / s.data.num_clients, fraction_evaluate=0.0, min_train_nodes=n,
-                          min_available_nodes=s.data.num_clients)
+        strategy = FedAvg(
+            fraction_train=n / s.data.num_clients,
+            fraction_evaluate=0.0,
+            min_train_nodes=n,
+            min_available_nodes=s.data.num_clients,
+        )
 
         def ev(rnd: int, arrays: ArrayRecord) -> MetricRecord:
             model.load_state_dict(arrays.to_torch_state_dict())
@@ -97,13 +108,20 @@ def flower(s, rounds: int) -> list[float]:
             return MetricRecord({"accuracy": acc})
 
         stamps.append(time.perf_counter())
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
-                       evaluate_fn=ev)
+        strategy.start(
+            grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds, evaluate_fn=ev
+        )
 
     random.seed(s.seed)
-    run_simulation(server_app=server, client_app=client, num_supernodes=s.data.num_clients,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"include_dashboard": False}})
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=s.data.num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"include_dashboard": False},
+        },
+    )
     # stamps: before round 1 (after the initial evaluation at round 0), then after every round
     return list(np.diff(stamps[1:]))
 

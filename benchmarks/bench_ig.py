@@ -36,9 +36,15 @@ from simulator.scenario import load_scenario
 def case_for(batch: int, device: str, model: str, norm: str):  # type: ignore[no-untyped-def]
     """The leakage case (built on the CPU as always) with its ServerView moved to ``device``."""
     params = f'model.params={{norm="{norm}"}}' if model == "resnet18" else "model.params={}"
-    s = load_scenario("scenarios/leakage_ig.toml", [
-        f'model.name="{model}"', params, f"leakage.images={list(range(5, 5 + batch))}",
-        f'simulation.device="{device}"'])
+    s = load_scenario(
+        "scenarios/leakage_ig.toml",
+        [
+            f'model.name="{model}"',
+            params,
+            f"leakage.images={list(range(5, 5 + batch))}",
+            f'simulation.device="{device}"',
+        ],
+    )
     attack = INVERSION_ATTACKS.create("inverting_gradients", {"iterations": 1})
     case = prepare_leakage(s, attack)
     return s, case, view_on_device(s, case.view, attack)
@@ -51,19 +57,27 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=None, help="per row (default 1000; --quick: 3)")
     ap.add_argument("--restarts", type=int, default=4)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--model", choices=["resnet18", "cnn", "lenet"], default="resnet18",
-                    help="cnn: leakage_ig's small CNN, where IG reaches ~23 dB in a few hundred steps")
+    ap.add_argument(
+        "--model",
+        choices=["resnet18", "cnn", "lenet"],
+        default="resnet18",
+        help="cnn: leakage_ig's small CNN, where IG reaches ~23 dB in a few hundred steps",
+    )
     ap.add_argument("--norm", choices=["batch", "group"], default="batch", help="ResNet-18's normalisation")
-    ap.add_argument("--compile", action="store_true", help="compiled rows on the CPU too (default: CUDA only)")
+    ap.add_argument(
+        "--compile", action="store_true", help="compiled rows on the CPU too (default: CUDA only)"
+    )
     ap.add_argument("--backend", default="inductor", choices=["inductor", "cudagraphs", "aot_eager"])
     a = ap.parse_args()
     iters = a.iterations or (3 if a.quick else 1000)
     dev = a.device
     with_compile = dev.startswith("cuda") or a.compile
-    print(f"device {dev} ({torch.cuda.get_device_name() if dev.startswith('cuda') else 'cpu'}), torch "
-          f"{torch.__version__}, threads {torch.get_num_threads()}, {a.model}"
-          f"{f' ({a.norm} norm)' if a.model == 'resnet18' else ''}, {iters} iterations "
-          f"a row, label strategy idlg/llg, TV 0.2, cosine")
+    print(
+        f"device {dev} ({torch.cuda.get_device_name() if dev.startswith('cuda') else 'cpu'}), torch "
+        f"{torch.__version__}, threads {torch.get_num_threads()}, {a.model}"
+        f"{f' ({a.norm} norm)' if a.model == 'resnet18' else ''}, {iters} iterations "
+        f"a row, label strategy idlg/llg, TV 0.2, cosine"
+    )
     head = f"{'batch':>5} {'variant':>18} {'it/s':>8} {'img·restart it/s':>17} {'compile s':>9} {'PSNR':>6} {'SSIM':>5}"
     print(head)
     r = a.restarts
@@ -73,18 +87,31 @@ def main() -> None:
     for b in a.batches:
         _, case, view = case_for(b, dev, a.model, a.norm)
         for name, restarts, batched, comp in rows:
-            params = {"iterations": iters, "restarts": restarts, "batched_restarts": batched, "compile_step": comp,
-                      "compile_backend": a.backend, "label_strategy": "idlg" if b == 1 else "llg"}
+            params = {
+                "iterations": iters,
+                "restarts": restarts,
+                "batched_restarts": batched,
+                "compile_step": comp,
+                "compile_backend": a.backend,
+                "label_strategy": "idlg" if b == 1 else "llg",
+            }
             try:
-                recon, m = attack_update(INVERSION_ATTACKS.create("inverting_gradients", params), view,
-                                         case.truth_x, case.truth_y)
-            except Exception as e:  # noqa: BLE001 - a variant the backend cannot run is reported, not hidden
-                print(f"{b:>5} {name:>18}   failed: {type(e).__name__}: {str(e).splitlines()[0][:90]}", flush=True)
+                recon, m = attack_update(
+                    INVERSION_ATTACKS.create("inverting_gradients", params), view, case.truth_x, case.truth_y
+                )
+            except Exception as e:
+                print(
+                    f"{b:>5} {name:>18}   failed: {type(e).__name__}: {str(e).splitlines()[0][:90]}",
+                    flush=True,
+                )
                 continue
             info = recon.info
             ips = info["iterations_per_second"]
-            print(f"{b:>5} {name:>18} {ips:>8.2f} {ips * restarts:>17.2f} {info['compile_seconds']:>9.1f} "
-                  f"{m['psnr']:>6.2f} {m['ssim']:>5.3f}", flush=True)
+            print(
+                f"{b:>5} {name:>18} {ips:>8.2f} {ips * restarts:>17.2f} {info['compile_seconds']:>9.1f} "
+                f"{m['psnr']:>6.2f} {m['ssim']:>5.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

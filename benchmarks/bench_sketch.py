@@ -75,12 +75,18 @@ def build(kind: str, d: int, ratio: float, seed: int) -> SketchOperator:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one repetition for d ≥ 1e6, smaller Gaussian budget")
+    ap.add_argument(
+        "--quick", action="store_true", help="one repetition for d ≥ 1e6, smaller Gaussian budget"
+    )
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0")
     ap.add_argument("--ratio", type=float, default=0.01, help="s/d")
     ap.add_argument("--dims", type=str, default="100000,1000000,11000000")
-    ap.add_argument("--gaussian-budget", type=float, default=None,
-                    help="largest s·d for the dense Gaussian (default 2e8 quick, 2e9 full)")
+    ap.add_argument(
+        "--gaussian-budget",
+        type=float,
+        default=None,
+        help="largest s·d for the dense Gaussian (default 2e8 quick, 2e9 full)",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     budget = args.gaussian_budget or (2e8 if args.quick else 2e9)
@@ -89,8 +95,10 @@ def main() -> None:
     t_train = train_step_seconds(device, reps=5 if args.quick else 20)
     print(f"device {device}, torch threads {torch.get_num_threads()}, s/d = {args.ratio}")
     print(f"one CNN training step (batch 32): {t_train * 1e3:.1f} ms\n")
-    head = f"{'d':>10} {'operator':>12} {'s':>8} {'build ms':>10} {'sketch ms':>10} {'desketch ms':>12} " \
-           f"{'(sk+desk)/step':>15}"
+    head = (
+        f"{'d':>10} {'operator':>12} {'s':>8} {'build ms':>10} {'sketch ms':>10} {'desketch ms':>12} "
+        f"{'(sk+desk)/step':>15}"
+    )
     print(head)
     print("-" * len(head))
     for d in dims:
@@ -99,7 +107,9 @@ def main() -> None:
         for kind in ("gaussian", "srht", "count_sketch"):
             s = max(1, int(args.ratio * d))
             if kind == "gaussian" and s * d > budget:
-                print(f"{d:>10} {kind:>12} {s:>8}   skipped: dense Gaussian costs O(s·d) = {s * d:.1e} > {budget:.0e}")
+                print(
+                    f"{d:>10} {kind:>12} {s:>8}   skipped: dense Gaussian costs O(s·d) = {s * d:.1e} > {budget:.0e}"
+                )
                 continue
             t0 = time.perf_counter()
             op = build(kind, d, args.ratio, seed=0)
@@ -110,8 +120,10 @@ def main() -> None:
             y = op.sketch(x)
             t_sk = timeit(lambda op=op, x=x: op.sketch(x), reps=reps, device=device, warmup=0)
             t_de = timeit(lambda op=op, y=y: op.desketch(y), reps=reps, device=device, warmup=0)
-            print(f"{d:>10} {kind:>12} {op.sketch_dim:>8} {t_build * 1e3:>10.1f} {t_sk * 1e3:>10.1f} "
-                  f"{t_de * 1e3:>12.1f} {(t_sk + t_de) / t_train:>15.1f}")
+            print(
+                f"{d:>10} {kind:>12} {op.sketch_dim:>8} {t_build * 1e3:>10.1f} {t_sk * 1e3:>10.1f} "
+                f"{t_de * 1e3:>12.1f} {(t_sk + t_de) / t_train:>15.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def _fmt(v: float | None, spec: str) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
-def prior_ceilings(att: GenerativeLatent, x: torch.Tensor, y: torch.Tensor, *, steps: int = 300) -> dict[str, float]:
+def prior_ceilings(
+    att: GenerativeLatent, x: torch.Tensor, y: torch.Tensor, *, steps: int = 300
+) -> dict[str, float]:
     """PSNR of the prior on the targets: its encoder-decoder reconstruction, and the best latent per target
     found by Adam on the pixel MSE with the true labels (evaluator side: it uses the truth)."""
     assert att.prior is not None
@@ -79,13 +81,21 @@ def main() -> None:
 
     ds = DATASETS.create("mnist5k", {})
     perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(a.seed))
-    targets, pub_idx = perm[:a.targets], perm[a.targets:a.targets + a.public]
+    targets, pub_idx = perm[: a.targets], perm[a.targets : a.targets + a.public]
     assert not set(targets.tolist()) & set(pub_idx.tolist())
-    public = PublicData(ds.x[pub_idx], ds.y[pub_idx], source=f"mnist5k, {len(pub_idx)} images outside the targets")
+    public = PublicData(
+        ds.x[pub_idx], ds.y[pub_idx], source=f"mnist5k, {len(pub_idx)} images outside the targets"
+    )
     model = build_model("cnn", {}, input_shape=ds.input_shape, num_classes=ds.num_classes, seed=a.seed)
 
-    common: dict[str, Any] = {"iterations": a.iterations, "restarts": a.restarts, "prior_epochs": a.prior_epochs,
-                              "label_strategy": "llg", "seed": a.seed, "cache_dir": a.cache_dir}
+    common: dict[str, Any] = {
+        "iterations": a.iterations,
+        "restarts": a.restarts,
+        "prior_epochs": a.prior_epochs,
+        "label_strategy": "llg",
+        "seed": a.seed,
+        "cache_dir": a.cache_dir,
+    }
     latent = INVERSION_ATTACKS.create("generative_latent", common)
     gifd = INVERSION_ATTACKS.create("gifd", {**common, "feature_iterations": a.feature_iterations})
     assert isinstance(latent, GenerativeLatent) and isinstance(gifd, GIFD)
@@ -99,8 +109,10 @@ def main() -> None:
     layers = gifd.prior.decoder.num_features
     budget = a.restarts * a.iterations + layers * a.feature_iterations
     ig_iters = a.ig_iterations or budget
-    ig = INVERSION_ATTACKS.create("inverting_gradients", {"iterations": ig_iters, "restarts": 1,
-                                                          "label_strategy": "llg", "seed": a.seed})
+    ig = INVERSION_ATTACKS.create(
+        "inverting_gradients",
+        {"iterations": ig_iters, "restarts": 1, "label_strategy": "llg", "seed": a.seed},
+    )
     attacks: list[tuple[str, str, InversionAttack]] = [
         ("inverting_gradients", f"{ig_iters} × 1 restart", ig),
         ("generative_latent", f"{a.iterations} × {a.restarts} restarts", latent),
@@ -112,21 +124,33 @@ def main() -> None:
     rand = torch.Generator().manual_seed(a.seed + 1)
     noise_psnr: list[float] = []
     for b in range(0, a.targets, a.batch):
-        idx = targets[b:b + a.batch]
+        idx = targets[b : b + a.batch]
         x, y = ds.x[idx], ds.y[idx]
-        payload = client_payload(model, x, y, cfg=LeakageConfig(protocol="gradient"),
-                                 generator=torch.Generator().manual_seed(a.seed))
+        payload = client_payload(
+            model,
+            x,
+            y,
+            cfg=LeakageConfig(protocol="gradient"),
+            generator=torch.Generator().manual_seed(a.seed),
+        )
         n = int(x.shape[0])
         for name, _, att in attacks:
-            view = ServerView(model=copy.deepcopy(model), payload=payload.detach().clone(),
-                              protocol=ProtocolInfo(kind="gradient", batch_size=n, num_examples=n),
-                              input_shape=ds.input_shape, num_classes=ds.num_classes)
+            view = ServerView(
+                model=copy.deepcopy(model),
+                payload=payload.detach().clone(),
+                protocol=ProtocolInfo(kind="gradient", batch_size=n, num_examples=n),
+                input_shape=ds.input_shape,
+                num_classes=ds.num_classes,
+            )
             rec, m = attack_update(att, view, x, y)
             rows[name].append(m)
             if name == "gifd":
                 chosen.append(rec.info["chosen_name"])
-            print(f"batch {b // a.batch}: {name:<20} PSNR {m['psnr']:6.2f}  SSIM {m['ssim']:.3f}  "
-                  f"labels {m['label_accuracy']:.2f}  {m['attack_time_s']:6.1f} s", flush=True)
+            print(
+                f"batch {b // a.batch}: {name:<20} PSNR {m['psnr']:6.2f}  SSIM {m['ssim']:.3f}  "
+                f"labels {m['label_accuracy']:.2f}  {m['attack_time_s']:6.1f} s",
+                flush=True,
+            )
         ceil.append(prior_ceilings(gifd, x, y))
         noise_psnr.append(float(psnr(torch.rand(x.shape, generator=rand), x).mean()))
 
@@ -134,23 +158,32 @@ def main() -> None:
         vals = [r[key] for r in rows[name]]
         return None if any(v is None for v in vals) else statistics.fmean(vals)
 
-    print(f"\nmnist5k 28×28, {a.targets} targets in batches of {a.batch}, untrained CNN (cnn, seed {a.seed}), "
-          f"FedSGD gradient, labels by LLG; prior: conditional VAE (latent 16, width 8), {a.prior_epochs} epochs "
-          f"on {info.num_images} public images ({'cache hit' if info.cache_hit else 'trained'}, "
-          f"{info.train_seconds:.0f} s to train; prepare {prep_s:.1f} s); {a.threads} thread(s)\n")
+    print(
+        f"\nmnist5k 28×28, {a.targets} targets in batches of {a.batch}, untrained CNN (cnn, seed {a.seed}), "
+        f"FedSGD gradient, labels by LLG; prior: conditional VAE (latent 16, width 8), {a.prior_epochs} epochs "
+        f"on {info.num_images} public images ({'cache hit' if info.cache_hit else 'trained'}, "
+        f"{info.train_seconds:.0f} s to train; prepare {prep_s:.1f} s); {a.threads} thread(s)\n"
+    )
     print("| attack | iterations | PSNR dB | SSIM | LPIPS | label acc | s / batch |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, iters, _ in attacks:
-        print(f"| {name} | {iters} | {_fmt(mean(name, 'psnr'), '.2f')} | {_fmt(mean(name, 'ssim'), '.3f')} | "
-              f"{_fmt(mean(name, 'lpips'), '.3f')} | {_fmt(mean(name, 'label_accuracy'), '.2f')} | "
-              f"{_fmt(mean(name, 'attack_time_s'), '.1f')} |")
+        print(
+            f"| {name} | {iters} | {_fmt(mean(name, 'psnr'), '.2f')} | {_fmt(mean(name, 'ssim'), '.3f')} | "
+            f"{_fmt(mean(name, 'lpips'), '.3f')} | {_fmt(mean(name, 'label_accuracy'), '.2f')} | "
+            f"{_fmt(mean(name, 'attack_time_s'), '.1f')} |"
+        )
     print(f"| uniform noise (reference) | – | {statistics.fmean(noise_psnr):.2f} | | | | |")
-    print(f"\nprior ceilings on the targets (evaluator side): encoder-decoder PSNR "
-          f"{statistics.fmean(c['encoder'] for c in ceil):.2f} dB, best latent by pixel MSE "
-          f"{statistics.fmean(c['latent_fit'] for c in ceil):.2f} dB")
+    print(
+        f"\nprior ceilings on the targets (evaluator side): encoder-decoder PSNR "
+        f"{statistics.fmean(c['encoder'] for c in ceil):.2f} dB, best latent by pixel MSE "
+        f"{statistics.fmean(c['latent_fit'] for c in ceil):.2f} dB"
+    )
     print("GIFD chosen stage per batch: " + ", ".join(chosen))
     per_batch = ", ".join(f"{r['psnr']:.1f}" for r in rows["gifd"])
-    print(f"GIFD PSNR per batch: {per_batch}; IG: " + ", ".join(f"{r['psnr']:.1f}" for r in rows["inverting_gradients"]))
+    print(
+        f"GIFD PSNR per batch: {per_batch}; IG: "
+        + ", ".join(f"{r['psnr']:.1f}" for r in rows["inverting_gradients"])
+    )
 
 
 if __name__ == "__main__":

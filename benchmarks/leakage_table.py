@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import time
-
 import tomllib
 from pathlib import Path
 
@@ -24,7 +23,9 @@ def cell(*, batch: int, sigma: float, iterations: int, restarts: int, seed: int)
     data = tomllib.loads(Path("scenarios/leakage_ig.toml").read_text())
     data["seed"] = seed
     data["leakage"] = {"num_images": batch, "protocol": "gradient"}  # a seeded draw of `batch` images
-    data["attacks"]["inversion"]["params"].update(iterations=iterations, restarts=restarts, label_strategy="llg")
+    data["attacks"]["inversion"]["params"].update(
+        iterations=iterations, restarts=restarts, label_strategy="llg"
+    )
     if sigma > 0:
         data["defenses"] = {"client": [{"name": "gaussian_noise", "params": {"sigma": sigma}}]}
     s = scenario_from_dict(data)
@@ -32,8 +33,15 @@ def cell(*, batch: int, sigma: float, iterations: int, restarts: int, seed: int)
     attack = INVERSION_ATTACKS.create(s.attacks.inversion.name, s.attacks.inversion.params)
     t0 = time.perf_counter()
     _, m = attack_update(attack, case.view, case.truth_x, case.truth_y)
-    return {"batch": batch, "sigma": sigma, "psnr": m["psnr"], "ssim": m["ssim"], "label_acc": m["label_accuracy"],
-            "grad_norm": float(case.view.payload.norm()), "seconds": time.perf_counter() - t0}
+    return {
+        "batch": batch,
+        "sigma": sigma,
+        "psnr": m["psnr"],
+        "ssim": m["ssim"],
+        "label_acc": m["label_accuracy"],
+        "grad_norm": float(case.view.payload.norm()),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def main() -> None:
@@ -46,19 +54,27 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     kw = {"iterations": a.iterations, "restarts": a.restarts, "seed": a.seed}
-    print(f"IG, photos 32x32, untrained CNN, FedSGD, {a.iterations} iterations x {a.restarts} restart(s), "
-          f"seed {a.seed}, labels by LLG counting\n")
+    print(
+        f"IG, photos 32x32, untrained CNN, FedSGD, {a.iterations} iterations x {a.restarts} restart(s), "
+        f"seed {a.seed}, labels by LLG counting\n"
+    )
     print("PSNR vs batch size (no defense)")
     print(f"{'batch':>6} {'PSNR dB':>8} {'SSIM':>6} {'label acc':>9} {'seconds':>8}")
     for b in a.batches:
         r = cell(batch=b, sigma=0.0, **kw)
-        print(f"{b:>6} {r['psnr']:>8.2f} {r['ssim']:>6.3f} {r['label_acc']:>9.2f} {r['seconds']:>8.1f}", flush=True)
+        print(
+            f"{b:>6} {r['psnr']:>8.2f} {r['ssim']:>6.3f} {r['label_acc']:>9.2f} {r['seconds']:>8.1f}",
+            flush=True,
+        )
     print("\nPSNR vs Gaussian noise sigma on the gradient (batch 1)")
     print(f"{'sigma':>8} {'PSNR dB':>8} {'SSIM':>6} {'label acc':>9} {'|g|':>8} {'seconds':>8}")
     for sg in a.sigmas:
         r = cell(batch=1, sigma=sg, **kw)
-        print(f"{sg:>8.0e} {r['psnr']:>8.2f} {r['ssim']:>6.3f} {r['label_acc']:>9.2f} {r['grad_norm']:>8.3f} "
-              f"{r['seconds']:>8.1f}", flush=True)
+        print(
+            f"{sg:>8.0e} {r['psnr']:>8.2f} {r['ssim']:>6.3f} {r['label_acc']:>9.2f} {r['grad_norm']:>8.3f} "
+            f"{r['seconds']:>8.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

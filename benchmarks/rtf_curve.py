@@ -29,16 +29,34 @@ from simulator.experiment import gradient_view
 from simulator.models import build_model
 
 
-def cell(ds: ArrayDataset, *, batch: int, bins: int, seed: int, model_name: str, public_images: int,
-         measurement: str, placement: str) -> float:
+def cell(
+    ds: ArrayDataset,
+    *,
+    batch: int,
+    bins: int,
+    seed: int,
+    model_name: str,
+    public_images: int,
+    measurement: str,
+    placement: str,
+) -> float:
     """Recovered fraction for one (batch, bins, seed)."""
     perm = torch.randperm(len(ds), generator=make_generator(seed, "rtf_curve", "split"))
-    victim, public = perm[:batch], perm[batch:batch + public_images]
-    model = build_model(model_name, {}, input_shape=ds.input_shape, num_classes=ds.num_classes,
-                        seed=derive_seed(seed, "rtf_curve", "model"))
+    victim, public = perm[:batch], perm[batch : batch + public_images]
+    model = build_model(
+        model_name,
+        {},
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        seed=derive_seed(seed, "rtf_curve", "model"),
+    )
     attack = RobbingTheFed(bins=bins, measurement=measurement, placement=placement, seed=seed)
-    attack.prepare(PublicData(ds.x[public], ds.y[public], source="benchmark"), model=model,
-                   input_shape=ds.input_shape, num_classes=ds.num_classes)
+    attack.prepare(
+        PublicData(ds.x[public], ds.y[public], source="benchmark"),
+        model=model,
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+    )
     x, y = ds.x[victim], ds.y[victim]
     recon = attack.reconstruct(gradient_view(attack.server_model(model), x, y))
     return recovered_fraction(recon.images, x)
@@ -57,17 +75,35 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     ds = DATASETS.create("mnist5k", {})
-    print(f"Robbing the Fed on mnist5k, untrained {a.model}, FedSGD, {a.measurement} measurement, {a.placement} "
-          f"bins on {a.public_images} public digits; recovered = PSNR >= 40 dB; mean ± sd over seeds "
-          f"{a.seeds}\n")
-    print("| batch | " + " | ".join(f"{k} bins" for k in a.bins) + " | "
-          + " | ".join(f"(1−1/{k})^(B−1)" for k in a.bins) + " |")
+    print(
+        f"Robbing the Fed on mnist5k, untrained {a.model}, FedSGD, {a.measurement} measurement, {a.placement} "
+        f"bins on {a.public_images} public digits; recovered = PSNR >= 40 dB; mean ± sd over seeds "
+        f"{a.seeds}\n"
+    )
+    print(
+        "| batch | "
+        + " | ".join(f"{k} bins" for k in a.bins)
+        + " | "
+        + " | ".join(f"(1−1/{k})^(B−1)" for k in a.bins)
+        + " |"
+    )
     print("|---:|" + "---:|" * (2 * len(a.bins)))
     for b in a.batches:
         row = []
         for k in a.bins:
-            vals = [cell(ds, batch=b, bins=k, seed=s, model_name=a.model, public_images=a.public_images,
-                         measurement=a.measurement, placement=a.placement) for s in a.seeds]
+            vals = [
+                cell(
+                    ds,
+                    batch=b,
+                    bins=k,
+                    seed=s,
+                    model_name=a.model,
+                    public_images=a.public_images,
+                    measurement=a.measurement,
+                    placement=a.placement,
+                )
+                for s in a.seeds
+            ]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             row.append(f"{statistics.mean(vals):.3f} ± {sd:.3f}")
         ref = [f"{(1 - 1 / k) ** (b - 1):.3f}" for k in a.bins]

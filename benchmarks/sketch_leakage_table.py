@@ -25,8 +25,17 @@ from simulator.experiment import attack_update, prepare_leakage
 from simulator.scenario import scenario_from_dict
 
 
-def cell(*, operator: str, ratio: float | None, noise: float, clip: float, attack: str, iterations: int,
-         restarts: int, seed: int) -> dict:
+def cell(
+    *,
+    operator: str,
+    ratio: float | None,
+    noise: float,
+    clip: float,
+    attack: str,
+    iterations: int,
+    restarts: int,
+    seed: int,
+) -> dict:
     data = tomllib.loads(Path("scenarios/leakage_sketch.toml").read_text())
     data["seed"] = seed
     inv = data["attacks"]["inversion"]
@@ -44,8 +53,12 @@ def cell(*, operator: str, ratio: float | None, noise: float, clip: float, attac
     case = prepare_leakage(s, atk)
     t0 = time.perf_counter()
     _, m = attack_update(atk, case.view, case.truth_x, case.truth_y)
-    return {"psnr": m["psnr"], "ssim": m["ssim"], "label_acc": m["label_accuracy"],
-            "seconds": time.perf_counter() - t0}
+    return {
+        "psnr": m["psnr"],
+        "ssim": m["ssim"],
+        "label_acc": m["label_accuracy"],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def main() -> None:
@@ -59,19 +72,35 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    kw = {"operator": a.operator, "clip": a.clip, "iterations": a.iterations, "restarts": a.restarts, "seed": a.seed}
-    print(f"photos 32x32, untrained LeNet, FedSGD, batch 1, {a.operator}, IG {a.iterations} it x {a.restarts} "
-          f"restarts, seed {a.seed}\n")
-    print("| s/d | noise z | naive IG on Rᵀy: PSNR / SSIM | sketch-space IG: PSNR / SSIM | label acc (naive, sketch) |")
+    kw = {
+        "operator": a.operator,
+        "clip": a.clip,
+        "iterations": a.iterations,
+        "restarts": a.restarts,
+        "seed": a.seed,
+    }
+    print(
+        f"photos 32x32, untrained LeNet, FedSGD, batch 1, {a.operator}, IG {a.iterations} it x {a.restarts} "
+        f"restarts, seed {a.seed}\n"
+    )
+    print(
+        "| s/d | noise z | naive IG on Rᵀy: PSNR / SSIM | sketch-space IG: PSNR / SSIM | label acc (naive, sketch) |"
+    )
     print("|---|---|---|---|---|")
     base = cell(ratio=None, noise=0.0, attack="inverting_gradients", **kw)
-    print(f"| unsketched | 0 | {base['psnr']:.2f} / {base['ssim']:.3f} | — | {base['label_acc']:.2f} |", flush=True)
+    print(
+        f"| unsketched | 0 | {base['psnr']:.2f} / {base['ssim']:.3f} | — | {base['label_acc']:.2f} |",
+        flush=True,
+    )
     rows = [(r, 0.0) for r in a.ratios] + [(a.noise_ratio, z) for z in a.noises]
     for ratio, z in rows:
         nv = cell(ratio=ratio, noise=z, attack="inverting_gradients", **kw)
         sk = cell(ratio=ratio, noise=z, attack="sketch_inverting_gradients", **kw)
-        print(f"| {ratio:g} | {z:g} | {nv['psnr']:.2f} / {nv['ssim']:.3f} | {sk['psnr']:.2f} / {sk['ssim']:.3f} | "
-              f"{nv['label_acc']:.2f}, {sk['label_acc']:.2f} |", flush=True)
+        print(
+            f"| {ratio:g} | {z:g} | {nv['psnr']:.2f} / {nv['ssim']:.3f} | {sk['psnr']:.2f} / {sk['ssim']:.3f} | "
+            f"{nv['label_acc']:.2f}, {sk['label_acc']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,15 @@ from torch import nn
 from simulator.context import ClientContext, RoundContext
 from simulator.registry import Registry
 
-__all__ = ["AggregationResult", "Aggregator", "ClientDefense", "ServerDefense",
-           "AGGREGATORS", "CLIENT_DEFENSES", "SERVER_DEFENSES"]
+__all__ = [
+    "AGGREGATORS",
+    "CLIENT_DEFENSES",
+    "SERVER_DEFENSES",
+    "AggregationResult",
+    "Aggregator",
+    "ClientDefense",
+    "ServerDefense",
+]
 
 
 @dataclass(frozen=True)
@@ -53,16 +60,14 @@ class ClientDefense(ABC):
         return None
 
     @abstractmethod
-    def apply(self, delta: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
-        ...
+    def apply(self, delta: torch.Tensor, ctx: ClientContext) -> torch.Tensor: ...
 
 
 class ServerDefense(ABC):
     """Step 11: transform the aggregate update on the server."""
 
     @abstractmethod
-    def apply(self, update: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
-        ...
+    def apply(self, update: torch.Tensor, ctx: RoundContext) -> torch.Tensor: ...
 
 
 AGGREGATORS: Registry[Aggregator] = Registry("aggregator")

@@ -8,8 +8,9 @@ from collections.abc import Iterable
 __all__ = ["detection_rates"]
 
 
-def detection_rates(accepted: Iterable[int], all_ids: Iterable[int],
-                    malicious_ids: Iterable[int]) -> tuple[float, float]:
+def detection_rates(
+    accepted: Iterable[int], all_ids: Iterable[int], malicious_ids: Iterable[int]
+) -> tuple[float, float]:
     """True- and false-positive rates of a round's rejection, a positive being a *rejected* client.
 
     TPR = rejected malicious / malicious, FPR = rejected benign / benign, each NaN when its

@@ -6,7 +6,7 @@
 
 from simulator.scenario import Scenario, ScenarioError, load_scenario
 
-__all__ = ["Scenario", "ScenarioError", "load_scenario", "run", "RunResult"]
+__all__ = ["RunResult", "Scenario", "ScenarioError", "load_scenario", "run"]
 
 
 def __getattr__(name: str):  # keep `import simulator` light: Flower and torch load on first use

@@ -13,8 +13,12 @@ from typing import Any
 __all__ = ["backdoor_lifespan"]
 
 
-def backdoor_lifespan(backdoor_accuracy: Sequence[tuple[int, float | None]], acting_rounds: Sequence[int], *,
-                      threshold: float = 0.1) -> dict[str, Any]:
+def backdoor_lifespan(
+    backdoor_accuracy: Sequence[tuple[int, float | None]],
+    acting_rounds: Sequence[int],
+    *,
+    threshold: float = 0.1,
+) -> dict[str, Any]:
     """Rounds from the last attack round until backdoor accuracy first drops below ``threshold``.
 
     ``backdoor_accuracy`` holds (round, BA) pairs, BA None or NaN where the round was not evaluated.
@@ -31,8 +35,9 @@ def backdoor_lifespan(backdoor_accuracy: Sequence[tuple[int, float | None]], act
         return out
     last = max(acting_rounds)
     out["after_round"] = last
-    later = sorted((r, ba) for r, ba in backdoor_accuracy
-                   if r > last and ba is not None and not math.isnan(ba))
+    later = sorted(
+        (r, ba) for r, ba in backdoor_accuracy if r > last and ba is not None and not math.isnan(ba)
+    )
     if not later:
         return out
     for r, ba in later:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -20,8 +20,12 @@ from simulator.runner import RunFailed
 from simulator.runner import run as run_scenario
 from simulator.scenario import ScenarioError, load_scenario
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="privsim: federated-learning privacy and security simulator (Flower).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="privsim: federated-learning privacy and security simulator (Flower).",
+)
 
 __all__ = ["app", "main"]
 
@@ -55,10 +59,14 @@ def _run(s: Any, out: Path | None, store: Path | None, quiet: bool) -> Any:
 @app.command()
 def run(
     file: Path = typer.Argument(..., help="scenario TOML file"),
-    sets: list[str] = typer.Option([], "--set", help="override a field: --set federation.rounds=3 (repeatable)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: a new one under output.dir)"),
-    store: Optional[Path] = typer.Option(None, "--store", help="SQLite results store"),
-    engine: Optional[str] = typer.Option(None, "--engine", help="inline | ray (overrides simulation.engine)"),
+    sets: list[str] = typer.Option(
+        [], "--set", help="override a field: --set federation.rounds=3 (repeatable)"
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="output folder (default: a new one under output.dir)"
+    ),
+    store: Path | None = typer.Option(None, "--store", help="SQLite results store"),
+    engine: str | None = typer.Option(None, "--engine", help="inline | ray (overrides simulation.engine)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or per-round lines"),
 ) -> None:
     """Run a scenario; writes summary.json, rounds.csv and plots, and appends to the results store."""
@@ -72,7 +80,7 @@ def run(
     line = "; ".join([f"{s.name}: {result.status}", *parts])
     if fin.get("backdoor_accuracy") is not None:
         line += f", backdoor accuracy {fin['backdoor_accuracy']}"
-    if "privacy" in d and d["privacy"]:
+    if d.get("privacy"):
         line += f", epsilon {d['privacy'].get('epsilon')}"
     inv = d.get("inversion") if isinstance(d.get("inversion"), dict) else None
     if inv is not None and inv.get("refused"):
@@ -88,9 +96,9 @@ def run(
 def audit(
     file: Path = typer.Argument(..., help="scenario TOML file (its [audit] section, or a default one)"),
     sets: list[str] = typer.Option([], "--set", help="override a field (repeatable)"),
-    canaries: Optional[int] = typer.Option(None, "--canaries", help="number of canaries (default 1000)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output folder"),
-    store: Optional[Path] = typer.Option(None, "--store", help="SQLite results store"),
+    canaries: int | None = typer.Option(None, "--canaries", help="number of canaries (default 1000)"),
+    out: Path | None = typer.Option(None, "--out", help="output folder"),
+    store: Path | None = typer.Option(None, "--store", help="SQLite results store"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or per-round lines"),
 ) -> None:
     """Run a scenario with an empirical privacy audit: the ledger's ε (upper) beside the audit's ε̂ (lower)."""
@@ -107,9 +115,11 @@ def audit(
     assert a is not None  # the scenario was given an [audit] section above
     upper = a["epsilon_upper"]
     up = "inf (no DP)" if upper is None or upper == float("inf") else f"{upper:.3g}"
-    typer.echo(f"{s.name}: {a['level']}-level audit, {a['canaries']} canaries ({a['statistic']}): "
-               f"epsilon lower bound {a['epsilon_lower']:.3g} at {a['confidence']:.0%} confidence, "
-               f"ledger epsilon {up}, AUC {a['auc']:.3f}; results in {result.out_dir}")
+    typer.echo(
+        f"{s.name}: {a['level']}-level audit, {a['canaries']} canaries ({a['statistic']}): "
+        f"epsilon lower bound {a['epsilon_lower']:.3g} at {a['confidence']:.0%} confidence, "
+        f"ledger epsilon {up}, AUC {a['auc']:.3f}; results in {result.out_dir}"
+    )
 
 
 @app.command()
@@ -126,7 +136,7 @@ def validate(
 
 
 @app.command("list")
-def list_plugins(kind: Optional[str] = typer.Argument(None, help="one registry, e.g. 'aggregator'")) -> None:
+def list_plugins(kind: str | None = typer.Argument(None, help="one registry, e.g. 'aggregator'")) -> None:
     """Every registry and its plug-ins, one line of doc each."""
     regs = all_registries()
     if kind is not None and kind not in regs:
@@ -140,8 +150,9 @@ def list_plugins(kind: Optional[str] = typer.Argument(None, help="one registry, 
             typer.echo(f"  {e.name:<22} {e.summary}  [params: {params}]")
 
 
-leaderboard_app = typer.Typer(no_args_is_help=True,
-                              help="Attack × defense leaderboards over a grid of scenarios.")
+leaderboard_app = typer.Typer(
+    no_args_is_help=True, help="Attack × defense leaderboards over a grid of scenarios."
+)
 app.add_typer(leaderboard_app, name="leaderboard")
 
 
@@ -155,25 +166,40 @@ def _load_grid(file: Path, sets: list[str] | None = None):
 @leaderboard_app.command("run")
 def leaderboard_run(
     file: Path = typer.Argument(..., help="grid TOML file (format: simulator/leaderboard/grid.py)"),
-    out: Optional[Path] = typer.Option(None, "--out",
-                                       help="leaderboard folder (default <output.dir>/leaderboard/<name>)"),
-    store: Optional[Path] = typer.Option(None, "--store",
-                                         help="SQLite results store (default: the base scenario's)"),
-    workers: int = typer.Option(1, "--workers", min=1,
-                                help="cells run in parallel processes (forced to 1 for ray cells)"),
+    out: Path | None = typer.Option(
+        None, "--out", help="leaderboard folder (default <output.dir>/leaderboard/<name>)"
+    ),
+    store: Path | None = typer.Option(
+        None, "--store", help="SQLite results store (default: the base scenario's)"
+    ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="cells run in parallel processes (forced to 1 for ray cells)"
+    ),
     rerun: bool = typer.Option(False, "--rerun", help="recompute cells already finished in the store"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
-    sets: list[str] = typer.Option([], "--set", help="override a field of every cell, after the grid's own "
-                                                      "overrides and before its axes (repeatable)"),
+    sets: list[str] = typer.Option(
+        [],
+        "--set",
+        help="override a field of every cell, after the grid's own "
+        "overrides and before its axes (repeatable)",
+    ),
 ) -> None:
     """Run every cell of a grid not yet in the store; write leaderboard.md / .csv / .html and heatmaps."""
     grid = _load_grid(file, sets)
     out_dir = out or default_out_dir(grid)
-    result = run_grid(grid, store=store or default_store(grid), out_dir=out_dir, workers=workers, rerun=rerun,
-                      progress=not quiet)
-    typer.echo(f"{grid.name}: {len(result.cells)} cells: {result.count('completed')} completed, "
-               f"{result.count('skipped')} skipped (already in the store), {result.count('failed')} failed; "
-               f"leaderboard in {out_dir}")
+    result = run_grid(
+        grid,
+        store=store or default_store(grid),
+        out_dir=out_dir,
+        workers=workers,
+        rerun=rerun,
+        progress=not quiet,
+    )
+    typer.echo(
+        f"{grid.name}: {len(result.cells)} cells: {result.count('completed')} completed, "
+        f"{result.count('skipped')} skipped (already in the store), {result.count('failed')} failed; "
+        f"leaderboard in {out_dir}"
+    )
     if result.count("failed") == len(result.cells) and result.cells:
         _fail("every cell failed", 1)
 
@@ -181,8 +207,9 @@ def leaderboard_run(
 @leaderboard_app.command("show")
 def leaderboard_show(
     file: Path = typer.Argument(..., help="grid TOML file"),
-    store: Optional[Path] = typer.Option(None, "--store",
-                                         help="SQLite results store (default: the base scenario's)"),
+    store: Path | None = typer.Option(
+        None, "--store", help="SQLite results store (default: the base scenario's)"
+    ),
     sets: list[str] = typer.Option([], "--set", help="the same --set overrides the grid was run with"),
 ) -> None:
     """Print a grid's leaderboard from the results store (cells not run yet show as 'not run')."""

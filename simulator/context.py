@@ -16,7 +16,14 @@ import torch
 from simulator.flat import Layout
 from simulator.training import LocalTrainConfig
 
-__all__ = ["ClientContext", "RoundContext", "derive_seed", "make_generator", "private_generator", "run_secret"]
+__all__ = [
+    "ClientContext",
+    "RoundContext",
+    "derive_seed",
+    "make_generator",
+    "private_generator",
+    "run_secret",
+]
 
 
 def derive_seed(*parts: Any) -> int:

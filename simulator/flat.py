@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Layout", "layout_of", "flatten", "unflatten", "load_vector", "model_vector"]
+__all__ = ["Layout", "flatten", "layout_of", "load_vector", "model_vector", "unflatten"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def flatten(sd: dict[str, torch.Tensor], layout: Layout) -> torch.Tensor:
     return torch.cat([sd[n].detach().reshape(-1).to(torch.float32) for n in layout.names])
 
 
-def unflatten(vec: torch.Tensor, layout: Layout) -> "OrderedDict[str, torch.Tensor]":
+def unflatten(vec: torch.Tensor, layout: Layout) -> OrderedDict[str, torch.Tensor]:
     if vec.numel() != layout.dim:
         raise ValueError(f"vector has {vec.numel()} entries, layout expects {layout.dim}")
     out: OrderedDict[str, torch.Tensor] = OrderedDict()

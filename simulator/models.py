@@ -10,7 +10,7 @@ from torch import nn
 
 from simulator.registry import Registry
 
-__all__ = ["MODELS", "MLP", "SmallCNN", "LeNetDLG", "ResNet18", "build_model"]
+__all__ = ["MLP", "MODELS", "LeNetDLG", "ResNet18", "SmallCNN", "build_model"]
 
 MODELS: Registry[nn.Module] = Registry("model")
 _CTX = ("input_shape", "num_classes")
@@ -24,8 +24,13 @@ def _act(name: str) -> nn.Module:
 class MLP(nn.Module):
     """Fully connected network; the first layer has a bias (analytic inversion needs it)."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: list[int] = [200, 200],  # noqa: B006
-                 activation: str = "relu") -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        hidden: list[int] = [200, 200],  # noqa: B006
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         dims = [math.prod(input_shape), *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
@@ -42,8 +47,13 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """Two 5×5 conv blocks (ReLU, 2×2 max-pool) and two dense layers (the FedAvg paper's CNN)."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, channels: list[int] = [32, 64],  # noqa: B006
-                 hidden: int = 128) -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        channels: list[int] = [32, 64],  # noqa: B006
+        hidden: int = 128,
+    ) -> None:
         super().__init__()
         c, h, w = input_shape
         blocks: list[nn.Module] = []
@@ -51,8 +61,9 @@ class SmallCNN(nn.Module):
             blocks += [nn.Conv2d(c, out, 5, padding=2), nn.ReLU(inplace=False), nn.MaxPool2d(2)]
             c, h, w = out, h // 2, w // 2
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(inplace=False),
-                                  nn.Linear(hidden, num_classes))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(inplace=False), nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -63,14 +74,18 @@ class LeNetDLG(nn.Module):
     """The LeNet variant of DLG (Zhu et al., NeurIPS 2019): three 5×5 conv layers of 12 channels with
     sigmoid activations (strides 2, 2, 1) and one linear layer. Twice-differentiable everywhere."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, channels: int = 12,
-                 activation: str = "sigmoid") -> None:
+    def __init__(
+        self, input_shape: tuple[int, ...], num_classes: int, channels: int = 12, activation: str = "sigmoid"
+    ) -> None:
         super().__init__()
         c, h, w = input_shape
         self.body = nn.Sequential(
-            nn.Conv2d(c, channels, 5, padding=2, stride=2), _act(activation),
-            nn.Conv2d(channels, channels, 5, padding=2, stride=2), _act(activation),
-            nn.Conv2d(channels, channels, 5, padding=2, stride=1), _act(activation),
+            nn.Conv2d(c, channels, 5, padding=2, stride=2),
+            _act(activation),
+            nn.Conv2d(channels, channels, 5, padding=2, stride=2),
+            _act(activation),
+            nn.Conv2d(channels, channels, 5, padding=2, stride=1),
+            _act(activation),
         )
         hh, ww = (h + 1) // 2, (w + 1) // 2
         hh, ww = (hh + 1) // 2, (ww + 1) // 2
@@ -113,10 +128,14 @@ class ResNet18(nn.Module):
     """CIFAR-style ResNet-18 (3×3 stem, no max-pool; He et al., 2016) with GroupNorm by default so
     that Opacus can train it; ``norm = "batch"`` for the usual BatchNorm."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, norm: str = "group", width: int = 64) -> None:
+    def __init__(
+        self, input_shape: tuple[int, ...], num_classes: int, norm: str = "group", width: int = 64
+    ) -> None:
         super().__init__()
         c = input_shape[0]
-        self.stem = nn.Sequential(nn.Conv2d(c, width, 3, 1, 1, bias=False), _norm(norm, width), nn.ReLU(inplace=False))
+        self.stem = nn.Sequential(
+            nn.Conv2d(c, width, 3, 1, 1, bias=False), _norm(norm, width), nn.ReLU(inplace=False)
+        )
         layers, cin = [], width
         for i, mult in enumerate((1, 2, 4, 8)):
             cout = width * mult
@@ -131,7 +150,9 @@ class ResNet18(nn.Module):
         return self.fc(self.pool(self.layers(self.stem(x))).flatten(1))
 
 
-def build_model(name: str, params: dict, *, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+def build_model(
+    name: str, params: dict, *, input_shape: tuple[int, ...], num_classes: int, seed: int
+) -> nn.Module:
     """Build a model with seeded initial weights (the same on every process)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

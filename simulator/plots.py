@@ -19,8 +19,9 @@ def pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def plot_rounds(rounds: list[dict[str, Any]], out_dir: Path, *, title: str = "",
-                attacker_rounds: list[int] | None = None) -> list[Path]:
+def plot_rounds(
+    rounds: list[dict[str, Any]], out_dir: Path, *, title: str = "", attacker_rounds: list[int] | None = None
+) -> list[Path]:
     """accuracy.png (main and, if present, backdoor accuracy; attacker rounds shaded) and loss.png."""
     plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -31,10 +32,18 @@ def plot_rounds(rounds: list[dict[str, Any]], out_dir: Path, *, title: str = "",
     ax.plot(xs, [r["main_accuracy"] for r in ev], marker="o", ms=3, label="main accuracy")
     if any(r.get("backdoor_accuracy") is not None for r in ev):
         bx = [r["round"] for r in ev if r.get("backdoor_accuracy") is not None]
-        ax.plot(bx, [r["backdoor_accuracy"] for r in ev if r.get("backdoor_accuracy") is not None],
-                marker="s", ms=3, color="tab:red", label="backdoor accuracy")
+        ax.plot(
+            bx,
+            [r["backdoor_accuracy"] for r in ev if r.get("backdoor_accuracy") is not None],
+            marker="s",
+            ms=3,
+            color="tab:red",
+            label="backdoor accuracy",
+        )
     for i, r in enumerate(attacker_rounds or []):
-        ax.axvspan(r - 0.5, r + 0.5, color="tab:red", alpha=0.08, lw=0, label="attacker round" if i == 0 else None)
+        ax.axvspan(
+            r - 0.5, r + 0.5, color="tab:red", alpha=0.08, lw=0, label="attacker round" if i == 0 else None
+        )
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
@@ -50,7 +59,13 @@ def plot_rounds(rounds: list[dict[str, Any]], out_dir: Path, *, title: str = "",
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.plot(xs, [r["main_loss"] for r in ev], marker="o", ms=3, label="test loss")
     tr = [r for r in rounds if r.get("train_loss") is not None]
-    ax.plot([r["round"] for r in tr], [r["train_loss"] for r in tr], marker=".", ms=3, label="mean client train loss")
+    ax.plot(
+        [r["round"] for r in tr],
+        [r["train_loss"] for r in tr],
+        marker=".",
+        ms=3,
+        label="mean client train loss",
+    )
     ax.set_xlabel("round")
     ax.set_ylabel("cross-entropy")
     ax.grid(alpha=0.3)

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 T = TypeVar("T")
 
-__all__ = ["Registry", "Entry", "UnknownName", "BadParams", "all_registries", "did_you_mean"]
+__all__ = ["BadParams", "Entry", "Registry", "UnknownName", "all_registries", "did_you_mean"]
 
 
 class UnknownName(KeyError):
@@ -96,7 +96,9 @@ def _signature_fields(target: Callable[..., Any], context: tuple[str, ...]) -> t
     return fields, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
 
-def _params_from_signature(name: str, factory: Callable[..., Any], context: tuple[str, ...]) -> type[BaseModel]:
+def _params_from_signature(
+    name: str, factory: Callable[..., Any], context: tuple[str, ...]
+) -> type[BaseModel]:
     """The params model of a plug-in from its keyword arguments. A class whose ``__init__`` takes
     ``**kwargs`` passes them on to its parent, so the parents' ``__init__`` parameters are added (the subclass
     wins on a name both declare) instead of being re-declared in every subclass."""
@@ -206,6 +208,12 @@ def all_registries() -> dict[str, Registry[Any]]:
 
 def import_plugins() -> None:
     """Import every package that registers plug-ins (idempotent, no other side effects)."""
-    for mod in ("simulator.data", "simulator.models", "simulator.sketching", "simulator.dp",
-                "attacks", "defenses"):
+    for mod in (
+        "simulator.data",
+        "simulator.models",
+        "simulator.sketching",
+        "simulator.dp",
+        "attacks",
+        "defenses",
+    ):
         importlib.import_module(mod)

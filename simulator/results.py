@@ -14,12 +14,21 @@ import math
 import platform
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["InversionRound", "RoundRecord", "RunResult", "ResultsStore", "versions", "write_outputs", "jsonable", "default_out_dir"]
+__all__ = [
+    "InversionRound",
+    "ResultsStore",
+    "RoundRecord",
+    "RunResult",
+    "default_out_dir",
+    "jsonable",
+    "versions",
+    "write_outputs",
+]
 
 
 def default_out_dir(s: Any) -> Path:
@@ -49,7 +58,9 @@ def jsonable(x: Any) -> Any:
 class InversionRound:
     """The in-run inversion attack's results in one round (step 9): per attacked client and their means."""
 
-    per_client: dict[int, dict[str, float | None]] = field(default_factory=dict)  # psnr, ssim, mse, label_acc ...
+    per_client: dict[int, dict[str, float | None]] = field(
+        default_factory=dict
+    )  # psnr, ssim, mse, label_acc ...
     psnr: float | None = None
     ssim: float | None = None
     label_accuracy: float | None = None
@@ -84,7 +95,9 @@ class RoundRecord:
     scores: dict[int, float] = field(default_factory=dict)  # the aggregator's per-client scores
     skipped: str | None = None  # why the global model was left unchanged this round
     audit_canaries: int = 0  # [audit] level = "client": canary clients in this round's aggregate
-    privacy: dict[str, float] = field(default_factory=dict)  # the mechanism's round report (ε, δ, clip norm ...)
+    privacy: dict[str, float] = field(
+        default_factory=dict
+    )  # the mechanism's round report (ε, δ, clip norm ...)
     inversion: InversionRound | None = None
 
     def flat(self) -> dict[str, Any]:
@@ -101,17 +114,45 @@ class RoundRecord:
         d.update(self.privacy)
         if self.inversion is not None:
             d["inversion"] = {str(k): v for k, v in self.inversion.per_client.items()}
-            d.update(inversion_psnr=self.inversion.psnr, inversion_ssim=self.inversion.ssim,
-                     inversion_label_accuracy=self.inversion.label_accuracy)
+            d.update(
+                inversion_psnr=self.inversion.psnr,
+                inversion_ssim=self.inversion.ssim,
+                inversion_label_accuracy=self.inversion.label_accuracy,
+            )
         return d
 
-    CSV_FIELDS = ("round", "main_accuracy", "main_loss", "train_loss", "clients_sampled", "clients_replied",
-                  "clients_aggregated", "seconds", "bytes_up", "bytes_down")
+    CSV_FIELDS = (
+        "round",
+        "main_accuracy",
+        "main_loss",
+        "train_loss",
+        "clients_sampled",
+        "clients_replied",
+        "clients_aggregated",
+        "seconds",
+        "bytes_up",
+        "bytes_down",
+    )
 
 
-_PLAIN_FIELDS = ("round", "main_accuracy", "main_loss", "train_loss", "clients_sampled", "clients_replied",
-                 "clients_aggregated", "sampled", "dropped", "failed", "rejected", "accepted", "malicious", "seconds",
-                 "bytes_up", "bytes_down")
+_PLAIN_FIELDS = (
+    "round",
+    "main_accuracy",
+    "main_loss",
+    "train_loss",
+    "clients_sampled",
+    "clients_replied",
+    "clients_aggregated",
+    "sampled",
+    "dropped",
+    "failed",
+    "rejected",
+    "accepted",
+    "malicious",
+    "seconds",
+    "bytes_up",
+    "bytes_down",
+)
 
 
 @dataclass
@@ -141,7 +182,17 @@ class RunResult:
     payload: dict[str, Any] | None = None  # leakage: the payload the server received
     images: list[int] | None = None  # leakage: the victim's dataset indices
 
-    BLOCKS = ("warm_start", "privacy", "audit", "defense", "inversion", "attack", "client", "payload", "images")
+    BLOCKS = (
+        "warm_start",
+        "privacy",
+        "audit",
+        "defense",
+        "inversion",
+        "attack",
+        "client",
+        "payload",
+        "images",
+    )
 
     @property
     def final(self) -> dict[str, Any]:
@@ -168,32 +219,39 @@ class RunResult:
         up = sum(r.bytes_up for r in self.rounds)
         down = sum(r.bytes_down for r in self.rounds)
         n = max(len(self.rounds), 1)
-        out = {"bytes_up": up, "bytes_down": down, "bytes_up_per_round": up / n, "bytes_down_per_round": down / n}
+        out = {
+            "bytes_up": up,
+            "bytes_down": down,
+            "bytes_up_per_round": up / n,
+            "bytes_down_per_round": down / n,
+        }
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable({
-            "name": self.name,
-            "status": self.status,
-            "seed": self.seed,
-            "engine": self.engine,
-            "scenario_digest": self.scenario_digest,
-            "versions": self.versions,
-            "wall_time_s": self.wall_time_s,
-            "final": self.final,
-            "best": self.best,
-            "communication": self.communication(),
-            "replies": {
-                "dropped": sum(len(r.dropped) for r in self.rounds),
-                "failed": sum(len(r.failed) for r in self.rounds),
-                "rejected": sum(len(r.rejected) for r in self.rounds),
-            },
-            **({"kind": self.kind} if self.kind != "federated" else {}),
-            **{k: getattr(self, k) for k in self.BLOCKS if getattr(self, k) is not None},
-            "rounds": [r.flat() for r in self.rounds],
-            "scenario": self.scenario,
-            "out_dir": self.out_dir,
-        })
+        return jsonable(
+            {
+                "name": self.name,
+                "status": self.status,
+                "seed": self.seed,
+                "engine": self.engine,
+                "scenario_digest": self.scenario_digest,
+                "versions": self.versions,
+                "wall_time_s": self.wall_time_s,
+                "final": self.final,
+                "best": self.best,
+                "communication": self.communication(),
+                "replies": {
+                    "dropped": sum(len(r.dropped) for r in self.rounds),
+                    "failed": sum(len(r.failed) for r in self.rounds),
+                    "rejected": sum(len(r.rejected) for r in self.rounds),
+                },
+                **({"kind": self.kind} if self.kind != "federated" else {}),
+                **{k: getattr(self, k) for k in self.BLOCKS if getattr(self, k) is not None},
+                "rounds": [r.flat() for r in self.rounds],
+                "scenario": self.scenario,
+                "out_dir": self.out_dir,
+            }
+        )
 
 
 def versions() -> dict[str, str]:
@@ -211,16 +269,24 @@ def write_outputs(result: RunResult, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
     plain = {*RoundRecord.CSV_FIELDS, *_PLAIN_FIELDS}
-    extra_keys = sorted({k for r in result.rounds for k, v in r.flat().items()
-                         if k not in plain and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    extra_keys = sorted(
+        {
+            k
+            for r in result.rounds
+            for k, v in r.flat().items()
+            if k not in plain and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    )
     with open(out_dir / "rounds.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*RoundRecord.CSV_FIELDS, "rejected", "failed", "dropped", *extra_keys])
         for r in result.rounds:
             flat = r.flat()
-            w.writerow([flat[k] for k in RoundRecord.CSV_FIELDS]
-                       + [len(r.rejected), len(r.failed), len(r.dropped)]
-                       + [flat.get(k, "") for k in extra_keys])
+            w.writerow(
+                [flat[k] for k in RoundRecord.CSV_FIELDS]
+                + [len(r.rejected), len(r.failed), len(r.dropped)]
+                + [flat.get(k, "") for k in extra_keys]
+            )
 
 
 _SCHEMA = """
@@ -264,14 +330,18 @@ class ResultsStore:
 
     def start_run(self, *, digest: str, name: str, out_dir: str | None, tag: str | None = None) -> int:
         with self._connect() as con:
-            cur = con.execute("INSERT INTO runs(digest, name, started_at, status, out_dir, tag) VALUES (?,?,?,?,?,?)",
-                              (digest, name, time.time(), "running", out_dir, tag))
+            cur = con.execute(
+                "INSERT INTO runs(digest, name, started_at, status, out_dir, tag) VALUES (?,?,?,?,?,?)",
+                (digest, name, time.time(), "running", out_dir, tag),
+            )
             return int(cur.lastrowid or 0)
 
     def add_round(self, run_id: int, record: RoundRecord) -> None:
         with self._connect() as con:
-            con.execute("INSERT OR REPLACE INTO rounds(run_id, round, main_accuracy, record_json) VALUES (?,?,?,?)",
-                        (run_id, record.round, record.main_accuracy, json.dumps(jsonable(record.flat()))))
+            con.execute(
+                "INSERT OR REPLACE INTO rounds(run_id, round, main_accuracy, record_json) VALUES (?,?,?,?)",
+                (run_id, record.round, record.main_accuracy, json.dumps(jsonable(record.flat()))),
+            )
 
     def finish_run(self, run_id: int, result: RunResult) -> None:
         fin = result.final
@@ -279,28 +349,45 @@ class ResultsStore:
             con.execute(
                 "UPDATE runs SET finished_at=?, status=?, final_main_accuracy=?, final_backdoor_accuracy=?, "
                 "summary_json=? WHERE id=?",
-                (time.time(), result.status, fin.get("main_accuracy"), fin.get("backdoor_accuracy"),
-                 json.dumps(result.to_dict()), run_id))
+                (
+                    time.time(),
+                    result.status,
+                    fin.get("main_accuracy"),
+                    fin.get("backdoor_accuracy"),
+                    json.dumps(result.to_dict()),
+                    run_id,
+                ),
+            )
 
     def fail_run(self, run_id: int, reason: str) -> None:
         with self._connect() as con:
-            con.execute("UPDATE runs SET finished_at=?, status=? WHERE id=?", (time.time(), f"failed: {reason}", run_id))
+            con.execute(
+                "UPDATE runs SET finished_at=?, status=? WHERE id=?",
+                (time.time(), f"failed: {reason}", run_id),
+            )
 
     def finished(self, digest: str) -> dict[str, Any] | None:
         """The summary of the latest completed run with this scenario digest, if any."""
         with self._connect() as con:
-            row = con.execute("SELECT summary_json FROM runs WHERE digest=? AND summary_json IS NOT NULL "
-                              "AND status NOT LIKE 'failed%' ORDER BY id DESC LIMIT 1", (digest,)).fetchone()
+            row = con.execute(
+                "SELECT summary_json FROM runs WHERE digest=? AND summary_json IS NOT NULL "
+                "AND status NOT LIKE 'failed%' ORDER BY id DESC LIMIT 1",
+                (digest,),
+            ).fetchone()
         return json.loads(row[0]) if row else None
 
     def runs(self) -> list[dict[str, Any]]:
         with self._connect() as con:
             con.row_factory = sqlite3.Row
-            rows = con.execute("SELECT id, digest, name, started_at, finished_at, status, final_main_accuracy, "
-                               "final_backdoor_accuracy, out_dir, tag FROM runs ORDER BY id").fetchall()
+            rows = con.execute(
+                "SELECT id, digest, name, started_at, finished_at, status, final_main_accuracy, "
+                "final_backdoor_accuracy, out_dir, tag FROM runs ORDER BY id"
+            ).fetchall()
         return [dict(r) for r in rows]
 
     def rounds(self, run_id: int) -> list[dict[str, Any]]:
         with self._connect() as con:
-            rows = con.execute("SELECT record_json FROM rounds WHERE run_id=? ORDER BY round", (run_id,)).fetchall()
+            rows = con.execute(
+                "SELECT record_json FROM rounds WHERE run_id=? ORDER BY round", (run_id,)
+            ).fetchall()
         return [json.loads(r[0]) for r in rows]

@@ -28,7 +28,7 @@ from simulator.scenario import Problem, Scenario, ScenarioError
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
-__all__ = ["run", "RunFailed", "default_out_dir"]
+__all__ = ["RunFailed", "default_out_dir", "run"]
 
 
 class RunFailed(RuntimeError):
@@ -41,11 +41,26 @@ def check_device(s: Scenario) -> None:
     if dev.type != "cuda":
         return
     if not torch.cuda.is_available():
-        raise ScenarioError(s.source, [Problem("simulation.device", f"{s.simulation.device!r} but torch "
-                                               f"{torch.__version__} sees no CUDA GPU; use 'cpu'")])
+        raise ScenarioError(
+            s.source,
+            [
+                Problem(
+                    "simulation.device",
+                    f"{s.simulation.device!r} but torch {torch.__version__} sees no CUDA GPU; use 'cpu'",
+                )
+            ],
+        )
     if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ScenarioError(s.source, [Problem("simulation.device", f"{s.simulation.device!r} but only "
-                                               f"{torch.cuda.device_count()} CUDA device(s) are visible")])
+        raise ScenarioError(
+            s.source,
+            [
+                Problem(
+                    "simulation.device",
+                    f"{s.simulation.device!r} but only "
+                    f"{torch.cuda.device_count()} CUDA device(s) are visible",
+                )
+            ],
+        )
 
 
 class _Sink:
@@ -58,8 +73,14 @@ class _Sink:
         self.task: TaskID | None = None
         if progress:
             self.console = Console(stderr=True)
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), console=self.console, transient=True)
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
 
     def on_start(self, scenario: Scenario, runtime: Runtime) -> None:
         if self.bar is not None:
@@ -80,8 +101,10 @@ class _Sink:
             bad = len(r.rejected) + len(r.failed) + len(r.dropped)
             if bad:
                 extra += f"  rejected {len(r.rejected)} failed {len(r.failed)} dropped {len(r.dropped)}"
-            self.console.print(f"round {r.round:>4}/{self.s.federation.rounds}  acc {acc}  loss {loss}  "
-                               f"clients {r.clients_aggregated}/{r.clients_sampled}  {r.seconds:6.2f} s{extra}")
+            self.console.print(
+                f"round {r.round:>4}/{self.s.federation.rounds}  acc {acc}  loss {loss}  "
+                f"clients {r.clients_aggregated}/{r.clients_sampled}  {r.seconds:6.2f} s{extra}"
+            )
             assert self.task is not None  # on_start added the task when it started the bar
             self.bar.advance(self.task)
 
@@ -106,17 +129,31 @@ def _run_ray(s: Scenario, server_app: Any, client_app: Any) -> None:
     elif s.simulation.ray_num_cpus:
         init_args["num_cpus"] = s.simulation.ray_num_cpus
     backend_config = {
-        "client_resources": {"num_cpus": s.simulation.num_cpus_per_client,
-                             "num_gpus": s.simulation.num_gpus_per_client},
+        "client_resources": {
+            "num_cpus": s.simulation.num_cpus_per_client,
+            "num_gpus": s.simulation.num_gpus_per_client,
+        },
         "init_args": init_args,
     }
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=s.data.num_clients,
-                   backend_config=backend_config, verbose_logging=False)
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=s.data.num_clients,
+        backend_config=backend_config,
+        verbose_logging=False,
+    )
 
 
-def run(scenario: Scenario, *, out_dir: str | Path | None = None, store: str | Path | None = None,
-        progress: bool = False, write: bool = True, tag: str | None = None) -> RunResult:
+def run(
+    scenario: Scenario,
+    *,
+    out_dir: str | Path | None = None,
+    store: str | Path | None = None,
+    progress: bool = False,
+    write: bool = True,
+    tag: str | None = None,
+) -> RunResult:
     """Run a scenario; returns the :class:`RunResult` (the content of summary.json).
 
     ``out_dir``: where summary.json, rounds.csv and the plots go (default: a new folder under
@@ -150,33 +187,60 @@ def run(scenario: Scenario, *, out_dir: str | Path | None = None, store: str | P
         sink.close()
     wall = time.perf_counter() - t0
     if outcome.error is not None or not outcome.records:
-        reason = outcome.status if outcome.error is not None else (
-            "the engine returned no rounds (did the ClientApp's workers die? see the log above)")
+        reason = (
+            outcome.status
+            if outcome.error is not None
+            else ("the engine returned no rounds (did the ClientApp's workers die? see the log above)")
+        )
         if rs is not None and run_id is not None:
             rs.fail_run(run_id, reason)
         raise RunFailed(f"{s.name}: {reason}") from outcome.error
-    result = RunResult(name=s.name, scenario=s.resolved(), scenario_digest=s.digest(), seed=s.seed,
-                       engine=s.simulation.engine, versions=versions(), rounds=outcome.records, wall_time_s=wall,
-                       status=outcome.status, out_dir=str(out) if write else None, warm_start=outcome.warm_start,
-                       privacy=outcome.privacy, audit=outcome.audit, defense=outcome.defense,
-                       inversion=outcome.inversion, attack=outcome.attack)
+    result = RunResult(
+        name=s.name,
+        scenario=s.resolved(),
+        scenario_digest=s.digest(),
+        seed=s.seed,
+        engine=s.simulation.engine,
+        versions=versions(),
+        rounds=outcome.records,
+        wall_time_s=wall,
+        status=outcome.status,
+        out_dir=str(out) if write else None,
+        warm_start=outcome.warm_start,
+        privacy=outcome.privacy,
+        audit=outcome.audit,
+        defense=outcome.defense,
+        inversion=outcome.inversion,
+        attack=outcome.attack,
+    )
     if write:
         write_outputs(result, out)
         if s.output.plots:
-            plot_rounds([r.flat() for r in result.rounds], out, title=s.name,
-                        attacker_rounds=(outcome.attack or {}).get("acting_rounds"))
+            plot_rounds(
+                [r.flat() for r in result.rounds],
+                out,
+                title=s.name,
+                attacker_rounds=(outcome.attack or {}).get("acting_rounds"),
+            )
         if outcome.audit_scores:
             a = outcome.audit
             assert a is not None  # the audit block is written with its scores
-            plot_scores(outcome.audit_scores, out / "audit_scores.png",
-                        title=f"{s.name}: canaries, ε̂ ≥ {a['epsilon_lower']:.2f} (all iterates, "
-                              f"{a['confidence']:.0%}); ledger ε ≤ {a['epsilon_upper']:.3g}")
+            plot_scores(
+                outcome.audit_scores,
+                out / "audit_scores.png",
+                title=f"{s.name}: canaries, ε̂ ≥ {a['epsilon_lower']:.2f} (all iterates, "
+                f"{a['confidence']:.0%}); ledger ε ≤ {a['epsilon_upper']:.3g}",
+            )
         if outcome.attacked:
             assert s.attacks.inversion is not None  # only the in-run inversion attack fills outcome.attacked
             for a in outcome.attacked:  # one grid per attacked update: truth row, reconstruction row
-                save_grid(out / "inversion" / f"round{a.round:03d}_client{a.client}.png", a.truth, a.reconstruction,
-                          title=f"{s.attacks.inversion.name}, round {a.round}, client {a.client}: "
-                                f"PSNR {a.metrics['psnr']:.1f} dB")
+                save_grid(
+                    out / "inversion" / f"round{a.round:03d}_client{a.client}.png",
+                    a.truth,
+                    a.reconstruction,
+                    title=f"{s.attacks.inversion.name}, round {a.round}, client {a.client}: "
+                    f"PSNR {a.metrics['psnr']:.1f} dB",
+                )
         assert rs is not None and run_id is not None
         rs.finish_run(run_id, result)
     return result

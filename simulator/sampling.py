@@ -16,7 +16,7 @@ from simulator.context import derive_seed
 from simulator.scenario.attacks import AttackerPlan
 from simulator.scenario.core import expected_cohort
 
-__all__ = ["AttackerSchedule", "Cohort", "ClientSampler"]
+__all__ = ["AttackerSchedule", "ClientSampler", "Cohort"]
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,9 @@ class AttackerSchedule:
     rounds: int
 
     @classmethod
-    def from_plan(cls, plan: AttackerPlan, *, num_clients: int, seed: int, rounds: int,
-                  active: bool) -> "AttackerSchedule":
+    def from_plan(
+        cls, plan: AttackerPlan, *, num_clients: int, seed: int, rounds: int, active: bool
+    ) -> AttackerSchedule:
         if not active:
             return cls((), plan, seed, rounds)
         if plan.malicious_ids is not None:
@@ -39,8 +40,15 @@ class AttackerSchedule:
                 raise ValueError(f"attacks.plan.malicious_ids {bad} outside 0..{num_clients - 1}")
             ids = sorted(set(plan.malicious_ids))
         else:
-            k = plan.malicious if plan.malicious is not None else (
-                int(round((plan.malicious_fraction or 0.0) * num_clients)) if plan.malicious_fraction is not None else 1)
+            k = (
+                plan.malicious
+                if plan.malicious is not None
+                else (
+                    int(round((plan.malicious_fraction or 0.0) * num_clients))
+                    if plan.malicious_fraction is not None
+                    else 1
+                )
+            )
             k = min(k, num_clients)
             rng = np.random.default_rng(derive_seed(seed, "malicious"))
             ids = sorted(int(i) for i in rng.choice(num_clients, size=k, replace=False))
@@ -100,8 +108,9 @@ class ClientSampler:
 
     @property
     def expected_size(self) -> float:
-        return expected_cohort(self.num_clients, clients_per_round=self.clients_per_round,
-                               sampling_rate=self.sampling_rate)
+        return expected_cohort(
+            self.num_clients, clients_per_round=self.clients_per_round, sampling_rate=self.sampling_rate
+        )
 
     def sample(self, server_round: int) -> Cohort:
         n = self.num_clients
@@ -113,13 +122,18 @@ class ClientSampler:
             m = int(round(self.expected_size))
             chosen = set(rng.choice(n, size=m, replace=False).tolist())
         acting = set(self.schedule.acting(server_round))
-        must = (acting if self.schedule.plan.guarantee_sampled else set()) | set(self.forced.get(server_round, ()))
+        must = (acting if self.schedule.plan.guarantee_sampled else set()) | set(
+            self.forced.get(server_round, ())
+        )
         if must - chosen:
             missing = sorted(must - chosen)
             if self.sampling == "fixed":
                 benign = sorted(chosen - must)
-                out: np.ndarray | list[int] = (rng.choice(len(benign), size=min(len(missing), len(benign)),
-                                                          replace=False) if benign else [])
+                out: np.ndarray | list[int] = (
+                    rng.choice(len(benign), size=min(len(missing), len(benign)), replace=False)
+                    if benign
+                    else []
+                )
                 chosen -= {benign[i] for i in out}
             chosen |= set(missing)
         sampled = tuple(sorted(int(i) for i in chosen))

@@ -15,8 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LocalTrainConfig", "TrainHooks", "TrainStats", "make_optimizer", "train_local", "evaluate",
-           "iterate_minibatches"]
+__all__ = [
+    "LocalTrainConfig",
+    "TrainHooks",
+    "TrainStats",
+    "evaluate",
+    "iterate_minibatches",
+    "make_optimizer",
+    "train_local",
+]
 
 
 @dataclass(frozen=True)
@@ -69,22 +76,30 @@ def mixup_lambda(alpha: float, generator: torch.Generator) -> float:
     return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
-def mixup_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: float, label_smoothing: float,
-               generator: torch.Generator) -> torch.Tensor:
+def mixup_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    alpha: float,
+    label_smoothing: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Mixup (Zhang, Cisse, Dauphin & Lopez-Paz, ICLR 2018): train on ``λx + (1−λ)x[π]`` with the loss
     ``λ·CE(·, y) + (1−λ)·CE(·, y[π])``, i.e. the soft label ``λe_y + (1−λ)e_{y[π]}``; π a seeded shuffle."""
     lam = mixup_lambda(alpha, generator)
     perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
     out = model(lam * x + (1 - lam) * x[perm])
-    return (lam * F.cross_entropy(out, y, label_smoothing=label_smoothing)
-            + (1 - lam) * F.cross_entropy(out, y[perm], label_smoothing=label_smoothing))
+    return lam * F.cross_entropy(out, y, label_smoothing=label_smoothing) + (1 - lam) * F.cross_entropy(
+        out, y[perm], label_smoothing=label_smoothing
+    )
 
 
 def iterate_minibatches(n: int, batch_size: int, generator: torch.Generator):
     """Shuffled mini-batch index tensors covering ``range(n)`` once."""
     perm = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
-        yield perm[start:start + batch_size]
+        yield perm[start : start + batch_size]
 
 
 def train_local(
@@ -111,8 +126,14 @@ def train_local(
             xb, yb = x[idx], y[idx]
             opt.zero_grad(set_to_none=True)
             if cfg.mixup_alpha > 0:
-                loss = mixup_loss(model, xb, yb, alpha=cfg.mixup_alpha, label_smoothing=cfg.label_smoothing,
-                                  generator=generator)
+                loss = mixup_loss(
+                    model,
+                    xb,
+                    yb,
+                    alpha=cfg.mixup_alpha,
+                    label_smoothing=cfg.label_smoothing,
+                    generator=generator,
+                )
             else:
                 loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
             extra = hooks.extra_loss(model, xb, yb)
@@ -128,7 +149,9 @@ def train_local(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of ``model`` on ``(x, y)``; (nan, nan) on an empty set."""
     if x.shape[0] == 0:
         return math.nan, math.nan
@@ -136,8 +159,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     dev = next(model.parameters()).device
     correct, loss = 0, 0.0
     for s in range(0, x.shape[0], batch_size):
-        out = model(x[s:s + batch_size].to(dev))
-        yb = y[s:s + batch_size].to(dev)
+        out = model(x[s : s + batch_size].to(dev))
+        yb = y[s : s + batch_size].to(dev)
         loss += float(F.cross_entropy(out, yb, reduction="sum"))
         correct += int((out.argmax(1) == yb).sum())
     n = int(x.shape[0])

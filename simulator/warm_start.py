@@ -60,16 +60,26 @@ def warm_start_key(s: Scenario, data: FederatedData, train: LocalTrainConfig) ->
     for idx in data.client_indices:
         parts.update(np.asarray(idx, dtype=np.int64).tobytes())
         parts.update(b"|")
-    blob = {"format": _FORMAT, "dataset": s.data.dataset, "dataset_params": s.data.params,
-            "test_fraction": s.data.test_fraction, "max_examples": s.data.max_examples,
-            "model": s.model.name, "model_params": s.model.params,
-            "train": asdict(train), "cohort": cohort_size(s), "seed": s.seed,
-            "rounds": s.model.warm_start.rounds if s.model.warm_start else None, "partitions": parts.hexdigest()}
+    blob = {
+        "format": _FORMAT,
+        "dataset": s.data.dataset,
+        "dataset_params": s.data.params,
+        "test_fraction": s.data.test_fraction,
+        "max_examples": s.data.max_examples,
+        "model": s.model.name,
+        "model_params": s.model.params,
+        "train": asdict(train),
+        "cohort": cohort_size(s),
+        "seed": s.seed,
+        "rounds": s.model.warm_start.rounds if s.model.warm_start else None,
+        "partitions": parts.hexdigest(),
+    }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def fedavg_pretrain(model: nn.Module, data: FederatedData, train: LocalTrainConfig, *, rounds: int,
-                    cohort: int, seed: int) -> None:
+def fedavg_pretrain(
+    model: nn.Module, data: FederatedData, train: LocalTrainConfig, *, rounds: int, cohort: int, seed: int
+) -> None:
     """Plain FedAvg for ``rounds`` rounds, in place, through the round core with its default plug-ins (no
     DP, no defense, dense updates, the FedAvg aggregator): each round samples ``cohort`` clients uniformly
     without replacement (seeded), runs :func:`simulator.round.client_step` on each and
@@ -88,18 +98,41 @@ def fedavg_pretrain(model: nn.Module, data: FederatedData, train: LocalTrainConf
             if x.shape[0] == 0:
                 continue
             load_vector(local, glob, layout)
-            ctx = ClientContext(partition_id=pid, server_round=rnd, seed=seed, num_examples=int(x.shape[0]),
-                                global_vector=glob, layout=layout, train=train, num_clients=data.num_clients,
-                                expected_clients_per_round=float(cohort))
-            reply = client_step(local, x, y, ctx, client, generator=make_generator(seed, "warm_start", rnd, pid))
-            replies.append(ValidReply(pid, int(x.shape[0]), {k: torch.from_numpy(v) for k, v in reply.payload.items()},
-                                      reply.metrics, 0))
+            ctx = ClientContext(
+                partition_id=pid,
+                server_round=rnd,
+                seed=seed,
+                num_examples=int(x.shape[0]),
+                global_vector=glob,
+                layout=layout,
+                train=train,
+                num_clients=data.num_clients,
+                expected_clients_per_round=float(cohort),
+            )
+            reply = client_step(
+                local, x, y, ctx, client, generator=make_generator(seed, "warm_start", rnd, pid)
+            )
+            replies.append(
+                ValidReply(
+                    pid,
+                    int(x.shape[0]),
+                    {k: torch.from_numpy(v) for k, v in reply.payload.items()},
+                    reply.metrics,
+                    0,
+                )
+            )
         if not replies:
             continue
-        rctx = RoundContext(server_round=rnd, seed=seed, global_vector=glob, layout=layout,
-                            client_ids=tuple(r.partition_id for r in replies),
-                            num_examples=tuple(r.num_examples for r in replies), num_clients=data.num_clients,
-                            expected_clients_per_round=float(cohort))
+        rctx = RoundContext(
+            server_round=rnd,
+            seed=seed,
+            global_vector=glob,
+            layout=layout,
+            client_ids=tuple(r.partition_id for r in replies),
+            num_examples=tuple(r.num_examples for r in replies),
+            num_clients=data.num_clients,
+            expected_clients_per_round=float(cohort),
+        )
         out = server_step(replies, rctx, server, server_lr=1.0)
         if out.new_global is not None:
             load_vector(model, out.new_global, layout)
@@ -116,11 +149,14 @@ def _load_checkpoint(model: nn.Module, path: str) -> None:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"model.warm_start.checkpoint {str(p)!r} does not fit model {model.__class__.__name__}: "
-                         f"{first}") from None
+        raise ValueError(
+            f"model.warm_start.checkpoint {str(p)!r} does not fit model {model.__class__.__name__}: {first}"
+        ) from None
 
 
-def apply_warm_start(model: nn.Module, s: Scenario, data: FederatedData, train: LocalTrainConfig) -> dict[str, Any] | None:
+def apply_warm_start(
+    model: nn.Module, s: Scenario, data: FederatedData, train: LocalTrainConfig
+) -> dict[str, Any] | None:
     """Load the warm-start weights into ``model`` (in place); returns what summary.json records, or
     None without a warm start."""
     ws = s.model.warm_start
@@ -137,7 +173,9 @@ def apply_warm_start(model: nn.Module, s: Scenario, data: FederatedData, train: 
         if cached:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         else:
-            log.warning("warm start: %d rounds of attack-free FedAvg (cached afterwards in %s)", ws.rounds, path)
+            log.warning(
+                "warm start: %d rounds of attack-free FedAvg (cached afterwards in %s)", ws.rounds, path
+            )
             fedavg_pretrain(model, data, train, rounds=ws.rounds, cohort=cohort_size(s), seed=s.seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")

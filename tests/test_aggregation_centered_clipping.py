@@ -18,9 +18,16 @@ from simulator.registry import BadParams
 
 def make_ctx(n: int, d: int, *, server_round: int = 1, ids: list[int] | None = None) -> RoundContext:
     ids = ids if ids is not None else list(range(n))
-    return RoundContext(server_round=server_round, seed=17, global_vector=torch.zeros(d),
-                        layout=Layout(("w",), ((d,),)), client_ids=tuple(ids), num_examples=(1,) * n,
-                        num_clients=100, expected_clients_per_round=float(n))
+    return RoundContext(
+        server_round=server_round,
+        seed=17,
+        global_vector=torch.zeros(d),
+        layout=Layout(("w",), ((d,),)),
+        client_ids=tuple(ids),
+        num_examples=(1,) * n,
+        num_clients=100,
+        expected_clients_per_round=float(n),
+    )
 
 
 def cc_brute_force(u: np.ndarray, v0: np.ndarray, tau: float, iterations: int) -> np.ndarray:
@@ -30,7 +37,7 @@ def cc_brute_force(u: np.ndarray, v0: np.ndarray, tau: float, iterations: int) -
         step = np.zeros_like(v)
         for x in u:
             diff = x - v
-            norm = float(np.sqrt((diff ** 2).sum()))
+            norm = float(np.sqrt((diff**2).sum()))
             step += diff * (min(1.0, tau / norm) if norm > 0 else 1.0)
         v = v + step / len(u)
     return v
@@ -96,8 +103,9 @@ def test_one_outlier_moves_one_step_by_exactly_tau_over_n() -> None:
     honest_part = honest.double().sum(0) / n
     shift = res.update.double() - honest_part
     assert float(shift.norm()) == pytest.approx(tau / n, rel=1e-5)
-    torch.testing.assert_close(shift / shift.norm(), outlier.double() / outlier.double().norm(),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        shift / shift.norm(), outlier.double() / outlier.double().norm(), rtol=0, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("iterations", [1, 3, 10])
@@ -125,7 +133,9 @@ def test_single_client_and_any_weights() -> None:
         torch.testing.assert_close(res.update, torch.tensor([0.6, -0.8]))  # clipped to radius 1
         assert res.accepted == (42,) and set(res.scores) == {42}
     big = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
-    res = CenteredClipping().aggregate(big, torch.tensor([0.0, -1.0, float("inf"), 1e30, 2.0]), make_ctx(5, 6))
+    res = CenteredClipping().aggregate(
+        big, torch.tensor([0.0, -1.0, float("inf"), 1e30, 2.0]), make_ctx(5, 6)
+    )
     assert bool(torch.isfinite(res.update).all())
 
 

@@ -22,15 +22,23 @@ from simulator.flat import Layout
 
 NAMES = AGGREGATORS.names()
 NO_NOISE: dict[str, dict[str, Any]] = {"flame": {"noise_lambda": 0.0}, "norm_clipping": {"noise_std": 0.0}}
-WITH_NOISE: dict[str, dict[str, Any]] = {"flame": {"noise_lambda": 0.01},
-                                         "norm_clipping": {"noise_std": 0.01}}
+WITH_NOISE: dict[str, dict[str, Any]] = {
+    "flame": {"noise_lambda": 0.01},
+    "norm_clipping": {"noise_std": 0.01},
+}
 
 
 def make_ctx(ids: list[int], d: int, *, seed: int = 3) -> RoundContext:
-    return RoundContext(server_round=2, seed=seed, global_vector=torch.linspace(-1, 1, d),
-                        layout=Layout(("w",), ((d,),)), client_ids=tuple(ids),
-                        num_examples=tuple(10 + (i % 7) for i in ids), num_clients=500,
-                        expected_clients_per_round=float(len(ids)))
+    return RoundContext(
+        server_round=2,
+        seed=seed,
+        global_vector=torch.linspace(-1, 1, d),
+        layout=Layout(("w",), ((d,),)),
+        client_ids=tuple(ids),
+        num_examples=tuple(10 + (i % 7) for i in ids),
+        num_clients=500,
+        expected_clients_per_round=float(len(ids)),
+    )
 
 
 def build(name: str, params: dict[str, dict[str, Any]] | None = None) -> Aggregator:
@@ -38,8 +46,20 @@ def build(name: str, params: dict[str, dict[str, Any]] | None = None) -> Aggrega
 
 
 def test_expected_rules_are_registered() -> None:
-    assert {"fedavg", "multi_metrics", "krum", "multi_krum", "median", "trimmed_mean", "bulyan", "rfa",
-            "norm_clipping", "flame", "foolsgold", "rlr"} <= set(NAMES)
+    assert {
+        "fedavg",
+        "multi_metrics",
+        "krum",
+        "multi_krum",
+        "median",
+        "trimmed_mean",
+        "bulyan",
+        "rfa",
+        "norm_clipping",
+        "flame",
+        "foolsgold",
+        "rlr",
+    } <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

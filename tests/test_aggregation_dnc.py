@@ -14,16 +14,25 @@ from simulator.flat import Layout
 from simulator.registry import BadParams
 
 
-def make_ctx(n: int, d: int, *, server_round: int = 1, ids: list[int] | None = None,
-             seed: int = 17) -> RoundContext:
+def make_ctx(
+    n: int, d: int, *, server_round: int = 1, ids: list[int] | None = None, seed: int = 17
+) -> RoundContext:
     ids = ids if ids is not None else list(range(n))
-    return RoundContext(server_round=server_round, seed=seed, global_vector=torch.zeros(d),
-                        layout=Layout(("w",), ((d,),)), client_ids=tuple(ids), num_examples=(1,) * n,
-                        num_clients=100, expected_clients_per_round=float(n))
+    return RoundContext(
+        server_round=server_round,
+        seed=seed,
+        global_vector=torch.zeros(d),
+        layout=Layout(("w",), ((d,),)),
+        client_ids=tuple(ids),
+        num_examples=(1,) * n,
+        num_clients=100,
+        expected_clients_per_round=float(n),
+    )
 
 
-def dnc_brute_force(u: np.ndarray, *, f: int, c: float, niters: int, b: int,
-                    gen: torch.Generator) -> tuple[np.ndarray, list[int], np.ndarray]:
+def dnc_brute_force(
+    u: np.ndarray, *, f: int, c: float, niters: int, b: int, gen: torch.Generator
+) -> tuple[np.ndarray, list[int], np.ndarray]:
     """Algorithm 2 with loops: the same coordinate draws, numpy's SVD, per-row scores."""
     n, d = u.shape
     good = set(range(n))
@@ -36,20 +45,25 @@ def dnc_brute_force(u: np.ndarray, *, f: int, c: float, niters: int, b: int,
         v = vt[0]
         s = np.array([float(np.dot(sub[i] - mu, v)) ** 2 for i in range(n)])
         max_score = np.maximum(max_score, s)
-        kept = np.argsort(s, kind="stable")[:n - int(c * f)]
+        kept = np.argsort(s, kind="stable")[: n - int(c * f)]
         good &= {int(i) for i in kept}
     rows = sorted(good)
     return u[rows].mean(axis=0), rows, max_score
 
 
-@pytest.mark.parametrize(("n", "d", "f", "c", "niters", "b"),
-                         [(10, 300, 2, 1.0, 5, 50), (15, 1000, 3, 1.5, 4, 200), (8, 40, 1, 1.0, 3, 10_000)])
+@pytest.mark.parametrize(
+    ("n", "d", "f", "c", "niters", "b"),
+    [(10, 300, 2, 1.0, 5, 50), (15, 1000, 3, 1.5, 4, 200), (8, 40, 1, 1.0, 3, 10_000)],
+)
 def test_brute_force(n: int, d: int, f: int, c: float, niters: int, b: int) -> None:
     g = torch.Generator().manual_seed(n + d)
-    u = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.rand(n, 1, generator=g, dtype=torch.float64)
+    u = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.rand(
+        n, 1, generator=g, dtype=torch.float64
+    )
     ctx = make_ctx(n, d, server_round=4)
     res = DnC(num_malicious=f, filtering_fraction=c, niters=niters, subsample_dim=b).aggregate(
-        u, torch.ones(n), ctx)
+        u, torch.ones(n), ctx
+    )
     upd, rows, max_score = dnc_brute_force(u.numpy(), f=f, c=c, niters=niters, b=b, gen=ctx.generator("dnc"))
     assert res.accepted == tuple(rows)
     np.testing.assert_allclose(res.update.numpy(), upd, rtol=1e-10, atol=1e-12)  # float64 input
@@ -94,11 +108,14 @@ def test_deterministic_given_seed_and_round_and_row_order() -> None:
     b = DnC(num_malicious=3, subsample_dim=20).aggregate(u.clone(), torch.ones(n), make_ctx(n, d, ids=ids))
     assert torch.equal(a.update, b.update) and a.accepted == b.accepted and a.scores == b.scores
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(1))
-    c = DnC(num_malicious=3, subsample_dim=20).aggregate(u[perm], torch.ones(n),
-                                                         make_ctx(n, d, ids=[ids[i] for i in perm]))
+    c = DnC(num_malicious=3, subsample_dim=20).aggregate(
+        u[perm], torch.ones(n), make_ctx(n, d, ids=[ids[i] for i in perm])
+    )
     assert set(c.accepted) == set(a.accepted) and c.scores == a.scores  # bitwise: scored in id order
-    other = [DnC(num_malicious=3, subsample_dim=20).aggregate(u, torch.ones(n), make_ctx(n, d, ids=ids, **kw))
-             for kw in ({"server_round": 2}, {"seed": 18})]
+    other = [
+        DnC(num_malicious=3, subsample_dim=20).aggregate(u, torch.ones(n), make_ctx(n, d, ids=ids, **kw))
+        for kw in ({"server_round": 2}, {"seed": 18})
+    ]
     assert all(o.scores != a.scores for o in other)  # other coordinates drawn
 
 
@@ -108,8 +125,9 @@ def test_empty_intersection_falls_back_to_the_least_flagged() -> None:
     n, d = 3, 3
     u = torch.eye(3) * 5.0
     ctx = make_ctx(n, d, server_round=1)
-    good, flagged, _ = dnc_filter(u, ids=list(range(n)), num_remove=2, niters=8, subsample_dim=1,
-                                  generator=ctx.generator("dnc"))
+    good, flagged, _ = dnc_filter(
+        u, ids=list(range(n)), num_remove=2, niters=8, subsample_dim=1, generator=ctx.generator("dnc")
+    )
     assert good == [] and len(set(flagged.tolist())) > 1  # the draw of this seed covers two coordinates
     res = DnC(num_malicious=2, niters=8, subsample_dim=1).aggregate(u, torch.ones(n), ctx)
     fewest = [i for i in range(n) if flagged[i] == flagged.min()]
@@ -123,8 +141,9 @@ def test_small_rounds_and_any_weights() -> None:
         res = DnC(num_malicious=5).aggregate(x, w, make_ctx(1, 3, ids=[9]))
         assert torch.equal(res.update, x[0]) and res.accepted == (9,) and res.scores == {9: 0.0}
     u = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
-    res = DnC(num_malicious=10, filtering_fraction=2.0).aggregate(u, torch.tensor([0.0, -1.0, 1e30, 2.0]),
-                                                                  make_ctx(4, 6))
+    res = DnC(num_malicious=10, filtering_fraction=2.0).aggregate(
+        u, torch.tensor([0.0, -1.0, 1e30, 2.0]), make_ctx(4, 6)
+    )
     assert len(res.accepted) >= 1 and bool(torch.isfinite(res.update).all())
     res0 = DnC(num_malicious=0).aggregate(u, torch.ones(4), make_ctx(4, 6))  # f = 0: plain mean
     torch.testing.assert_close(res0.update, u.mean(0))
@@ -132,12 +151,22 @@ def test_small_rounds_and_any_weights() -> None:
 
 
 def test_registry_params() -> None:
-    agg = AGGREGATORS.create("dnc", {"num_malicious": 3, "filtering_fraction": 1.5, "niters": 2,
-                                     "subsample_dim": 100})
-    assert isinstance(agg, DnC) and (agg.num_malicious, agg.filtering_fraction, agg.niters,
-                                     agg.subsample_dim) == (3, 1.5, 2, 100)
-    for bad in ({"num_malicious": -1}, {"niters": 0}, {"subsample_dim": 0}, {"filtering_fraction": -0.5},
-                {"c": 1.0}):
+    agg = AGGREGATORS.create(
+        "dnc", {"num_malicious": 3, "filtering_fraction": 1.5, "niters": 2, "subsample_dim": 100}
+    )
+    assert isinstance(agg, DnC) and (
+        agg.num_malicious,
+        agg.filtering_fraction,
+        agg.niters,
+        agg.subsample_dim,
+    ) == (3, 1.5, 2, 100)
+    for bad in (
+        {"num_malicious": -1},
+        {"niters": 0},
+        {"subsample_dim": 0},
+        {"filtering_fraction": -0.5},
+        {"c": 1.0},
+    ):
         with pytest.raises(BadParams):
             AGGREGATORS.create("dnc", bad)
     with pytest.raises(TypeError):

@@ -28,10 +28,16 @@ ATOL = 1e-6
 
 def make_ctx(n: int, d: int, *, seed: int = 0, ids: list[int] | None = None) -> RoundContext:
     ids = ids if ids is not None else [100 + 3 * i for i in range(n)]
-    return RoundContext(server_round=1, seed=seed, global_vector=torch.zeros(d),
-                        layout=Layout(("w",), ((d,),)),
-                        client_ids=tuple(ids), num_examples=tuple(10 + i for i in range(n)), num_clients=1000,
-                        expected_clients_per_round=float(n))
+    return RoundContext(
+        server_round=1,
+        seed=seed,
+        global_vector=torch.zeros(d),
+        layout=Layout(("w",), ((d,),)),
+        client_ids=tuple(ids),
+        num_examples=tuple(10 + i for i in range(n)),
+        num_clients=1000,
+        expected_clients_per_round=float(n),
+    )
 
 
 def random_round(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,13 +48,20 @@ def random_round(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def contents(updates: torch.Tensor, weights: torch.Tensor) -> list[RecordDict]:
-    return [RecordDict({"arrays": ArrayRecord([u.numpy().astype(np.float64)]),
-                        "metrics": MetricRecord({"num-examples": float(w)})})
-            for u, w in zip(updates, weights)]
+    return [
+        RecordDict(
+            {
+                "arrays": ArrayRecord([u.numpy().astype(np.float64)]),
+                "metrics": MetricRecord({"num-examples": float(w)}),
+            }
+        )
+        for u, w in zip(updates, weights)
+    ]
 
 
-@pytest.mark.parametrize(("n", "f", "m", "seed"),
-                         [(10, 1, 1, 0), (10, 2, 5, 1), (15, 3, 7, 2), (6, 1, 6, 3), (4, 2, 2, 4)])
+@pytest.mark.parametrize(
+    ("n", "f", "m", "seed"), [(10, 1, 1, 0), (10, 2, 5, 1), (15, 3, 7, 2), (6, 1, 6, 3), (4, 2, 2, 4)]
+)
 def test_multikrum_matches_flower(n: int, f: int, m: int, seed: int) -> None:
     updates, weights = random_round(n, 257, seed)
     recs = contents(updates, weights)

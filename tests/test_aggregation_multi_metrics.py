@@ -20,13 +20,25 @@ from simulator.flat import Layout
 
 def make_ctx(n: int, d: int, *, global_vector: torch.Tensor | None = None) -> RoundContext:
     gv = global_vector if global_vector is not None else torch.zeros(d)
-    return RoundContext(server_round=3, seed=5, global_vector=gv, layout=Layout(("w",), ((d,),)),
-                        client_ids=tuple(range(40, 40 + n)), num_examples=(20,) * n, num_clients=100,
-                        expected_clients_per_round=float(n))
+    return RoundContext(
+        server_round=3,
+        seed=5,
+        global_vector=gv,
+        layout=Layout(("w",), ((d,),)),
+        client_ids=tuple(range(40, 40 + n)),
+        num_examples=(20,) * n,
+        num_clients=100,
+        expected_clients_per_round=float(n),
+    )
 
 
-def brute_force(updates: np.ndarray, keep_fraction: float, *, official: bool = False,
-                global_vector: np.ndarray | None = None) -> tuple[list[int], np.ndarray]:
+def brute_force(
+    updates: np.ndarray,
+    keep_fraction: float,
+    *,
+    official: bool = False,
+    global_vector: np.ndarray | None = None,
+) -> tuple[list[int], np.ndarray]:
     """The paper's rule (or the official code's), written with explicit loops over client pairs."""
     vecs = updates.astype(np.float64)
     if official:
@@ -42,8 +54,11 @@ def brute_force(updates: np.ndarray, keep_fraction: float, *, official: bool = F
             cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
             feats[i, 0] += (1 - cos) ** 2 if official else 1 - cos
             feats[i, 1] += float(np.abs(a - b).sum())
-            feats[i, 2] += (abs(np.linalg.norm(a) - np.linalg.norm(b)) if official
-                            else float(np.sqrt(((a - b) ** 2).sum())))
+            feats[i, 2] += (
+                abs(np.linalg.norm(a) - np.linalg.norm(b))
+                if official
+                else float(np.sqrt(((a - b) ** 2).sum()))
+            )
     inv = np.linalg.inv(np.cov(feats.T))
     scores = np.array([feats[i] @ inv @ feats[i] for i in range(n)])
     k = max(1, int(keep_fraction * n))
@@ -72,8 +87,9 @@ def test_selection_equals_brute_force_paper(n: int, keep: float, seed: int) -> N
 def test_selection_equals_brute_force_official_code(n: int, seed: int) -> None:
     updates = benign_round(n, 64, seed)
     gv = torch.randn(64, generator=torch.Generator().manual_seed(99)) * 0.1
-    expected_rows, expected_scores = brute_force(updates.numpy(), 0.3, official=True,
-                                                 global_vector=gv.numpy())
+    expected_rows, expected_scores = brute_force(
+        updates.numpy(), 0.3, official=True, global_vector=gv.numpy()
+    )
     ctx = make_ctx(n, 64, global_vector=gv)
     res = MultiMetrics(variant="official-code").aggregate(updates, torch.ones(n), ctx)
     assert sorted(ctx.client_ids.index(c) for c in res.accepted) == expected_rows

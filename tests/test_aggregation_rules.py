@@ -23,12 +23,20 @@ from simulator.flat import Layout
 
 def make_ctx(n: int, d: int, *, server_round: int = 1, ids: list[int] | None = None) -> RoundContext:
     ids = ids if ids is not None else list(range(n))
-    return RoundContext(server_round=server_round, seed=17, global_vector=torch.zeros(d),
-                        layout=Layout(("w",), ((d,),)), client_ids=tuple(ids), num_examples=(1,) * n,
-                        num_clients=100, expected_clients_per_round=float(n))
+    return RoundContext(
+        server_round=server_round,
+        seed=17,
+        global_vector=torch.zeros(d),
+        layout=Layout(("w",), ((d,),)),
+        client_ids=tuple(ids),
+        num_examples=(1,) * n,
+        num_clients=100,
+        expected_clients_per_round=float(n),
+    )
 
 
 # ---- helpers ----
+
 
 def test_l1_row_sums_equal_cdist() -> None:
     u = torch.randn(13, 500, generator=torch.Generator().manual_seed(0))
@@ -49,6 +57,7 @@ def test_detection_rates() -> None:
 
 
 # ---- norm clipping ----
+
 
 def test_norm_clipping_hand_made_norms() -> None:
     u = torch.tensor([[3.0, 4.0], [0.6, 0.8]])
@@ -71,11 +80,11 @@ def test_norm_clipping_noise_std_and_seed() -> None:
 
 # ---- RLR ----
 
+
 def test_rlr_hand_made_sign_pattern() -> None:
-    u = torch.tensor([[1.0, 1.0, -1.0, 2.0],
-                      [1.0, -1.0, -1.0, 2.0],
-                      [1.0, 1.0, 1.0, -2.0],
-                      [1.0, 1.0, -1.0, 0.0]])
+    u = torch.tensor(
+        [[1.0, 1.0, -1.0, 2.0], [1.0, -1.0, -1.0, 2.0], [1.0, 1.0, 1.0, -2.0], [1.0, 1.0, -1.0, 0.0]]
+    )
     w = torch.tensor([1.0, 1.0, 1.0, 1.0])
     # sign sums: 4, 2, -2, 1  → with θ = 2: +, +, +, −
     res = RLR(threshold=2).aggregate(u, w, make_ctx(4, 4))
@@ -88,14 +97,17 @@ def test_rlr_hand_made_sign_pattern() -> None:
 
 # ---- RFA ----
 
-@pytest.mark.parametrize(("weights", "t_star"),
-                         [([1, 1, 1, 1, 1], 2.0), ([1, 1, 1, 1, 5], 100.0), ([3, 1, 1, 1, 1], 1.0)])
+
+@pytest.mark.parametrize(
+    ("weights", "t_star"), [([1, 1, 1, 1, 1], 2.0), ([1, 1, 1, 1, 5], 100.0), ([3, 1, 1, 1, 1], 1.0)]
+)
 def test_rfa_collinear_is_weighted_median(weights: list[float], t_star: float) -> None:
     direction = torch.randn(50, generator=torch.Generator().manual_seed(3))
     t = torch.tensor([0.0, 1.0, 2.0, 10.0, 100.0])
     u = t[:, None] * direction
-    res = RFA(max_iter=2000, nu=1e-9, ftol=0.0).aggregate(u, torch.tensor(weights, dtype=torch.float32),
-                                                          make_ctx(5, 50))
+    res = RFA(max_iter=2000, nu=1e-9, ftol=0.0).aggregate(
+        u, torch.tensor(weights, dtype=torch.float32), make_ctx(5, 50)
+    )
     # geometric median of collinear points = weighted 1-D median; tolerance 1e-3 of ‖direction‖
     assert float((res.update - t_star * direction).norm()) < 1e-3 * float(direction.norm())
 
@@ -109,6 +121,7 @@ def test_rfa_triangle_fermat_point() -> None:
 
 
 # ---- Bulyan ----
+
 
 def bulyan_brute_force(u: np.ndarray, f: int) -> np.ndarray:
     """El Mhamdi et al. (2018) with loops: recursive Krum, then per coordinate the β closest to the median."""
@@ -151,6 +164,7 @@ def test_bulyan_lowers_f_for_small_rounds() -> None:
 
 # ---- FLAME ----
 
+
 def flame_round(seed: int) -> tuple[torch.Tensor, list[int]]:
     g = torch.Generator().manual_seed(seed)
     d = 400
@@ -186,6 +200,7 @@ def test_flame_noise_is_lambda_times_median_norm() -> None:
 
 
 # ---- FoolsGold ----
+
 
 def foolsgold_brute_force(cs: np.ndarray) -> np.ndarray:
     """Fung et al. (2020), Algorithm 1, with loops."""

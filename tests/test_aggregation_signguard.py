@@ -17,23 +17,32 @@ from simulator.registry import BadParams
 
 def make_ctx(n: int, d: int, *, server_round: int = 1, ids: list[int] | None = None) -> RoundContext:
     ids = ids if ids is not None else list(range(n))
-    return RoundContext(server_round=server_round, seed=17, global_vector=torch.zeros(d),
-                        layout=Layout(("w",), ((d,),)), client_ids=tuple(ids), num_examples=(1,) * n,
-                        num_clients=100, expected_clients_per_round=float(n))
+    return RoundContext(
+        server_round=server_round,
+        seed=17,
+        global_vector=torch.zeros(d),
+        layout=Layout(("w",), ((d,),)),
+        client_ids=tuple(ids),
+        num_examples=(1,) * n,
+        num_clients=100,
+        expected_clients_per_round=float(n),
+    )
 
 
-def signguard_brute_force(u: np.ndarray, ids: list[int], *, lower: float, upper: float, frac: float,
-                          gen: torch.Generator) -> tuple[np.ndarray, list[int]]:
+def signguard_brute_force(
+    u: np.ndarray, ids: list[int], *, lower: float, upper: float, frac: float, gen: torch.Generator
+) -> tuple[np.ndarray, list[int]]:
     """Algorithm 1 with loops (clustering by scikit-learn's MeanShift on the rows in id order)."""
     n, d = u.shape
-    norms = [float(np.sqrt((row ** 2).sum())) for row in u]
+    norms = [float(np.sqrt((row**2).sum())) for row in u]
     med = float(np.median(norms))
     s1 = {i for i in range(n) if lower * med <= norms[i] <= upper * med}
     k = max(1, int(frac * d))
     cols = np.sort(torch.randperm(d, generator=gen)[:k].numpy()) if k < d else np.arange(d)
     order = sorted(range(n), key=lambda i: ids[i])
-    feats = np.array([[np.mean(u[i, cols] > 0), np.mean(u[i, cols] == 0), np.mean(u[i, cols] < 0)]
-                      for i in order])
+    feats = np.array(
+        [[np.mean(u[i, cols] > 0), np.mean(u[i, cols] == 0), np.mean(u[i, cols] < 0)] for i in order]
+    )
     bw = estimate_bandwidth(feats, quantile=0.5)
     labels = MeanShift(bandwidth=bw if bw > 0 else 0.5 / len(cols), cluster_all=False).fit(feats).labels_
     counts: dict[int, int] = {}
@@ -69,8 +78,9 @@ def test_brute_force(seed: int, frac: float) -> None:
     ids = torch.randperm(500, generator=torch.Generator().manual_seed(seed))[:n].tolist()
     ctx = make_ctx(n, d, ids=ids, server_round=seed + 1)
     res = SignGuard(coord_fraction=frac).aggregate(u, torch.ones(n), ctx)
-    expected, rows = signguard_brute_force(u.numpy(), ids, lower=0.1, upper=3.0, frac=frac,
-                                           gen=ctx.generator("signguard"))
+    expected, rows = signguard_brute_force(
+        u.numpy(), ids, lower=0.1, upper=3.0, frac=frac, gen=ctx.generator("signguard")
+    )
     assert res.accepted == tuple(ids[r] for r in rows)
     np.testing.assert_allclose(res.update.numpy(), expected, rtol=1e-10, atol=1e-12)  # float64 input
 
@@ -85,7 +95,7 @@ def benign_round(seed: int, n: int, d: int) -> torch.Tensor:
 def test_sign_flipped_group_is_rejected(seed: int) -> None:
     n, f, d = 15, 4, 2000
     u = benign_round(seed, n, d)
-    u[n - f:] = -u[n - f:]  # same norms: only the sign statistics can tell
+    u[n - f :] = -u[n - f :]  # same norms: only the sign statistics can tell
     res = SignGuard().aggregate(u, torch.ones(n), make_ctx(n, d))
     assert set(res.accepted) == set(range(n - f))
     assert all(res.scores[i] == 1.0 for i in range(n - f, n))
@@ -95,7 +105,7 @@ def test_sign_flipped_group_is_rejected(seed: int) -> None:
 def test_scaled_group_is_rejected_by_the_norm_filter(seed: int) -> None:
     n, f, d = 15, 4, 2000
     u = benign_round(seed, n, d)
-    u[n - f:] *= 10.0  # same signs: only the norm filter can tell
+    u[n - f :] *= 10.0  # same signs: only the norm filter can tell
     mask, med = norm_filter(u.double().norm(dim=1), lower=0.1, upper=3.0)
     assert mask.tolist() == [True] * (n - f) + [False] * f
     res = SignGuard().aggregate(u, torch.ones(n), make_ctx(n, d))
@@ -154,8 +164,13 @@ def test_sign_features_on_a_column_subset_and_cluster_ties() -> None:
 def test_registry_params() -> None:
     agg = AGGREGATORS.create("signguard", {"lower": 0.2, "upper": 2.5, "coord_fraction": 0.3})
     assert isinstance(agg, SignGuard) and (agg.lower, agg.upper, agg.coord_fraction) == (0.2, 2.5, 0.3)
-    for bad in ({"lower": -0.1}, {"upper": 0.0}, {"coord_fraction": 0.0}, {"coord_fraction": 1.5},
-                {"seed": 3}):
+    for bad in (
+        {"lower": -0.1},
+        {"upper": 0.0},
+        {"coord_fraction": 0.0},
+        {"coord_fraction": 1.5},
+        {"seed": 3},
+    ):
         with pytest.raises(BadParams):
             AGGREGATORS.create("signguard", bad)
     with pytest.raises(ValueError):

@@ -35,8 +35,10 @@ def test_a_leakage_run_with_progress_shows_the_attack_loop(capsys, tmp_path):
     from simulator.runner import run
     from simulator.scenario import load_scenario
 
-    s = load_scenario("scenarios/leakage_ig.toml", ["attacks.inversion.params.iterations=5",
-                                                    "attacks.inversion.params.restarts=1"])
+    s = load_scenario(
+        "scenarios/leakage_ig.toml",
+        ["attacks.inversion.params.iterations=5", "attacks.inversion.params.restarts=1"],
+    )
     run(s, out_dir=tmp_path / "o", store=tmp_path / "r.sqlite", progress=True)
     assert "inverting_gradients (1 restart)" in capsys.readouterr().err
     run(s, out_dir=tmp_path / "q", store=tmp_path / "r.sqlite", progress=False)

@@ -44,11 +44,18 @@ def test_no_noise_means_infinite_upper_and_a_large_lower_bound() -> None:
 
 @pytest.mark.slow
 def test_audit_section_in_a_dp_fedavg_run(tmp_path: Path) -> None:
-    over = ["simulation.engine='inline'", "federation.rounds=2", "privacy.noise_seed=5",
-            "privacy.client={clip_norm=1.0, noise_multiplier=1.0}"]
+    over = [
+        "simulation.engine='inline'",
+        "federation.rounds=2",
+        "privacy.noise_seed=5",
+        "privacy.client={clip_norm=1.0, noise_multiplier=1.0}",
+    ]
     plain = run(load_scenario(DP_FEDAVG, over), write=False)
-    audited = run(load_scenario(DP_FEDAVG, [*over, "audit={canaries=1000}"]), out_dir=tmp_path / "a",
-                  store=tmp_path / "s.sqlite")
+    audited = run(
+        load_scenario(DP_FEDAVG, [*over, "audit={canaries=1000}"]),
+        out_dir=tmp_path / "a",
+        store=tmp_path / "s.sqlite",
+    )
     a = audited.audit
     assert a["canaries"] == 1000 and a["level"] == "client" and a["confidence"] == 0.95
     assert a["epsilon_upper"] == pytest.approx(audited.privacy["epsilons"]["aggregate"])
@@ -75,12 +82,22 @@ def test_audit_settings_that_cannot_work_fail_at_load() -> None:
 def test_record_level_audit_puts_canaries_in_their_clients_data() -> None:
     """Canary examples join their owners' local data (the clients train on more examples), are scored by the
     final model's loss, and the upper bound is the ledger's record-level ε."""
-    over = ["simulation.engine='inline'", "federation.rounds=1", "data.num_clients=4", "federation.clients_per_round=4",
-            "data.max_examples=400", "model.name='mlp'", "model.params={hidden=[16]}", "privacy.target_epsilon=1000",
-            "federation.batch_size=10"]
+    over = [
+        "simulation.engine='inline'",
+        "federation.rounds=1",
+        "data.num_clients=4",
+        "federation.clients_per_round=4",
+        "data.max_examples=400",
+        "model.name='mlp'",
+        "model.params={hidden=[16]}",
+        "privacy.target_epsilon=1000",
+        "federation.batch_size=10",
+    ]
     plain = run(load_scenario(ROOT / "scenarios" / "dp_sgd.toml", over), write=False)
-    audited = run(load_scenario(ROOT / "scenarios" / "dp_sgd.toml", [*over, "audit={level='record', canaries=100}"]),
-                  write=False)
+    audited = run(
+        load_scenario(ROOT / "scenarios" / "dp_sgd.toml", [*over, "audit={level='record', canaries=100}"]),
+        write=False,
+    )
     a = audited.audit
     assert a["level"] == "record" and a["statistic"] == "final_model_loss" and a["threat"] == "final_model"
     assert a["epsilon_upper"] == pytest.approx(audited.privacy["epsilon"])
@@ -96,9 +113,22 @@ def test_privsim_audit_command_adds_a_default_audit(tmp_path: Path) -> None:
 
     from simulator.cli import app
 
-    res = CliRunner().invoke(app, ["audit", str(DP_FEDAVG), "--quiet", "--out", str(tmp_path / "o"), "--store",
-                                   str(tmp_path / "s.sqlite"), "--set", "federation.rounds=1",
-                                   "--set", "simulation.engine='inline'"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            str(DP_FEDAVG),
+            "--quiet",
+            "--out",
+            str(tmp_path / "o"),
+            "--store",
+            str(tmp_path / "s.sqlite"),
+            "--set",
+            "federation.rounds=1",
+            "--set",
+            "simulation.engine='inline'",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "client-level audit, 1000 canaries" in res.output and "ledger epsilon" in res.output
     assert (tmp_path / "o" / "audit_scores.png").is_file()

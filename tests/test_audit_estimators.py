@@ -44,6 +44,7 @@ def _bf_p_value(eps: float, *, r: int, v: int, m: int, delta: float) -> float:
 
 def _bf_eps_pure(*, r: int, v: int, beta: float) -> float:
     """Largest ε in [0, 50] with P[Bin(r, e^ε/(1+e^ε)) ≥ v] ≤ β, by bisection on binom.sf directly."""
+
     def p(e: float) -> float:
         return float(stats.binom.sf(v - 1, r, _sigmoid(e)))
 
@@ -61,7 +62,7 @@ def _bf_correct(scores_in: np.ndarray, scores_out: np.ndarray, *, k_plus: int, k
     s = np.concatenate([scores_in, scores_out])
     lab = np.r_[np.ones(scores_in.size, bool), np.zeros(scores_out.size, bool)]
     order = np.argsort(s)
-    top = order[s.size - k_plus:]
+    top = order[s.size - k_plus :]
     bottom = order[:k_minus]
     return int(lab[top].sum() + (~lab[bottom]).sum())
 
@@ -80,8 +81,9 @@ def test_epsilon_from_mu_matches_dp_accounting_pld(mu: float) -> None:
     delta = 1e-5
     # value_discretization_interval 1e-3 instead of the default 1e-4: 10x faster, and the pessimistic PLD
     # moves ε by < 1e-6 here (both agree with epsilon_from_mu to ~1e-7 relative)
-    dist = pld.from_gaussian_mechanism(standard_deviation=1.0 / mu, sensitivity=1.0,
-                                       value_discretization_interval=1e-3)
+    dist = pld.from_gaussian_mechanism(
+        standard_deviation=1.0 / mu, sensitivity=1.0, value_discretization_interval=1e-3
+    )
     ref = dist.get_epsilon_for_delta(delta)
     assert epsilon_from_mu(mu, delta) == pytest.approx(ref, rel=1e-2)  # tolerance from the spec
     assert epsilon_from_mu(mu, delta) == pytest.approx(ref, rel=1e-5)  # what actually holds
@@ -103,8 +105,9 @@ def test_epsilon_from_mu_edges() -> None:
     # large ε (e^ε ≈ 1e575 would overflow): the log-space profile still inverts to δ
     e = epsilon_from_mu(50.0, 1e-10)
     assert 1300.0 < e < 1600.0
-    log_delta = stats.norm.logcdf(-e / 50 + 25) + math.log(-math.expm1(
-        e + stats.norm.logcdf(-e / 50 - 25) - stats.norm.logcdf(-e / 50 + 25)))
+    log_delta = stats.norm.logcdf(-e / 50 + 25) + math.log(
+        -math.expm1(e + stats.norm.logcdf(-e / 50 - 25) - stats.norm.logcdf(-e / 50 + 25))
+    )
     assert log_delta == pytest.approx(math.log(1e-10), rel=1e-6)
     with pytest.raises(ValueError):
         epsilon_from_mu(1.0, 0.0)
@@ -132,8 +135,9 @@ def _bf_profile(eps: float, *, m1: float, s1: float, m0: float, s0: float) -> fl
     p = stats.norm.pdf(x, m1, s1)
     q = stats.norm.pdf(x, m0, s0)
     w = math.exp(eps)
-    return max(float(np.trapezoid(np.maximum(p - w * q, 0.0), x)),
-               float(np.trapezoid(np.maximum(q - w * p, 0.0), x)))
+    return max(
+        float(np.trapezoid(np.maximum(p - w * q, 0.0), x)), float(np.trapezoid(np.maximum(q - w * p, 0.0), x))
+    )
 
 
 @pytest.mark.parametrize(("mu", "rel"), [(0.5, 0.10), (1.0, 0.05), (2.0, 0.05), (4.0, 0.05)])
@@ -169,11 +173,13 @@ def test_gaussian_fit_equal_variance_is_exactly_the_closed_form() -> None:
         (0.3, 1.1, 0.0, 1.0, 1e-3),  # small shift, mild variance difference
     ],
 )
-def test_gaussian_fit_unequal_variances_matches_brute_force(*, m1: float, s1: float, m0: float, s0: float,
-                                                            delta: float) -> None:
+def test_gaussian_fit_unequal_variances_matches_brute_force(
+    *, m1: float, s1: float, m0: float, s0: float, delta: float
+) -> None:
     rng = np.random.default_rng(7)
-    e = gaussian_fit_epsilon(_exact_sample(rng, 100, mean=m1, sd=s1), _exact_sample(rng, 100, mean=m0, sd=s0),
-                             delta=delta)
+    e = gaussian_fit_epsilon(
+        _exact_sample(rng, 100, mean=m1, sd=s1), _exact_sample(rng, 100, mean=m0, sd=s0), delta=delta
+    )
     # ε is where the brute-force profile crosses δ: profile(ε) = δ (0.1 %), profile(0.99 ε) > δ
     assert _bf_profile(e, m1=m1, s1=s1, m0=m0, s0=s0) == pytest.approx(delta, rel=1e-3)
     assert _bf_profile(0.99 * e, m1=m1, s1=s1, m0=m0, s0=s0) > delta
@@ -222,8 +228,9 @@ def test_one_run_perfect_separation_matches_brute_force() -> None:
     assert b.guesses == b.k_plus + b.k_minus
     assert b.epsilon_lower == pytest.approx(_bf_eps_pure(r=b.guesses, v=b.correct, beta=beta), abs=1e-8)
     # and it is the best pair of the grid (brute force over all pairs)
-    best = max(_bf_eps_pure(r=a + c, v=_bf_correct(s_in, s_out, k_plus=a, k_minus=c), beta=beta)
-               for a, c in pairs)
+    best = max(
+        _bf_eps_pure(r=a + c, v=_bf_correct(s_in, s_out, k_plus=a, k_minus=c), beta=beta) for a, c in pairs
+    )
     assert b.epsilon_lower == pytest.approx(best, abs=1e-8)
     # explicit (k₊, k₋): one test at the full level, all m guesses correct, q(ε̂)^m = 0.05
     e = one_run_epsilon_lower_bound(s_in, s_out, k_plus=s_in.size, k_minus=s_out.size)
@@ -296,8 +303,10 @@ def test_one_run_delta_positive_is_not_larger_and_matches_the_theorem(delta: flo
     assert _bf_p_value(approx.epsilon_lower, r=r, v=v, m=m, delta=delta) <= beta
     assert _bf_p_value(approx.epsilon_lower + 0.01 + 1e-9, r=r, v=v, m=m, delta=delta) > beta
     # fixed guess set: same comparison, no search
-    assert (one_run_epsilon_lower_bound(s[z], s[~z], delta=delta, k_plus=250, k_minus=250).epsilon_lower
-            <= one_run_epsilon_lower_bound(s[z], s[~z], k_plus=250, k_minus=250).epsilon_lower)
+    assert (
+        one_run_epsilon_lower_bound(s[z], s[~z], delta=delta, k_plus=250, k_minus=250).epsilon_lower
+        <= one_run_epsilon_lower_bound(s[z], s[~z], k_plus=250, k_minus=250).epsilon_lower
+    )
 
 
 def test_one_run_separated_delta_positive() -> None:

@@ -31,21 +31,37 @@ def test_client_attack_contract(name):
     if reserved is not None:
         ids = [int(i) for i in reserved]
         assert len(set(ids)) == len(ids) and all(0 <= i < len(pool) for i in ids)
-    model = build_model("cnn", {"channels": [4, 8], "hidden": 16}, input_shape=(1, 28, 28),
-                        num_classes=NUM_CLASSES, seed=0)
+    model = build_model(
+        "cnn", {"channels": [4, 8], "hidden": 16}, input_shape=(1, 28, 28), num_classes=NUM_CLASSES, seed=0
+    )
     layout = layout_of(model)
-    ctx = ClientContext(partition_id=3, server_round=2, seed=0, num_examples=120,
-                        global_vector=model_vector(model, layout), layout=layout,
-                        train=LocalTrainConfig(batch_size=32, lr=0.05), num_clients=20,
-                        expected_clients_per_round=10.0, malicious=True, colluders=(3, 9))
+    ctx = ClientContext(
+        partition_id=3,
+        server_round=2,
+        seed=0,
+        num_examples=120,
+        global_vector=model_vector(model, layout),
+        layout=layout,
+        train=LocalTrainConfig(batch_size=32, lr=0.05),
+        num_clients=20,
+        expected_clients_per_round=10.0,
+        malicious=True,
+        colluders=(3, 9),
+    )
     x, y = _data(120, 1)
     xp, yp = atk.poison(x, y, ctx)
     assert xp.shape[1:] == x.shape[1:] and xp.dtype == x.dtype and xp.shape[0] > 0
     assert yp.shape == (xp.shape[0],) and yp.dtype == torch.int64
     assert int(yp.min()) >= 0 and int(yp.max()) < NUM_CLASSES
     assert float(xp.min()) >= 0.0 and float(xp.max()) <= 1.0
-    stats = train_local(model, xp, yp, LocalTrainConfig(epochs=1, batch_size=32, lr=0.05, max_steps=3),
-                        generator=torch.Generator().manual_seed(0), hooks=atk.hooks(ctx))
+    stats = train_local(
+        model,
+        xp,
+        yp,
+        LocalTrainConfig(epochs=1, batch_size=32, lr=0.05, max_steps=3),
+        generator=torch.Generator().manual_seed(0),
+        hooks=atk.hooks(ctx),
+    )
     assert stats.steps == 3 and torch.isfinite(torch.tensor(stats.loss))
     delta = model_vector(model, layout) - ctx.global_vector
     out = atk.transform(delta, ctx)

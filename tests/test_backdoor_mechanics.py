@@ -27,14 +27,29 @@ from simulator.registry import BadParams
 from simulator.training import LocalTrainConfig, train_local
 
 
-def make_ctx(model: torch.nn.Module | None = None, *, pid: int = 0, rnd: int = 1,
-             colluders: tuple[int, ...] = (), expected: float = 10.0) -> ClientContext:
+def make_ctx(
+    model: torch.nn.Module | None = None,
+    *,
+    pid: int = 0,
+    rnd: int = 1,
+    colluders: tuple[int, ...] = (),
+    expected: float = 10.0,
+) -> ClientContext:
     model = model or torch.nn.Linear(4, 3)
     layout = layout_of(model)
-    return ClientContext(partition_id=pid, server_round=rnd, seed=0, num_examples=10,
-                         global_vector=model_vector(model, layout), layout=layout,
-                         train=LocalTrainConfig(batch_size=16, lr=0.05), num_clients=20,
-                         expected_clients_per_round=expected, malicious=True, colluders=colluders)
+    return ClientContext(
+        partition_id=pid,
+        server_round=rnd,
+        seed=0,
+        num_examples=10,
+        global_vector=model_vector(model, layout),
+        layout=layout,
+        train=LocalTrainConfig(batch_size=16, lr=0.05),
+        num_clients=20,
+        expected_clients_per_round=expected,
+        malicious=True,
+        colluders=colluders,
+    )
 
 
 def images(n: int = 64, c: int = 1, hw: int = 28, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,6 +60,7 @@ def images(n: int = 64, c: int = 1, hw: int = 28, seed: int = 0) -> tuple[torch.
 
 
 # ---------------------------------------------------------------- triggers (BadNets) ----------
+
 
 @pytest.mark.parametrize("corner", ["top_left", "top_right", "bottom_left", "bottom_right"])
 def test_square_trigger_sets_exactly_its_pixels_at_the_corner(corner):
@@ -65,8 +81,9 @@ def test_square_trigger_sets_exactly_its_pixels_at_the_corner(corner):
 
 
 def test_plus_and_l_patterns_have_the_stated_pixels():
-    plus = pattern_trigger(shape="plus", size=5, corner="bottom_right", margin=0, value=0.7,
-                           height=28, width=28)
+    plus = pattern_trigger(
+        shape="plus", size=5, corner="bottom_right", margin=0, value=0.7, height=28, width=28
+    )
     assert set(plus.pixels) == {(25, c) for c in range(23, 28)} | {(r, 25) for r in range(23, 28)}
     ell = pattern_trigger(shape="L", size=3, corner="top_left", margin=1, value=1.0, height=28, width=28)
     assert set(ell.pixels) == {(1, 1), (2, 1), (3, 1), (3, 2), (3, 3)}
@@ -83,10 +100,18 @@ def test_trigger_that_does_not_fit_is_rejected():
 @pytest.mark.parametrize("ratio", [0.0, 0.1, 0.3125, 0.5, 1.0])
 def test_replace_mode_poisons_exactly_the_ratio(ratio):
     x, y = images(200)
-    t = pattern_trigger(shape="square", size=3, corner="bottom_right", margin=1, value=1.0,
-                        height=28, width=28)
-    xo, yo, flag = poison_with_trigger(x, y, trigger=t, target_label=2, ratio=ratio, mode="replace",
-                                       generator=torch.Generator().manual_seed(1))
+    t = pattern_trigger(
+        shape="square", size=3, corner="bottom_right", margin=1, value=1.0, height=28, width=28
+    )
+    xo, yo, flag = poison_with_trigger(
+        x,
+        y,
+        trigger=t,
+        target_label=2,
+        ratio=ratio,
+        mode="replace",
+        generator=torch.Generator().manual_seed(1),
+    )
     m = t.mask(28, 28)
     stamped = (xo[:, 0, m] == 1.0).all(1)
     assert xo.shape == x.shape and yo.shape == y.shape
@@ -135,6 +160,7 @@ def test_bad_badnets_params_fail_validation():
 
 # ---------------------------------------------------------------- DBA ----------------------------
 
+
 def test_dba_parts_are_disjoint_and_their_union_is_the_full_trigger():
     atk = DBA()
     masks = [p.mask(28, 28) for p in atk.parts]
@@ -153,7 +179,7 @@ def test_dba_attacker_uses_its_rank_among_colluders_and_tests_with_the_full_trig
     colluders = (3, 8, 11, 15)
     for rank, pid in enumerate(colluders):
         xo, _ = atk.poison(x, y, make_ctx(pid=pid, colluders=colluders))
-        stamped = (xo[0, 0] == 1.0)
+        stamped = xo[0, 0] == 1.0
         assert torch.equal(stamped, atk.parts[rank].mask(28, 28))
     assert atk.part_index(make_ctx(pid=6, colluders=(6,))) == 6 % 4  # not colluding: partition id
     xb, yb = atk.backdoor_testset(x, y)
@@ -161,6 +187,7 @@ def test_dba_attacker_uses_its_rank_among_colluders_and_tests_with_the_full_trig
 
 
 # ---------------------------------------------------------------- model replacement --------------
+
 
 def test_model_replacement_scale_is_n_over_eta_and_the_override_wins():
     ctx = make_ctx(expected=10.0)
@@ -211,6 +238,7 @@ def test_composed_attack_delegates_data_hooks_to_its_base():
 
 # ---------------------------------------------------------------- PGD ----------------------------
 
+
 @given(eps=st.floats(0.05, 5.0), scale=st.floats(0.0, 3.0), seed=st.integers(0, 1000))
 @settings(max_examples=30, deadline=None)
 def test_pgd_after_step_projects_into_the_ball_and_leaves_inside_points_alone(eps, scale, seed):
@@ -252,8 +280,9 @@ def test_pgd_projects_only_every_k_steps_and_transform_projects_at_the_end():
 def test_adaptive_pgd_radius_is_the_clip_bound_divided_by_the_base_scale():
     ctx = make_ctx(expected=10.0)
     assert PGD(base="badnets", adaptive_clip_bound=3.0).radius(ctx) == pytest.approx(3.0)
-    atk = CLIENT_ATTACKS.create("pgd", {"base": {"name": "model_replacement", "params": {"gamma": 4.0}},
-                                        "adaptive_clip_bound": 2.0})
+    atk = CLIENT_ATTACKS.create(
+        "pgd", {"base": {"name": "model_replacement", "params": {"gamma": 4.0}}, "adaptive_clip_bound": 2.0}
+    )
     assert atk.radius(ctx) == pytest.approx(0.5)
     out = atk.transform(torch.randn(ctx.layout.dim) * 10, ctx)  # projected to 0.5, then scaled by 4
     assert float(out.norm()) == pytest.approx(2.0, rel=1e-5)
@@ -267,6 +296,7 @@ def test_project_l2_matches_the_closed_form():
 
 # ---------------------------------------------------------------- Neurotoxin ---------------------
 
+
 @given(n=st.integers(20, 400), ratio=st.floats(0.5, 1.0), seed=st.integers(0, 1000))
 @settings(max_examples=40, deadline=None)
 def test_bottom_k_mask_keeps_exactly_the_fraction_of_smallest_magnitudes(n, ratio, seed):
@@ -276,7 +306,7 @@ def test_bottom_k_mask_keeps_exactly_the_fraction_of_smallest_magnitudes(n, rati
     if 0 < int(m.sum()) < n:
         assert float(g[m].abs().max()) <= float(g[~m].abs().min())
     brute = torch.zeros(n, dtype=torch.bool)
-    brute[torch.argsort(g.abs(), stable=True)[:int(n * ratio)]] = True
+    brute[torch.argsort(g.abs(), stable=True)[: int(n * ratio)]] = True
     assert torch.equal(m, brute)  # random floats: no ties, so the set is unique
 
 
@@ -286,8 +316,9 @@ def test_bottom_k_mask_ranks_by_magnitude_not_sign():
 
 
 def test_neurotoxin_mask_is_global_over_layers_and_comes_from_the_clean_gradient():
-    model = build_model("cnn", {"channels": [4, 8], "hidden": 16}, input_shape=(1, 28, 28),
-                        num_classes=10, seed=0)
+    model = build_model(
+        "cnn", {"channels": [4, 8], "hidden": 16}, input_shape=(1, 28, 28), num_classes=10, seed=0
+    )
     ctx = make_ctx(model)
     x, y = images(48)
     atk = Neurotoxin(mask_ratio=0.9)
@@ -302,7 +333,7 @@ def test_neurotoxin_mask_is_global_over_layers_and_comes_from_the_clean_gradient
     # brute force: the clean-data gradient summed over batches of 16, ranked over all layers by |g|
     model.zero_grad()
     for s in range(0, 48, 16):
-        torch.nn.functional.cross_entropy(model(x[s:s + 16]), y[s:s + 16]).backward()
+        torch.nn.functional.cross_entropy(model(x[s : s + 16]), y[s : s + 16]).backward()
     g = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).abs()
     assert float(g[kept.bool()].max()) <= float(g[~kept.bool()].min()) + 1e-12
     # applied before the step: the gradient survives only on kept coordinates
@@ -343,6 +374,7 @@ def test_neurotoxin_without_poison_first_fails_loudly():
 
 # ---------------------------------------------------------------- edge case ----------------------
 
+
 def test_edge_case_reserve_returns_the_farthest_source_examples_like_a_brute_force_sort():
     from simulator.data.base import DATASETS
 
@@ -371,8 +403,9 @@ def test_edge_case_mixes_relabelled_edge_examples_with_clean_data():
     sevens = x[y == 7].reshape(int((y == 7).sum()), -1)
     mean = atk._rule.mean.to(torch.float32).reshape(1, -1)
     d = (sevens - mean).norm(dim=1)
-    assert torch.allclose(torch.sort((xb.reshape(len(xb), -1) - mean).norm(dim=1)).values,
-                          torch.sort(d).values[-len(xb):])
+    assert torch.allclose(
+        torch.sort((xb.reshape(len(xb), -1) - mean).norm(dim=1)).values, torch.sort(d).values[-len(xb) :]
+    )
 
 
 def test_edge_case_principal_tail_matches_the_covariance_eigenvector_brute_force():
@@ -426,14 +459,23 @@ def test_edge_case_rejects_same_source_and_target():
 
 # ---------------------------------------------------------------- hooks inside train_local -------
 
+
 def test_chained_hooks_run_inside_train_local():
     model = torch.nn.Linear(4, 3)
     ctx = make_ctx(model)
-    atk = CLIENT_ATTACKS.create("pgd", {"base": {"name": "constrain_and_scale", "params": {"alpha": 0.1}},
-                                        "eps": 0.05, "project_every": 1})
+    atk = CLIENT_ATTACKS.create(
+        "pgd",
+        {"base": {"name": "constrain_and_scale", "params": {"alpha": 0.1}}, "eps": 0.05, "project_every": 1},
+    )
     hooks = atk.hooks(ctx)
     assert isinstance(hooks, ChainedHooks) and len(hooks.hooks) == 2
     x, y = torch.randn(64, 4), torch.arange(64) % 3
-    train_local(model, x, y, LocalTrainConfig(epochs=2, batch_size=8, lr=0.5),
-                generator=torch.Generator().manual_seed(0), hooks=hooks)
+    train_local(
+        model,
+        x,
+        y,
+        LocalTrainConfig(epochs=2, batch_size=8, lr=0.5),
+        generator=torch.Generator().manual_seed(0),
+        hooks=hooks,
+    )
     assert float((model_vector(model, ctx.layout) - ctx.global_vector).norm()) <= 0.05 + 1e-6

@@ -49,21 +49,36 @@ def world() -> World:
     perm = np.random.default_rng(0).permutation(pool)
     benign, attacker = perm[:2400], perm[2400:3040]
     model = build_model("cnn", CNN, input_shape=(1, 28, 28), num_classes=10, seed=0)
-    train_local(model, train.x[benign], train.y[benign],
-                LocalTrainConfig(epochs=1, batch_size=32, lr=0.05, momentum=0.9),
-                generator=torch.Generator().manual_seed(0))
+    train_local(
+        model,
+        train.x[benign],
+        train.y[benign],
+        LocalTrainConfig(epochs=1, batch_size=32, lr=0.05, momentum=0.9),
+        generator=torch.Generator().manual_seed(0),
+    )
     return World(train, test.x, test.y, model, attacker, edge)
 
 
 def _ctx(model: torch.nn.Module, *, pid: int = 0, colluders: tuple[int, ...] = ()) -> ClientContext:
     layout = layout_of(model)
-    return ClientContext(partition_id=pid, server_round=2, seed=0, num_examples=640,
-                         global_vector=model_vector(model, layout), layout=layout, train=LOCAL,
-                         num_clients=20, expected_clients_per_round=10.0, malicious=True, colluders=colluders)
+    return ClientContext(
+        partition_id=pid,
+        server_round=2,
+        seed=0,
+        num_examples=640,
+        global_vector=model_vector(model, layout),
+        layout=layout,
+        train=LOCAL,
+        num_clients=20,
+        expected_clients_per_round=10.0,
+        malicious=True,
+        colluders=colluders,
+    )
 
 
-def _attack_round(world: World, atk: ClientAttack, *, pid: int = 0,
-                  colluders: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor, ClientContext]:
+def _attack_round(
+    world: World, atk: ClientAttack, *, pid: int = 0, colluders: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, torch.Tensor, ClientContext]:
     """One attacker round from the pre-trained model: (Δ after training, transformed Δ, ctx)."""
     model = copy.deepcopy(world.pretrained)
     ctx = _ctx(model, pid=pid, colluders=colluders)
@@ -74,8 +89,9 @@ def _attack_round(world: World, atk: ClientAttack, *, pid: int = 0,
     return delta, atk.transform(delta.clone(), ctx), ctx
 
 
-def _accuracies(world: World, atk: ClientAttack, ctx: ClientContext,
-                update: torch.Tensor) -> tuple[float, float]:
+def _accuracies(
+    world: World, atk: ClientAttack, ctx: ClientContext, update: torch.Tensor
+) -> tuple[float, float]:
     """(MA, BA) of the model w_global + update."""
     model = copy.deepcopy(world.pretrained)
     load_vector(model, ctx.global_vector + update, ctx.layout)
@@ -109,11 +125,14 @@ def test_dba_local_stripes_combine_into_the_full_trigger(world):
     model = copy.deepcopy(world.pretrained)
     load_vector(model, ctx.global_vector + torch.stack(updates).mean(0), ctx.layout)
     keep = world.test_y != atk.target_label
-    ba_part, _ = evaluate(model, atk.parts[0].apply(world.test_x[keep]),
-                          torch.full((int(keep.sum()),), atk.target_label))
+    ba_part, _ = evaluate(
+        model, atk.parts[0].apply(world.test_x[keep]), torch.full((int(keep.sum()),), atk.target_label)
+    )
     _, ba0 = _baseline(world, atk)
-    print(f"dba: before BA {ba0:.3f}; averaged attackers MA {ma:.3f} BA(full) {ba_full:.3f} "
-          f"BA(one stripe) {ba_part:.3f}")
+    print(
+        f"dba: before BA {ba0:.3f}; averaged attackers MA {ma:.3f} BA(full) {ba_full:.3f} "
+        f"BA(one stripe) {ba_part:.3f}"
+    )
     assert ba0 < 0.2 and ba_full > 0.8 and ma > 0.8
     assert ba_full > ba_part  # the global trigger is stronger than any single local one
 
@@ -135,8 +154,10 @@ def test_constrain_and_scale_keeps_the_update_closer_to_the_global_model(world):
     atk = CLIENT_ATTACKS.create("constrain_and_scale", {"alpha": 0.5})
     delta, scaled, ctx = _attack_round(world, atk)
     ma, ba = _accuracies(world, atk, ctx, scaled / ctx.expected_clients_per_round)
-    print(f"constrain-and-scale: |Δ| {float(delta.norm()):.3f} vs plain {float(plain.norm()):.3f}; "
-          f"MA {ma:.3f} BA {ba:.3f}")
+    print(
+        f"constrain-and-scale: |Δ| {float(delta.norm()):.3f} vs plain {float(plain.norm()):.3f}; "
+        f"MA {ma:.3f} BA {ba:.3f}"
+    )
     assert float(delta.norm()) < 0.5 * float(plain.norm())  # the anomaly term acted in training
     assert ba > 0.8 and ma > 0.8
 
@@ -147,8 +168,9 @@ def test_edge_case_training_flips_the_tail_sevens(world):
     _, update, ctx = _attack_round(world, atk)
     ma, ba = _accuracies(world, atk, ctx, update)
     n_bd = atk.backdoor_testset(world.test_x, world.test_y)[0].shape[0]
-    print(f"edge case: {n_bd} tail 7s in test; before MA {ma0:.3f} BA {ba0:.3f}; "
-          f"after MA {ma:.3f} BA {ba:.3f}")
+    print(
+        f"edge case: {n_bd} tail 7s in test; before MA {ma0:.3f} BA {ba0:.3f}; after MA {ma:.3f} BA {ba:.3f}"
+    )
     assert n_bd >= 10 and ba0 < 0.3
     assert ba > 0.6 and ma > 0.8
 
@@ -159,8 +181,10 @@ def test_pgd_training_stays_in_the_ball_and_still_implants(world):
     atk = CLIENT_ATTACKS.create("pgd", {"base": "badnets", "eps": eps, "project_every": 1})
     delta, update, ctx = _attack_round(world, atk)
     ma, ba = _accuracies(world, atk, ctx, update)
-    print(f"pgd: free |Δ| {float(free.norm()):.3f}, eps {eps:.3f}, trained |Δ| {float(delta.norm()):.3f}; "
-          f"MA {ma:.3f} BA {ba:.3f}")
+    print(
+        f"pgd: free |Δ| {float(free.norm()):.3f}, eps {eps:.3f}, trained |Δ| {float(delta.norm()):.3f}; "
+        f"MA {ma:.3f} BA {ba:.3f}"
+    )
     assert float(delta.norm()) <= eps + 1e-5  # the after_step projection acted during training
     assert float(update.norm()) <= eps + 1e-5
     assert ba > 0.7 and ma > 0.8
@@ -178,9 +202,11 @@ def test_neurotoxin_trains_only_the_unmasked_coordinates(world):
     kept = torch.cat([m.reshape(-1) for _, m in hooks.masks]).bool()  # layout order = parameter order (cnn)
     ma, ba = _accuracies(world, atk, ctx, atk.transform(delta, ctx))
     moved = delta != 0
-    print(f"neurotoxin: kept {int(kept.sum())}/{kept.numel()}, "
-          f"moved outside mask {int((moved & ~kept).sum())}; "
-          f"MA {ma:.3f} BA {ba:.3f}")
+    print(
+        f"neurotoxin: kept {int(kept.sum())}/{kept.numel()}, "
+        f"moved outside mask {int((moved & ~kept).sum())}; "
+        f"MA {ma:.3f} BA {ba:.3f}"
+    )
     assert int(kept.sum()) == int(kept.numel() * 0.9)
     assert not torch.any(moved & ~kept)  # the top-10% benign coordinates never moved
     assert ba > 0.8 and ma > 0.8

@@ -15,8 +15,9 @@ SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -33,7 +34,9 @@ def test_benchmark_script_imports_and_shows_its_usage(script: str, monkeypatch, 
 
 
 def test_bench_ig_prints_one_row_per_variant_with_its_psnr() -> None:
-    p = _run("benchmarks/bench_ig.py", "--model", "cnn", "--batches", "1", "--iterations", "2", "--restarts", "2")
+    p = _run(
+        "benchmarks/bench_ig.py", "--model", "cnn", "--batches", "1", "--iterations", "2", "--restarts", "2"
+    )
     assert p.returncode == 0, p.stderr
     rows = [line.split() for line in p.stdout.splitlines() if line.strip().startswith("1 ")]
     assert [r[1] for r in rows] == ["eager", "loop", "vmap"]  # compiled rows are CUDA-only by default

@@ -34,8 +34,9 @@ NOISE_KEY = 99
 
 
 def small_model(seed: int = 0) -> nn.Module:
-    return build_model("cnn", {"channels": [4, 8], "hidden": 16}, input_shape=SHAPE, num_classes=NUM_CLASSES,
-                       seed=seed)
+    return build_model(
+        "cnn", {"channels": [4, 8], "hidden": 16}, input_shape=SHAPE, num_classes=NUM_CLASSES, seed=seed
+    )
 
 
 MODEL = small_model()
@@ -43,10 +44,18 @@ LAYOUT = layout_of(MODEL)
 
 
 def make_ctx(defense: ClientDefense, model: nn.Module = MODEL) -> ClientContext:
-    ctx = ClientContext(partition_id=2, server_round=3, seed=5, num_examples=8,
-                        global_vector=model_vector(model, LAYOUT), layout=LAYOUT,
-                        train=LocalTrainConfig(batch_size=8, lr=0.05), num_clients=10,
-                        expected_clients_per_round=5.0, noise_key=NOISE_KEY)
+    ctx = ClientContext(
+        partition_id=2,
+        server_round=3,
+        seed=5,
+        num_examples=8,
+        global_vector=model_vector(model, LAYOUT),
+        layout=LAYOUT,
+        train=LocalTrainConfig(batch_size=8, lr=0.05),
+        num_clients=10,
+        expected_clients_per_round=5.0,
+        noise_key=NOISE_KEY,
+    )
     if defense.needs_client_data:
         g = torch.Generator().manual_seed(1)
         data = (torch.rand(8, *SHAPE, generator=g), torch.arange(8) % NUM_CLASSES)
@@ -97,9 +106,16 @@ def test_inspect_accepts_an_honest_model_of_the_agreed_layout(name: str) -> None
 def test_server_defense_apply_keeps_shape_and_is_deterministic(name: str) -> None:
     d = LAYOUT.dim
     update = honest_delta()
-    ctx = RoundContext(server_round=3, seed=5, global_vector=model_vector(MODEL, LAYOUT), layout=LAYOUT,
-                       client_ids=(1, 2, 3), num_examples=(8, 8, 8), num_clients=10,
-                       expected_clients_per_round=3.0)
+    ctx = RoundContext(
+        server_round=3,
+        seed=5,
+        global_vector=model_vector(MODEL, LAYOUT),
+        layout=LAYOUT,
+        client_ids=(1, 2, 3),
+        num_examples=(8, 8, 8),
+        num_clients=10,
+        expected_clients_per_round=3.0,
+    )
     a = SERVER_DEFENSES.create(name, {}).apply(update.clone(), ctx)
     b = SERVER_DEFENSES.create(name, {}).apply(update.clone(), ctx)
     assert a.shape == (d,) and a.dtype == update.dtype and bool(torch.isfinite(a).all())

@@ -58,10 +58,12 @@ def deltas(n: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, D, generator=torch.Generator().manual_seed(seed)) * 0.01
 
 
-def ctx_for(pid: int = IDS[0], *, server_round: int = 1, noise_key: int | None = NOISE_KEY,
-            state: dict | None = None) -> ClientContext:
-    ctx = client_context(LAYOUT, partition_id=pid, server_round=server_round, seed=11, state=state,
-                         num_clients=10)
+def ctx_for(
+    pid: int = IDS[0], *, server_round: int = 1, noise_key: int | None = NOISE_KEY, state: dict | None = None
+) -> ClientContext:
+    ctx = client_context(
+        LAYOUT, partition_id=pid, server_round=server_round, seed=11, state=state, num_clients=10
+    )
     return dataclasses.replace(ctx, noise_key=noise_key)
 
 
@@ -73,8 +75,12 @@ def encode_round(comp: Compressor, xs: torch.Tensor, server_round: int = 1) -> l
     return [to_tensors(comp.encode(x, ctx_for(pid, server_round=server_round))) for pid, x in zip(IDS, xs)]
 
 
-def decode_round(comp: Compressor, payloads: list[dict[str, torch.Tensor]], ids: tuple[int, ...] = IDS,
-                 server_round: int = 1) -> torch.Tensor:
+def decode_round(
+    comp: Compressor,
+    payloads: list[dict[str, torch.Tensor]],
+    ids: tuple[int, ...] = IDS,
+    server_round: int = 1,
+) -> torch.Tensor:
     rctx = round_context(LAYOUT, client_ids=ids, server_round=server_round, seed=11)
     if comp.aggregates_in_sketch_space:
         return comp.decode_aggregate(payloads, torch.ones(len(payloads)), rctx)
@@ -150,8 +156,12 @@ def test_decodes_alone_means_a_payload_decodes_like_its_row_of_a_batch(name: str
     # linear: in the float arrays of the payload (index arrays are not a vector space)
     if all(torch.is_floating_point(v) for v in payloads[0].values()):
         mixed = {k: 2.0 * payloads[0][k] - 0.5 * payloads[1][k] for k in payloads[0]}
-        torch.testing.assert_close(decode_round(comp, [mixed], ids=(IDS[0],))[0],
-                                   2.0 * batch[0] - 0.5 * batch[1], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            decode_round(comp, [mixed], ids=(IDS[0],))[0],
+            2.0 * batch[0] - 0.5 * batch[1],
+            atol=1e-5,
+            rtol=1e-4,
+        )
 
 
 @pytest.mark.parametrize("name", _with("is_sketch"))

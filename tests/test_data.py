@@ -9,8 +9,10 @@ import torch
 from simulator.data import DATASETS, build_federated_data, partition_indices
 
 
-@pytest.mark.parametrize("name,shape,classes,n", [("mnist5k", (1, 28, 28), 10, 5000), ("digits", (1, 8, 8), 10, 1797),
-                                                  ("lfw_faces", (1, 32, 32), 2, 200)])
+@pytest.mark.parametrize(
+    "name,shape,classes,n",
+    [("mnist5k", (1, 28, 28), 10, 5000), ("digits", (1, 8, 8), 10, 1797), ("lfw_faces", (1, 32, 32), 2, 200)],
+)
 def test_embedded_datasets(name, shape, classes, n):
     ds = DATASETS.create(name)
     assert (len(ds), ds.input_shape, ds.num_classes) == (n, shape, classes)
@@ -24,9 +26,15 @@ def test_photos_are_rgb_crops_of_several_photos():
     assert float(ds.x.std()) > 0.05  # real image content, not constant
 
 
-@pytest.mark.parametrize("name,params", [("iid", {}), ("dirichlet", {"alpha": 0.3}),
-                                         ("pathological", {"num_classes_per_partition": 2}),
-                                         ("shard", {"num_shards_per_partition": 2})])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("iid", {}),
+        ("dirichlet", {"alpha": 0.3}),
+        ("pathological", {"num_classes_per_partition": 2}),
+        ("shard", {"num_shards_per_partition": 2}),
+    ],
+)
 def test_partitions_are_disjoint_deterministic_and_cover(name, params):
     y = np.repeat(np.arange(10), 100)
     a = partition_indices(y, name, params, 10, seed=3)
@@ -41,9 +49,17 @@ def test_partitions_are_disjoint_deterministic_and_cover(name, params):
 
 
 def test_federated_split_keeps_test_and_reserved_out_of_clients():
-    fd = build_federated_data(dataset="digits", dataset_params={}, num_clients=5, partitioner="iid",
-                              partitioner_params={}, test_fraction=0.25, client_test_fraction=0.1, seed=0,
-                              reserve=lambda train: np.arange(10))
+    fd = build_federated_data(
+        dataset="digits",
+        dataset_params={},
+        num_clients=5,
+        partitioner="iid",
+        partitioner_params={},
+        test_fraction=0.25,
+        client_test_fraction=0.1,
+        seed=0,
+        reserve=lambda train: np.arange(10),
+    )
     held = np.concatenate(fd.client_indices + fd.client_test_indices)
     assert np.intersect1d(held, np.arange(10)).size == 0
     assert len(fd.test) == pytest.approx(1797 * 0.25, abs=10)
@@ -59,8 +75,11 @@ def test_huggingface_loader_reads_a_local_parquet_dataset(tmp_path):
     imgs = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(12)]
     feats = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
     datasets.Dataset.from_dict({"img": imgs, "label": [i % 3 for i in range(12)]}, features=feats).to_parquet(
-        str(tmp_path / "train.parquet"))
-    ds = DATASETS.create("huggingface", {"name": "parquet", "data_files": {"train": str(tmp_path / "train.parquet")}})
+        str(tmp_path / "train.parquet")
+    )
+    ds = DATASETS.create(
+        "huggingface", {"name": "parquet", "data_files": {"train": str(tmp_path / "train.parquet")}}
+    )
     assert ds.input_shape == (3, 8, 8) and len(ds) == 12 and ds.num_classes == 3
     assert torch.allclose(ds.x[0], torch.from_numpy(np.asarray(imgs[0])).permute(2, 0, 1).float() / 255)
 

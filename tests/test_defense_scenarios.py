@@ -15,9 +15,18 @@ from simulator.runner import run
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 DEFENSES = sorted(p.stem.removeprefix("defense_") for p in SCENARIOS.glob("defense_*.toml"))
-TINY = ["simulation.engine='inline'", "data.max_examples=1000", "data.num_clients=6", "federation.clients_per_round=4",
-        "federation.rounds=2", "federation.local_epochs=1", "model.name='mlp'", "model.params={hidden=[32]}",
-        "attacks.backdoor.params.base.params.edge_size=10", "model.warm_start={rounds=1}"]
+TINY = [
+    "simulation.engine='inline'",
+    "data.max_examples=1000",
+    "data.num_clients=6",
+    "federation.clients_per_round=4",
+    "federation.rounds=2",
+    "federation.local_epochs=1",
+    "model.name='mlp'",
+    "model.params={hidden=[32]}",
+    "attacks.backdoor.params.base.params.edge_size=10",
+    "model.warm_start={rounds=1}",
+]
 
 
 def test_each_defense_scenario_names_a_registered_aggregator() -> None:
@@ -28,8 +37,11 @@ def test_each_defense_scenario_names_a_registered_aggregator() -> None:
 @pytest.fixture(scope="module")
 def grid_cells() -> dict[str, dict]:
     g = load_grid(SCENARIOS / "backdoor_defense_grid.toml")
-    return {c.labels["defense"]: c.scenario.resolved() for c in g.cells
-            if c.labels["attack"] == "pgd" and c.labels["alpha"] == "0.5"}
+    return {
+        c.labels["defense"]: c.scenario.resolved()
+        for c in g.cells
+        if c.labels["attack"] == "pgd" and c.labels["alpha"] == "0.5"
+    }
 
 
 @pytest.mark.parametrize("name", DEFENSES)

@@ -24,14 +24,18 @@ def test_ray_clients_on_a_gpu_must_reserve_a_share_of_it():
         scenario_from_dict({"simulation": {"engine": "ray", "device": "cuda"}})
     ok = scenario_from_dict({"simulation": {"engine": "ray", "device": "cuda", "num_gpus_per_client": 0.25}})
     assert ok.simulation.num_gpus_per_client == 0.25
-    assert scenario_from_dict({"simulation": {"engine": "inline", "device": "cuda"}}).simulation.device == "cuda"
+    assert (
+        scenario_from_dict({"simulation": {"engine": "inline", "device": "cuda"}}).simulation.device == "cuda"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 @pytest.mark.parametrize("path", ["scenarios/leakage_ig.toml", "scenarios/quickstart.toml"])
 def test_cuda_without_a_gpu_is_one_clear_error_before_any_work(path, tmp_path):
     s = load_scenario(path, ["simulation.device='cuda'", "simulation.engine='inline'"])
-    with pytest.raises(ScenarioError, match=r"simulation.device.*'cuda' but torch .* sees no CUDA GPU; use 'cpu'"):
+    with pytest.raises(
+        ScenarioError, match=r"simulation.device.*'cuda' but torch .* sees no CUDA GPU; use 'cpu'"
+    ):
         run(s, out_dir=tmp_path / "out", store=tmp_path / "r.sqlite")
     assert not (tmp_path / "out").exists()
 
@@ -40,8 +44,11 @@ def test_an_attack_that_runs_on_the_cpu_only_names_those_that_run_on_a_gpu():
     s = load_scenario("scenarios/leakage_analytic.toml", ["simulation.device='cuda'"])
     attack = INVERSION_ATTACKS.create(s.attacks.inversion.name, s.attacks.inversion.params)
     case = prepare_leakage(s, attack)
-    with pytest.raises(ScenarioError, match=r"simulation.device.*runs on the CPU only; on a GPU: dlg, idlg, "
-                                            r"inverting_gradients"):
+    with pytest.raises(
+        ScenarioError,
+        match=r"simulation.device.*runs on the CPU only; on a GPU: dlg, idlg, "
+        r"inverting_gradients",
+    ):
         view_on_device(s, case.view, attack)
 
 

@@ -21,20 +21,39 @@ from simulator.scenario import ScenarioError, load_scenario, scenario_from_dict
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _acc(z: float, *, q: float = 0.1, sampling: str = "poisson", accountant: str = "pld") -> ClientLevelAccounting:
-    return ClientLevelAccounting(noise_multiplier=z, sampling=sampling, sampling_rate=q, num_clients=100,
-                                 sample_size=int(q * 100), delta=1e-5, accountant=accountant)
+def _acc(
+    z: float, *, q: float = 0.1, sampling: str = "poisson", accountant: str = "pld"
+) -> ClientLevelAccounting:
+    return ClientLevelAccounting(
+        noise_multiplier=z,
+        sampling=sampling,
+        sampling_rate=q,
+        num_clients=100,
+        sample_size=int(q * 100),
+        delta=1e-5,
+        accountant=accountant,
+    )
 
 
 def _dp_fedavg(**privacy) -> dict:
-    return {"data": {"dataset": "mnist5k", "num_clients": 20},
-            "federation": {"rounds": 5, "sampling": "poisson", "sampling_rate": 0.25},
-            "privacy": {"level": "client", **privacy}}
+    return {
+        "data": {"dataset": "mnist5k", "num_clients": 20},
+        "federation": {"rounds": 5, "sampling": "poisson", "sampling_rate": 0.25},
+        "privacy": {"level": "client", **privacy},
+    }
 
 
 def _rctx(rnd: int) -> RoundContext:
-    return RoundContext(server_round=rnd, seed=0, global_vector=torch.zeros(8), layout=Layout(("w",), ((8,),)),
-                        client_ids=(), num_examples=(), num_clients=20, expected_clients_per_round=5.0)
+    return RoundContext(
+        server_round=rnd,
+        seed=0,
+        global_vector=torch.zeros(8),
+        layout=Layout(("w",), ((8,),)),
+        client_ids=(),
+        num_examples=(),
+        num_clients=20,
+        expected_clients_per_round=5.0,
+    )
 
 
 def test_poisson_epsilon_matches_independent_pld_within_1pct() -> None:
@@ -64,15 +83,29 @@ def test_fixed_size_uses_rdp_replace_one_and_refuses_pld() -> None:
 def test_privacy_block_lets_anyone_recompute_epsilon() -> None:
     b = _acc(1.3, q=0.2).privacy_block(rounds=7, level="client")
     lib = PLDAccountant()
-    lib.compose(E.PoissonSampledDpEvent(b["sampling_rate"], E.GaussianDpEvent(b["noise_multiplier"])), b["steps"])
+    lib.compose(
+        E.PoissonSampledDpEvent(b["sampling_rate"], E.GaussianDpEvent(b["noise_multiplier"])), b["steps"]
+    )
     assert b["epsilon"] == pytest.approx(lib.get_epsilon(b["delta"]), rel=1e-3)
-    assert {"epsilon", "delta", "accountant", "level", "noise_multiplier", "sampling_rate", "steps", "sampling",
-            "neighboring_relation", "epsilon_rdp"} <= set(b)
+    assert {
+        "epsilon",
+        "delta",
+        "accountant",
+        "level",
+        "noise_multiplier",
+        "sampling_rate",
+        "steps",
+        "sampling",
+        "neighboring_relation",
+        "epsilon_rdp",
+    } <= set(b)
 
 
 def test_calibration_hits_target_from_below() -> None:
     target, rounds = 3.0, 20
-    z = calibrate_noise_multiplier(target_epsilon=target, rounds=rounds, make=lambda z: _acc(z, q=0.2), tol=0.01)
+    z = calibrate_noise_multiplier(
+        target_epsilon=target, rounds=rounds, make=lambda z: _acc(z, q=0.2), tol=0.01
+    )
     eps = _acc(z, q=0.2).epsilon(rounds)
     assert target * 0.99 <= eps <= target  # tolerance 1 % below the target, never above
     assert _acc(z * 0.98, q=0.2).epsilon(rounds) > eps

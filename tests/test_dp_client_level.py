@@ -17,24 +17,52 @@ from simulator.training import LocalTrainConfig
 D = 20_000
 
 
-def _mech(*, noise: str = "central", adaptive: AdaptiveClippingConfig | None = None, z: float = 1.2,
-          clip: float = 0.5, m: float = 5.0) -> ClientLevelDP:
+def _mech(
+    *,
+    noise: str = "central",
+    adaptive: AdaptiveClippingConfig | None = None,
+    z: float = 1.2,
+    clip: float = 0.5,
+    m: float = 5.0,
+) -> ClientLevelDP:
     cfg = ClientDPConfig(clip_norm=clip, noise_multiplier=z, noise=noise, adaptive_clipping=adaptive)
-    acc = ClientLevelAccounting(noise_multiplier=z, sampling="poisson", sampling_rate=m / 20, num_clients=20,
-                                sample_size=int(m), delta=1e-5, accountant="pld")
+    acc = ClientLevelAccounting(
+        noise_multiplier=z,
+        sampling="poisson",
+        sampling_rate=m / 20,
+        num_clients=20,
+        sample_size=int(m),
+        delta=1e-5,
+        accountant="pld",
+    )
     return ClientLevelDP(cfg, acc, expected_clients=m)
 
 
 def _rctx(rnd: int, n: int) -> RoundContext:
-    return RoundContext(server_round=rnd, seed=3, global_vector=torch.zeros(D), layout=Layout(("w",), ((D,),)),
-                        client_ids=tuple(range(n)), num_examples=(10,) * n, num_clients=20,
-                        expected_clients_per_round=5.0)
+    return RoundContext(
+        server_round=rnd,
+        seed=3,
+        global_vector=torch.zeros(D),
+        layout=Layout(("w",), ((D,),)),
+        client_ids=tuple(range(n)),
+        num_examples=(10,) * n,
+        num_clients=20,
+        expected_clients_per_round=5.0,
+    )
 
 
 def _cctx(pid: int) -> ClientContext:
-    return ClientContext(partition_id=pid, server_round=1, seed=3, num_examples=10, global_vector=torch.zeros(D),
-                         layout=Layout(("w",), ((D,),)), train=LocalTrainConfig(), num_clients=20,
-                         expected_clients_per_round=5.0)
+    return ClientContext(
+        partition_id=pid,
+        server_round=1,
+        seed=3,
+        num_examples=10,
+        global_vector=torch.zeros(D),
+        layout=Layout(("w",), ((D,),)),
+        train=LocalTrainConfig(),
+        num_clients=20,
+        expected_clients_per_round=5.0,
+    )
 
 
 def test_client_update_clips_to_c_and_sends_only_the_shifted_bit() -> None:
@@ -85,8 +113,11 @@ def test_adaptive_clipping_moves_toward_target_quantile() -> None:
     norms = torch.linspace(0.1, 2.0, 20)  # clients' update norms; the median is ≈ 1.05
     target = float(norms.median())
     for start in (0.05, 5.0):
-        mech = _mech(adaptive=AdaptiveClippingConfig(target_quantile=0.5, clip_norm_lr=0.3,
-                                                     clipped_count_stddev=1.0), clip=start, m=20.0)
+        mech = _mech(
+            adaptive=AdaptiveClippingConfig(target_quantile=0.5, clip_norm_lr=0.3, clipped_count_stddev=1.0),
+            clip=start,
+            m=20.0,
+        )
         for rnd in range(1, 80):
             c = mech.server_config(rnd)["dp-clip-norm"]
             mets = [{"dp-clip-bit": 0.5 if n <= c else -0.5} for n in norms]
@@ -97,5 +128,5 @@ def test_adaptive_clipping_moves_toward_target_quantile() -> None:
 def test_adaptive_noise_multiplier_keeps_total_privacy() -> None:
     z, sb = 1.0, 1.0
     zd = update_noise_multiplier(z, sb)
-    assert math.isclose(zd ** -2 + (2 * sb) ** -2, z ** -2, rel_tol=1e-12)
+    assert math.isclose(zd**-2 + (2 * sb) ** -2, z**-2, rel_tol=1e-12)
     assert _mech(adaptive=AdaptiveClippingConfig(clipped_count_stddev=sb), z=z).update_z == zd

@@ -37,8 +37,18 @@ def test_opacus_epsilon_passed_through_unchanged(accountant: str, cls: type) -> 
     x, y = _data()
     model = build_model("mlp", {"hidden": [16]}, input_shape=(1, 28, 28), num_classes=10, seed=0)
     cfg = LocalTrainConfig(epochs=2, batch_size=16, lr=0.1)
-    res = train_dpsgd(model, x, y, cfg, noise_multiplier=1.1, max_grad_norm=1.0, delta=1e-5, generator=_g(1),
-                      noise_generator=_g(2), accountant=accountant)
+    res = train_dpsgd(
+        model,
+        x,
+        y,
+        cfg,
+        noise_multiplier=1.1,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        generator=_g(1),
+        noise_generator=_g(2),
+        accountant=accountant,
+    )
     q = 1 / 4  # 64 examples, batch 16: Opacus's q = 1/len(loader)
     assert res.sample_rate == q and res.stats.steps == 8
     ref = cls()
@@ -46,8 +56,19 @@ def test_opacus_epsilon_passed_through_unchanged(accountant: str, cls: type) -> 
         ref.step(noise_multiplier=1.1, sample_rate=q)
     assert res.epsilon == ref.get_epsilon(1e-5)
     # a second participation continues the same history (cumulative ε)
-    res2 = train_dpsgd(model, x, y, cfg, noise_multiplier=1.1, max_grad_norm=1.0, delta=1e-5, generator=_g(3),
-                       noise_generator=_g(4), accountant=accountant, history=res.history)
+    res2 = train_dpsgd(
+        model,
+        x,
+        y,
+        cfg,
+        noise_multiplier=1.1,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        generator=_g(3),
+        noise_generator=_g(4),
+        accountant=accountant,
+        history=res.history,
+    )
     for _ in range(8):
         ref.step(noise_multiplier=1.1, sample_rate=q)
     assert res2.epsilon == pytest.approx(ref.get_epsilon(1e-5), rel=1e-9)
@@ -66,7 +87,7 @@ def test_per_example_clipping_matches_one_at_a_time_reference(clipping: str) -> 
     per_layer_c = c / np.sqrt(len(params))
     clipped = []
     for i in range(12):
-        grads = torch.autograd.grad(F.cross_entropy(ref_model(x[i:i + 1]), y[i:i + 1]), params)
+        grads = torch.autograd.grad(F.cross_entropy(ref_model(x[i : i + 1]), y[i : i + 1]), params)
         flat = torch.cat([g.reshape(-1) for g in grads])
         if clipping == "flat":
             cg = flat * min(1.0, c / float(flat.norm()))
@@ -76,9 +97,20 @@ def test_per_example_clipping_matches_one_at_a_time_reference(clipping: str) -> 
         clipped.append(cg)
     expected = -torch.stack(clipped).mean(0)
     before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    train_dpsgd(model, x, y, LocalTrainConfig(epochs=1, batch_size=12, lr=1.0), noise_multiplier=1e-9,
-                max_grad_norm=c, delta=1e-5, generator=_g(0), noise_generator=_g(0), clipping=clipping,
-                poisson_sampling=False, accountant="rdp")
+    train_dpsgd(
+        model,
+        x,
+        y,
+        LocalTrainConfig(epochs=1, batch_size=12, lr=1.0),
+        noise_multiplier=1e-9,
+        max_grad_norm=c,
+        delta=1e-5,
+        generator=_g(0),
+        noise_generator=_g(0),
+        clipping=clipping,
+        poisson_sampling=False,
+        accountant="rdp",
+    )
     after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     assert torch.allclose(after - before, expected, atol=1e-6, rtol=1e-4)
 
@@ -86,11 +118,23 @@ def test_per_example_clipping_matches_one_at_a_time_reference(clipping: str) -> 
 @pytest.mark.parametrize("mode", ["hooks", "functorch", "ew", "ghost"])
 def test_every_grad_sample_mode_trains_the_cnn(mode: str) -> None:
     x, y = _data(24)
-    model = build_model("cnn", {"channels": [4, 8], "hidden": 16}, input_shape=(1, 28, 28), num_classes=10, seed=0)
+    model = build_model(
+        "cnn", {"channels": [4, 8], "hidden": 16}, input_shape=(1, 28, 28), num_classes=10, seed=0
+    )
     before = model_vector(model)
-    res = train_dpsgd(model, x, y, LocalTrainConfig(epochs=1, batch_size=8, lr=0.1), noise_multiplier=1.0,
-                      max_grad_norm=1.0, delta=1e-5, generator=_g(0), noise_generator=_g(1), grad_sample_mode=mode,
-                      accountant="rdp")
+    res = train_dpsgd(
+        model,
+        x,
+        y,
+        LocalTrainConfig(epochs=1, batch_size=8, lr=0.1),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        generator=_g(0),
+        noise_generator=_g(1),
+        grad_sample_mode=mode,
+        accountant="rdp",
+    )
     after = model_vector(model)
     assert res.stats.steps == 3 and bool(torch.isfinite(after).all()) and not torch.equal(before, after)
     assert not any(k.startswith("_module") for k in model.state_dict())  # weights written back unwrapped
@@ -98,15 +142,29 @@ def test_every_grad_sample_mode_trains_the_cnn(mode: str) -> None:
 
 def _ctx(state: dict, rnd: int = 1) -> ClientContext:
     model = build_model("mlp", {"hidden": []}, input_shape=(1, 28, 28), num_classes=10, seed=0)
-    return ClientContext(partition_id=0, server_round=rnd, seed=0, num_examples=64, global_vector=model_vector(model),
-                         layout=layout_of(model), train=LocalTrainConfig(epochs=1, batch_size=16, lr=0.1),
-                         num_clients=4, expected_clients_per_round=2.0, state=state)
+    return ClientContext(
+        partition_id=0,
+        server_round=rnd,
+        seed=0,
+        num_examples=64,
+        global_vector=model_vector(model),
+        layout=layout_of(model),
+        train=LocalTrainConfig(epochs=1, batch_size=16, lr=0.1),
+        num_clients=4,
+        expected_clients_per_round=2.0,
+        state=state,
+    )
 
 
 def test_dpsgd_f_preprocessing_cost_is_composed_once() -> None:
     x, y = _data()
-    cfg = RecordDPConfig(noise_multiplier=1.1, feature_preprocessing="dpsgd_f", accountant="rdp",
-                         preprocessing_noise_multiplier=3.0, feature_clip_norm=20.0)
+    cfg = RecordDPConfig(
+        noise_multiplier=1.1,
+        feature_preprocessing="dpsgd_f",
+        accountant="rdp",
+        preprocessing_noise_multiplier=3.0,
+        feature_clip_norm=20.0,
+    )
     mech = RecordLevelDP(cfg, delta=1e-5, rounds=3)
     state: dict = {}
     model = build_model("mlp", {"hidden": []}, input_shape=(1, 28, 28), num_classes=10, seed=0)
@@ -143,8 +201,9 @@ def test_input_perturbation_epsilon_is_one_gaussian_release() -> None:
     lib.compose(E.GaussianDpEvent(2.0))
     assert input_perturbation_epsilon(2.0, 1e-5) == pytest.approx(lib.get_epsilon(1e-5), rel=1e-9)
     x, y = _data()
-    mech = RecordLevelDP(RecordDPConfig(mechanism="input", noise_multiplier=2.0, feature_clip_norm=5.0),
-                         delta=1e-5, rounds=3)
+    mech = RecordLevelDP(
+        RecordDPConfig(mechanism="input", noise_multiplier=2.0, feature_clip_norm=5.0), delta=1e-5, rounds=3
+    )
     state: dict = {}
     model = build_model("mlp", {"hidden": []}, input_shape=(1, 28, 28), num_classes=10, seed=0)
     _, m1 = mech.client_train(model, x, y, _ctx(state, 1), {}, None)
@@ -154,8 +213,9 @@ def test_input_perturbation_epsilon_is_one_gaussian_release() -> None:
 
 def test_record_level_stop_uses_next_participation() -> None:
     x, y = _data()
-    mech = RecordLevelDP(RecordDPConfig(noise_multiplier=1.0, accountant="rdp"), delta=1e-5, rounds=10,
-                         target_epsilon=5.0)
+    mech = RecordLevelDP(
+        RecordDPConfig(noise_multiplier=1.0, accountant="rdp"), delta=1e-5, rounds=10, target_epsilon=5.0
+    )
     state: dict = {}
     model = build_model("mlp", {"hidden": []}, input_shape=(1, 28, 28), num_classes=10, seed=0)
     rnd = 0
@@ -166,5 +226,6 @@ def test_record_level_stop_uses_next_participation() -> None:
         assert rep["epsilon"] <= 5.0
         assert rnd < 50
     assert met["epsilon-next"] > 5.0
-    assert met["epsilon-next"] == pytest.approx(opacus_epsilon(
-        [(1.0, 0.25, 4 * (rnd + 1))], accountant="rdp", delta=1e-5), rel=1e-9)
+    assert met["epsilon-next"] == pytest.approx(
+        opacus_epsilon([(1.0, 0.25, 4 * (rnd + 1))], accountant="rdp", delta=1e-5), rel=1e-9
+    )

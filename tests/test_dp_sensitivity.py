@@ -105,8 +105,9 @@ def _check_bound(measured: float, assumed: float, what: str) -> None:
 def _gaussian_of(event: E.DpEvent) -> float:
     """The Gaussian multiplier inside a (Poisson / without-replacement / self-composed) sampled event."""
     while not isinstance(event, E.GaussianDpEvent):
-        assert isinstance(event, (E.PoissonSampledDpEvent, E.SampledWithoutReplacementDpEvent,
-                                  E.SelfComposedDpEvent)), f"unexpected event {event!r}"
+        assert isinstance(
+            event, (E.PoissonSampledDpEvent, E.SampledWithoutReplacementDpEvent, E.SelfComposedDpEvent)
+        ), f"unexpected event {event!r}"
         event = event.event
     return float(event.noise_multiplier)
 
@@ -122,8 +123,17 @@ def _adversarial_vectors(d: int, c: float, seed: int) -> list[torch.Tensor]:
     u, v, w = _unit(d, g), _unit(d, g), _unit(d, g)
     e0 = torch.zeros(d, dtype=F64)
     e0[0] = 1.0
-    out = [1e6 * v, -1e6 * v, 1e6 * e0, 1e-6 * w, torch.zeros(d, dtype=F64), c * u, -c * u,
-           c * (1 + 1e-9) * w, -c * (1 - 1e-9) * w]
+    out = [
+        1e6 * v,
+        -1e6 * v,
+        1e6 * e0,
+        1e-6 * w,
+        torch.zeros(d, dtype=F64),
+        c * u,
+        -c * u,
+        c * (1 + 1e-9) * w,
+        -c * (1 - 1e-9) * w,
+    ]
     out += [s * c * _unit(d, g) for s in (0.1, 0.7, 3.0, 40.0)]
     return out
 
@@ -131,13 +141,13 @@ def _adversarial_vectors(d: int, c: float, seed: int) -> list[torch.Tensor]:
 def _add_remove(base: Sequence[int], k: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Pairs (cohort, cohort ± one member): remove each member of ``base``, add each of the ``k`` candidates."""
     b = tuple(base)
-    return [(b, b[:i] + b[i + 1:]) for i in range(len(b))] + [(b, b + (j,)) for j in range(k)]
+    return [(b, b[:i] + b[i + 1 :]) for i in range(len(b))] + [(b, b + (j,)) for j in range(k)]
 
 
 def _replace(base: Sequence[int], k: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Pairs (cohort, cohort with one member replaced by another candidate)."""
     b = tuple(base)
-    return [(b, b[:i] + (j,) + b[i + 1:]) for i in range(len(b)) for j in range(k) if j != b[i]]
+    return [(b, b[:i] + (j,) + b[i + 1 :]) for i in range(len(b)) for j in range(k) if j != b[i]]
 
 
 def _worst(pairs: Sequence[tuple[Any, Any]], release: Callable[[Any], torch.Tensor]) -> float:
@@ -161,12 +171,23 @@ N_CLIENTS = 20
 ADAPTIVE = AdaptiveClippingConfig(target_quantile=0.5, clip_norm_lr=0.2, clipped_count_stddev=1.0)
 
 
-def _client_mech(*, z: float, sampling: str = "poisson", noise: str = "central",
-                 adaptive: AdaptiveClippingConfig | None = None) -> ClientLevelDP:
+def _client_mech(
+    *,
+    z: float,
+    sampling: str = "poisson",
+    noise: str = "central",
+    adaptive: AdaptiveClippingConfig | None = None,
+) -> ClientLevelDP:
     cfg = ClientDPConfig(clip_norm=C, noise_multiplier=z, noise=noise, adaptive_clipping=adaptive)
-    acc = ClientLevelAccounting(noise_multiplier=z, sampling=sampling, sampling_rate=M / N_CLIENTS,
-                                num_clients=N_CLIENTS, sample_size=int(M), delta=DELTA,
-                                accountant="rdp" if sampling == "fixed" else "pld")
+    acc = ClientLevelAccounting(
+        noise_multiplier=z,
+        sampling=sampling,
+        sampling_rate=M / N_CLIENTS,
+        num_clients=N_CLIENTS,
+        sample_size=int(M),
+        delta=DELTA,
+        accountant="rdp" if sampling == "fixed" else "pld",
+    )
     return ClientLevelDP(cfg, acc, expected_clients=M)
 
 
@@ -175,18 +196,36 @@ def _layout(d: int) -> Layout:
 
 
 def _cctx(pid: int, d: int = D, *, rnd: int = 1, noise_key: int = 11) -> ClientContext:
-    return ClientContext(partition_id=pid, server_round=rnd, seed=3, num_examples=10,
-                         global_vector=torch.zeros(d), layout=_layout(d), train=LocalTrainConfig(),
-                         num_clients=N_CLIENTS, expected_clients_per_round=M, noise_key=noise_key + pid)
+    return ClientContext(
+        partition_id=pid,
+        server_round=rnd,
+        seed=3,
+        num_examples=10,
+        global_vector=torch.zeros(d),
+        layout=_layout(d),
+        train=LocalTrainConfig(),
+        num_clients=N_CLIENTS,
+        expected_clients_per_round=M,
+        noise_key=noise_key + pid,
+    )
 
 
 def _rctx(rnd: int, n: int, d: int = D) -> RoundContext:
-    return RoundContext(server_round=rnd, seed=3, global_vector=torch.zeros(d), layout=_layout(d),
-                        client_ids=tuple(range(n)), num_examples=(10,) * n, num_clients=N_CLIENTS,
-                        expected_clients_per_round=M)
+    return RoundContext(
+        server_round=rnd,
+        seed=3,
+        global_vector=torch.zeros(d),
+        layout=_layout(d),
+        client_ids=tuple(range(n)),
+        num_examples=(10,) * n,
+        num_clients=N_CLIENTS,
+        expected_clients_per_round=M,
+    )
 
 
-def _sum_release(mech0: ClientLevelDP, clipped: list[torch.Tensor]) -> Callable[[tuple[int, ...]], torch.Tensor]:
+def _sum_release(
+    mech0: ClientLevelDP, clipped: list[torch.Tensor]
+) -> Callable[[tuple[int, ...]], torch.Tensor]:
     """The released sum of a cohort (indices into ``clipped``) without noise: the noise-free mechanism's
     ``server_aggregate`` on the uniform mean of the cohort's clipped updates, times the fixed denominator m."""
 
@@ -207,15 +246,24 @@ def _measured_client_sums(noise: str) -> dict[str, float]:
     clipped = [mech0.client_update(u, _cctx(i), {"dp-clip-norm": C})[0] for i, u in enumerate(ups)]
     release = _sum_release(mech0, clipped)
     k, full = len(ups), tuple(range(len(ups)))
-    return {"add_or_remove_one": _worst(_add_remove(full, k) + _add_remove((), k), release),
-            "replace_one": _worst(_replace(full, k), release)}
+    return {
+        "add_or_remove_one": _worst(_add_remove(full, k) + _add_remove((), k), release),
+        "replace_one": _worst(_replace(full, k), release),
+    }
 
 
-@pytest.mark.parametrize("sampling,noise,relation", [("poisson", "central", "add_or_remove_one"),
-                                                     ("fixed", "central", "replace_one"),
-                                                     ("none", "central", "add_or_remove_one"),
-                                                     ("poisson", "local", "add_or_remove_one")])
-def test_dpfedavg_sum_of_clipped_updates(sampling: str, noise: str, relation: str, normal_spy: NormalSpy) -> None:
+@pytest.mark.parametrize(
+    "sampling,noise,relation",
+    [
+        ("poisson", "central", "add_or_remove_one"),
+        ("fixed", "central", "replace_one"),
+        ("none", "central", "add_or_remove_one"),
+        ("poisson", "local", "add_or_remove_one"),
+    ],
+)
+def test_dpfedavg_sum_of_clipped_updates(
+    sampling: str, noise: str, relation: str, normal_spy: NormalSpy
+) -> None:
     """DP-FedAvg: the sum of clipped updates moves by ≤ C (add/remove one client) and ≤ 2C (replace one), both
     reached by a huge update; the ``aggregate`` event's multiplier is total std that ran / measured distance
     under the view's relation (replace-one for fixed-size cohorts, add/remove otherwise)."""
@@ -230,20 +278,26 @@ def test_dpfedavg_sum_of_clipped_updates(sampling: str, noise: str, relation: st
     sent = [mech.client_update(u, _cctx(i), mech.server_config(1))[0] for i, u in enumerate(ups)]
     mech.server_aggregate(torch.stack(sent).mean(0), [{}] * len(sent), _rctx(1, len(sent)))
     sigma = math.sqrt(sum(s * s for s in normal_spy.stds()))
-    assert len(normal_spy.calls) == (1 if noise == "central" else len(sent) + 1)  # local: + the server's top-up
+    assert len(normal_spy.calls) == (
+        1 if noise == "central" else len(sent) + 1
+    )  # local: + the server's top-up
     assert sigma == pytest.approx(mech.total_noise_std(len(sent)), rel=1e-12)
     view = mech.ledger.views["aggregate"]
     assert view.relation == relation
     event = view.entries[-1].event
-    expected_type = {"poisson": E.PoissonSampledDpEvent, "fixed": E.SampledWithoutReplacementDpEvent,
-                     "none": E.GaussianDpEvent}[sampling]
+    expected_type = {
+        "poisson": E.PoissonSampledDpEvent,
+        "fixed": E.SampledWithoutReplacementDpEvent,
+        "none": E.GaussianDpEvent,
+    }[sampling]
     assert isinstance(event, expected_type)
     assert _gaussian_of(event) == pytest.approx(sigma / measured[relation], rel=REL)
 
 
 @pytest.mark.parametrize("sampling,relation", [("poisson", "add_or_remove_one"), ("fixed", "replace_one")])
-def test_adaptive_clipping_shifted_bit_sum_and_joint_release(sampling: str, relation: str,
-                                                             normal_spy: NormalSpy) -> None:
+def test_adaptive_clipping_shifted_bit_sum_and_joint_release(
+    sampling: str, relation: str, normal_spy: NormalSpy
+) -> None:
     """Adaptive clipping: the sum of the shifted clip bits (from ``client_update``) moves by ≤ ½ (add/remove)
     and ≤ 1 (replace); the round's (update sum, bit sum) event has multiplier (Σ (Δ_i/σ_i)²)^(−1/2) with the
     measured Δs and the stds that ran, equal to 1 / the worst whitened joint distance, and to Andrew et al.'s
@@ -323,7 +377,10 @@ def test_local_noise_std_that_ran_matches_the_spy() -> None:
     d = 4096
     mech, mech0 = _client_mech(z=1.3, noise="local"), _client_mech(z=0.0, noise="local")
     u = 1e6 * _unit(d, _g(5))
-    noise = mech.client_update(u, _cctx(0, d), {"dp-clip-norm": C})[0] - mech0.client_update(u, _cctx(0, d), {})[0]
+    noise = (
+        mech.client_update(u, _cctx(0, d), {"dp-clip-norm": C})[0]
+        - mech0.client_update(u, _cctx(0, d), {})[0]
+    )
     assert float(noise.std()) == pytest.approx(mech.update_z * C / math.sqrt(M), rel=0.03)
 
 
@@ -335,8 +392,11 @@ SKETCH_Z = 1.2
 
 
 def _compressor(name: str, z: float) -> Any:
-    cls = {"srht": SRHTCompressor, "gaussian_sketch": GaussianSketchCompressor,
-           "count_sketch": CountSketchCompressor}[name]
+    cls = {
+        "srht": SRHTCompressor,
+        "gaussian_sketch": GaussianSketchCompressor,
+        "count_sketch": CountSketchCompressor,
+    }[name]
     kw = {"rows": 4} if name == "count_sketch" else {}
     return cls(ratio=0.25, clip_norm=C, noise_multiplier=z, **kw)
 
@@ -377,8 +437,15 @@ def test_sketch_dp_clipped_sketch(name: str) -> None:
     assert sigma == pytest.approx(SKETCH_Z * gain * C, rel=1e-4)
     assert float(torch.linalg.vector_norm(diff - sigma * drawn)) < 1e-4 * float(diff.norm())
 
-    acc = ClientLevelAccounting(noise_multiplier=SKETCH_Z, sampling="poisson", sampling_rate=M / N_CLIENTS,
-                                num_clients=N_CLIENTS, sample_size=int(M), delta=DELTA, accountant="pld")
+    acc = ClientLevelAccounting(
+        noise_multiplier=SKETCH_Z,
+        sampling="poisson",
+        sampling_rate=M / N_CLIENTS,
+        num_clients=N_CLIENTS,
+        sample_size=int(M),
+        delta=DELTA,
+        accountant="pld",
+    )
     mech = SketchDP(acc, C, name)
     mech.round_report(1, [{"partition-id": 0}])
     clear = mech.ledger.views["update_in_clear"]
@@ -412,9 +479,19 @@ def _mlp(shape: tuple[int, ...], hidden: list[int], seed: int = 0) -> torch.nn.M
 
 def _record_ctx(model: torch.nn.Module, shape: tuple[int, ...], n: int) -> ClientContext:
     d = sum(p.numel() for p in model.parameters())
-    return ClientContext(partition_id=0, server_round=1, seed=0, num_examples=n, global_vector=torch.zeros(d),
-                         layout=_layout(d), train=LocalTrainConfig(epochs=1, batch_size=64, lr=0.1),
-                         num_clients=4, expected_clients_per_round=2.0, state={}, noise_key=5)
+    return ClientContext(
+        partition_id=0,
+        server_round=1,
+        seed=0,
+        num_examples=n,
+        global_vector=torch.zeros(d),
+        layout=_layout(d),
+        train=LocalTrainConfig(epochs=1, batch_size=64, lr=0.1),
+        num_clients=4,
+        expected_clients_per_round=2.0,
+        state={},
+        noise_key=5,
+    )
 
 
 def _dpsgd_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, clipping: str) -> torch.Tensor:
@@ -422,9 +499,20 @@ def _dpsgd_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, clippin
     z = 0, plain SGD with lr = 1, one batch; Opacus divides the sum by the batch size n, so sum = n·(θ₀ − θ₁)."""
     work = copy.deepcopy(model)
     before = _vec(work)
-    res = train_dpsgd(work, x, y, LocalTrainConfig(epochs=1, batch_size=64, lr=1.0), noise_multiplier=0.0,
-                      max_grad_norm=SGD_C, delta=DELTA, generator=_g(1), noise_generator=_g(2),
-                      clipping=clipping, poisson_sampling=False, accountant="rdp")
+    res = train_dpsgd(
+        work,
+        x,
+        y,
+        LocalTrainConfig(epochs=1, batch_size=64, lr=1.0),
+        noise_multiplier=0.0,
+        max_grad_norm=SGD_C,
+        delta=DELTA,
+        generator=_g(1),
+        noise_generator=_g(2),
+        clipping=clipping,
+        poisson_sampling=False,
+        accountant="rdp",
+    )
     assert res.stats.steps == 1
     return (before - _vec(work)) * x.shape[0]
 
@@ -444,17 +532,34 @@ def test_dpsgd_sum_of_clipped_per_example_gradients(clipping: str, normal_spy: N
     with torch.no_grad():
         logits = model(torch.stack([1e6 * v, -1e6 * v]))
     extra_x = [1e6 * v, -1e6 * v, 1e6 * v, torch.zeros(SHAPE, dtype=F64), x[0], 1e-6 * v]
-    extra_y = [int(logits[0].argmin()), int(logits[1].argmin()), int(logits[0].argmax()), 1,
-               (int(y[0]) + 1) % 3, 2]  # wrong labels, the predicted one (gradient ≈ 0), another label
+    extra_y = [
+        int(logits[0].argmin()),
+        int(logits[1].argmin()),
+        int(logits[0].argmax()),
+        1,
+        (int(y[0]) + 1) % 3,
+        2,
+    ]  # wrong labels, the predicted one (gradient ≈ 0), another label
     pool_x, pool_y = torch.cat([x, torch.stack(extra_x)]), torch.cat([y, torch.tensor(extra_y)])
     base = tuple(range(6))
-    pairs = [(base, base[:i] + base[i + 1:]) for i in base] + [(base, base + (j,)) for j in range(6, len(pool_x))]
+    pairs = [(base, base[:i] + base[i + 1 :]) for i in base] + [
+        (base, base + (j,)) for j in range(6, len(pool_x))
+    ]
     measured = _worst(pairs, lambda idx: _dpsgd_sum(model, pool_x[list(idx)], pool_y[list(idx)], clipping))
     _check_bound(measured, SGD_C, f"DP-SGD sum ({clipping}), add/remove one example")
 
     z = 1.3
-    mech = RecordLevelDP(RecordDPConfig(noise_multiplier=z, max_grad_norm=SGD_C, clipping=clipping,
-                                        poisson_sampling=False, accountant="rdp"), delta=DELTA, rounds=1)
+    mech = RecordLevelDP(
+        RecordDPConfig(
+            noise_multiplier=z,
+            max_grad_norm=SGD_C,
+            clipping=clipping,
+            poisson_sampling=False,
+            accountant="rdp",
+        ),
+        delta=DELTA,
+        rounds=1,
+    )
     normal_spy.calls.clear()
     _, met = mech.client_train(copy.deepcopy(model), x, y, _record_ctx(model, SHAPE, 6), {}, None)
     stds = normal_spy.stds()
@@ -494,8 +599,11 @@ def test_input_perturbation_replace_one_example(normal_spy: NormalSpy) -> None:
 
     z = 1.7
     model = _mlp(IN_SHAPE, [])
-    mech = RecordLevelDP(RecordDPConfig(mechanism="input", noise_multiplier=z, feature_clip_norm=INPUT_B),
-                         delta=DELTA, rounds=2)
+    mech = RecordLevelDP(
+        RecordDPConfig(mechanism="input", noise_multiplier=z, feature_clip_norm=INPUT_B),
+        delta=DELTA,
+        rounds=2,
+    )
     y = torch.arange(k) % 3
     normal_spy.calls.clear()
     _, met = mech.client_train(model, rows, y, _record_ctx(model, IN_SHAPE, k), {}, None)
@@ -525,8 +633,9 @@ def test_dpsgd_f_mean_and_norm_histogram(normal_spy: NormalSpy, monkeypatch: pyt
     pairs = _add_remove(full, k)
 
     def sum_release(idx: tuple[int, ...]) -> torch.Tensor:
-        t, _ = private_feature_transform(rows[list(idx)], bound=DPSGDF_B, noise_multiplier=0.0, quantile=0.9,
-                                         generator=_g(0))
+        t, _ = private_feature_transform(
+            rows[list(idx)], bound=DPSGDF_B, noise_multiplier=0.0, quantile=0.9, generator=_g(0)
+        )
         return t.mean * len(idx)
 
     d_sum = _worst(pairs, sum_release)
@@ -542,15 +651,21 @@ def test_dpsgd_f_mean_and_norm_histogram(normal_spy: NormalSpy, monkeypatch: pyt
 
     monkeypatch.setattr(torch, "bincount", bincount_spy)
     g = _g(9)
-    targets = [torch.zeros(d, dtype=F64), sum_release(full) / k, 3 * DPSGDF_B * _unit(d, g), 0.4 * _unit(d, g)]
+    targets = [
+        torch.zeros(d, dtype=F64),
+        sum_release(full) / k,
+        3 * DPSGDF_B * _unit(d, g),
+        0.4 * _unit(d, g),
+    ]
 
     def hist_release(key: tuple[int, tuple[int, ...]]) -> torch.Tensor:
         ti, idx = key
         n = len(idx)
         normal_spy.planned[:] = [targets[ti] * n - sum_release(idx), torch.zeros(NUM_BINS, dtype=F64)]
         counts.clear()
-        t, _ = private_feature_transform(rows[list(idx)], bound=DPSGDF_B, noise_multiplier=1.0, quantile=0.9,
-                                         generator=_g(0))
+        t, _ = private_feature_transform(
+            rows[list(idx)], bound=DPSGDF_B, noise_multiplier=1.0, quantile=0.9, generator=_g(0)
+        )
         assert torch.allclose(t.mean, targets[ti], atol=1e-9) and not normal_spy.planned and len(counts) == 1
         return counts[0].to(F64)
 
@@ -559,9 +674,18 @@ def test_dpsgd_f_mean_and_norm_histogram(normal_spy: NormalSpy, monkeypatch: pyt
 
     zp = 1.5
     model = _mlp(IN_SHAPE, [4])
-    mech = RecordLevelDP(RecordDPConfig(noise_multiplier=1.1, feature_preprocessing="dpsgd_f",
-                                        preprocessing_noise_multiplier=zp, feature_clip_norm=DPSGDF_B,
-                                        poisson_sampling=False, accountant="rdp"), delta=DELTA, rounds=1)
+    mech = RecordLevelDP(
+        RecordDPConfig(
+            noise_multiplier=1.1,
+            feature_preprocessing="dpsgd_f",
+            preprocessing_noise_multiplier=zp,
+            feature_clip_norm=DPSGDF_B,
+            poisson_sampling=False,
+            accountant="rdp",
+        ),
+        delta=DELTA,
+        rounds=1,
+    )
     x = rows[:6]
     normal_spy.calls.clear()
     _, met = mech.client_train(model, x, torch.arange(6) % 3, _record_ctx(model, IN_SHAPE, 6), {}, None)

@@ -6,12 +6,20 @@ import math
 
 import pytest
 
-from tests.helpers.misbehaving import registered
 from simulator import load_scenario
 from simulator.runner import run
+from tests.helpers.misbehaving import registered
 
-SMALL = ["data.max_examples=600", "data.num_clients=6", "federation.clients_per_round=4", "federation.rounds=2",
-         "federation.local_epochs=3", "federation.lr=0.1", "model.name='mlp'", "model.params={hidden=[32]}"]
+SMALL = [
+    "data.max_examples=600",
+    "data.num_clients=6",
+    "federation.clients_per_round=4",
+    "federation.rounds=2",
+    "federation.local_epochs=3",
+    "federation.lr=0.1",
+    "model.name='mlp'",
+    "model.params={hidden=[32]}",
+]
 
 
 def _small(*extra: str):
@@ -42,9 +50,13 @@ def test_nan_wrong_shape_and_crashing_clients_are_rejected_and_recorded():
 
 
 def _rejected_and_recorded() -> None:
-    s = _small("simulation.engine='inline'", "attacks.backdoor.name='test_misbehave'",
-               "attacks.plan.malicious_ids=[0, 1, 2]", "attacks.plan.collude=true",
-               "federation.clients_per_round=5")
+    s = _small(
+        "simulation.engine='inline'",
+        "attacks.backdoor.name='test_misbehave'",
+        "attacks.plan.malicious_ids=[0, 1, 2]",
+        "attacks.plan.collude=true",
+        "federation.clients_per_round=5",
+    )
     r = run(s, write=False)
     assert r.status == "completed"
     for rec in r.rounds:
@@ -61,8 +73,11 @@ def _rejected_and_recorded() -> None:
 
 def test_all_replies_invalid_leaves_the_model_unchanged():
     with registered():
-        s = _small("simulation.engine='inline'", "attacks.backdoor.name='test_nan_update'",
-                   "attacks.plan.malicious_fraction=1.0")
+        s = _small(
+            "simulation.engine='inline'",
+            "attacks.backdoor.name='test_nan_update'",
+            "attacks.plan.malicious_fraction=1.0",
+        )
         r = run(s, write=False)
     assert all(x.clients_aggregated == 0 for x in r.rounds)
     assert r.rounds[0].skipped
@@ -90,9 +105,16 @@ def test_poisson_sampling_draws_each_client_independently():
 
     data = tomllib.loads(open("scenarios/quickstart.toml").read())
     del data["federation"]["clients_per_round"]
-    data = apply_overrides(data, [x for x in SMALL if "clients_per_round" not in x] + [
-        "simulation.engine='inline'", "federation.sampling='poisson'", "federation.sampling_rate=0.5",
-        "federation.rounds=4"])
+    data = apply_overrides(
+        data,
+        [x for x in SMALL if "clients_per_round" not in x]
+        + [
+            "simulation.engine='inline'",
+            "federation.sampling='poisson'",
+            "federation.sampling_rate=0.5",
+            "federation.rounds=4",
+        ],
+    )
     s = scenario_from_dict(data)
     r = run(s, write=False)
     for rec in r.rounds:  # independent re-computation of the Bernoulli(q) draws

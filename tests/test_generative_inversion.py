@@ -111,17 +111,23 @@ def public(digits) -> PublicData:
 
 @pytest.fixture(scope="module")
 def model(digits) -> torch.nn.Module:
-    return build_model("cnn", {"channels": [8, 16], "hidden": 32}, input_shape=digits.input_shape,
-                       num_classes=10, seed=0)
+    return build_model(
+        "cnn", {"channels": [8, 16], "hidden": 32}, input_shape=digits.input_shape, num_classes=10, seed=0
+    )
 
 
 def _view(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> ServerView:
-    payload = client_payload(model, x, y, cfg=LeakageConfig(protocol="gradient"),
-                             generator=torch.Generator().manual_seed(0))
+    payload = client_payload(
+        model, x, y, cfg=LeakageConfig(protocol="gradient"), generator=torch.Generator().manual_seed(0)
+    )
     n = int(x.shape[0])
-    return ServerView(model=copy.deepcopy(model), payload=payload.detach().clone(),
-                      protocol=ProtocolInfo(kind="gradient", batch_size=n, num_examples=n),
-                      input_shape=tuple(x.shape[1:]), num_classes=10)
+    return ServerView(
+        model=copy.deepcopy(model),
+        payload=payload.detach().clone(),
+        protocol=ProtocolInfo(kind="gradient", batch_size=n, num_examples=n),
+        input_shape=tuple(x.shape[1:]),
+        num_classes=10,
+    )
 
 
 ATTACK = {"prior_epochs": 15, "max_public": 1000, "iterations": 100, "feature_iterations": 100, "restarts": 2}
@@ -136,7 +142,7 @@ def gifd(tmp_path_factory, public, model, digits) -> GIFD:
 
 def test_prior_cache_round_trip_and_key(tmp_path, digits) -> None:
     cfg = PriorConfig(latent_dim=4, width=4, epochs=1, max_images=200, seed=3)
-    pub = PublicData(digits.x[VICTIMS:VICTIMS + 150], digits.y[VICTIMS:VICTIMS + 150], "part")
+    pub = PublicData(digits.x[VICTIMS : VICTIMS + 150], digits.y[VICTIMS : VICTIMS + 150], "part")
     shape = digits.input_shape
     vae1, info1 = load_or_train_prior(pub, input_shape=shape, num_classes=10, config=cfg, cache_dir=tmp_path)
     vae2, info2 = load_or_train_prior(pub, input_shape=shape, num_classes=10, config=cfg, cache_dir=tmp_path)
@@ -156,10 +162,16 @@ def test_prior_cache_round_trip_and_key(tmp_path, digits) -> None:
     assert info4.key != info1.key and not info4.cache_hit
     assert data_digest(pub.x, pub.y) != data_digest(pub.x, (pub.y + 1) % 10)
     d = info1.data_digest
-    keys = {prior_key(d, input_shape=shape, num_classes=10, config=cfg),
-            prior_key(d, input_shape=(1, 8, 9), num_classes=10, config=cfg),
-            prior_key(d, input_shape=shape, num_classes=10, config=PriorConfig(latent_dim=4, width=4, epochs=2,
-                                                                               max_images=200, seed=3))}
+    keys = {
+        prior_key(d, input_shape=shape, num_classes=10, config=cfg),
+        prior_key(d, input_shape=(1, 8, 9), num_classes=10, config=cfg),
+        prior_key(
+            d,
+            input_shape=shape,
+            num_classes=10,
+            config=PriorConfig(latent_dim=4, width=4, epochs=2, max_images=200, seed=3),
+        ),
+    }
     assert len(keys) == 3
     # the decoder's output is an image in [0, 1] of the task's shape, for 28, 32 and 64 pixel inputs too
     assert vae1.decoder(torch.zeros(2, 4), torch.tensor([0, 1])).shape == (2, *shape)
@@ -190,8 +202,12 @@ def test_reconstruct_needs_prepare_and_public_data(model, digits) -> None:
     with pytest.raises(ValueError, match="public data"):
         att.prepare(None, model=model, input_shape=digits.input_shape, num_classes=10)
     with pytest.raises(ValueError, match="shape"):
-        att.prepare(PublicData(torch.zeros(3, 1, 4, 4), torch.zeros(3, dtype=torch.long)), model=model,
-                    input_shape=digits.input_shape, num_classes=10)
+        att.prepare(
+            PublicData(torch.zeros(3, 1, 4, 4), torch.zeros(3, dtype=torch.long)),
+            model=model,
+            input_shape=digits.input_shape,
+            num_classes=10,
+        )
 
 
 def test_registry_builds_and_validates_both_attacks() -> None:
@@ -211,7 +227,7 @@ def runs(gifd, model, digits):
     """GIFD on three victim batches of 4 (digits[0:12]); the latent search is its first stage."""
     out = []
     for b in range(3):
-        x, y = digits.x[4 * b:4 * b + 4], digits.y[4 * b:4 * b + 4]
+        x, y = digits.x[4 * b : 4 * b + 4], digits.y[4 * b : 4 * b + 4]
         view = _view(model, x, y)
         out.append((view, x, y, gifd.reconstruct(view)))
     return out

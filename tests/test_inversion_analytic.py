@@ -39,13 +39,18 @@ def _gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 
 
 def _view(model, payload, shape, **protocol) -> ServerView:
-    return ServerView(model=copy.deepcopy(model), payload=payload.detach().clone(),
-                      protocol=ProtocolInfo(**protocol), input_shape=shape, num_classes=10)
+    return ServerView(
+        model=copy.deepcopy(model),
+        payload=payload.detach().clone(),
+        protocol=ProtocolInfo(**protocol),
+        input_shape=shape,
+        num_classes=10,
+    )
 
 
 @pytest.mark.parametrize("index", [0, 1234, 4321])
 def test_one_digit_is_recovered_exactly_with_its_label(mnist, mlp, index):
-    x, y = mnist.x[index:index + 1], mnist.y[index:index + 1]
+    x, y = mnist.x[index : index + 1], mnist.y[index : index + 1]
     view = _view(mlp, _gradient(mlp, x, y), mnist.input_shape, kind="gradient", num_examples=1, batch_size=1)
     rec = AnalyticFC().reconstruct(view)
     assert rec.images.shape == x.shape
@@ -59,12 +64,28 @@ def test_one_digit_is_recovered_exactly_with_its_label(mnist, mlp, index):
 @pytest.mark.parametrize("lr", [0.05, None])
 def test_one_step_update_gives_the_same_image(mnist, mlp, lr):
     x, y = mnist.x[42:43], mnist.y[42:43]
-    grad_view = _view(mlp, _gradient(mlp, x, y), mnist.input_shape, kind="gradient", num_examples=1, batch_size=1)
-    delta = client_payload(mlp, x, y, cfg=LeakageConfig(protocol="update", local_steps=1, lr=0.05),
-                           generator=torch.Generator().manual_seed(0))
+    grad_view = _view(
+        mlp, _gradient(mlp, x, y), mnist.input_shape, kind="gradient", num_examples=1, batch_size=1
+    )
+    delta = client_payload(
+        mlp,
+        x,
+        y,
+        cfg=LeakageConfig(protocol="update", local_steps=1, lr=0.05),
+        generator=torch.Generator().manual_seed(0),
+    )
     # Δ = −η g: the ratio is scale-free, so the server does not even need the public lr
-    upd_view = _view(mlp, delta, mnist.input_shape, kind="update", lr=lr, local_steps=1, local_epochs=1,
-                     batch_size=1, num_examples=1)
+    upd_view = _view(
+        mlp,
+        delta,
+        mnist.input_shape,
+        kind="update",
+        lr=lr,
+        local_steps=1,
+        local_epochs=1,
+        batch_size=1,
+        num_examples=1,
+    )
     a, b = AnalyticFC().reconstruct(grad_view), AnalyticFC().reconstruct(upd_view)
     assert torch.allclose(a.images, b.images, atol=1e-5)
     assert float(psnr(b.images, x)[0]) >= 60.0
@@ -82,7 +103,7 @@ def test_two_examples_give_the_gradient_weighted_mixture(mnist, mlp):
     assert all(float(v) < 40.0 for v in psnr(rec.images, x))  # not exact for either image
     assert set(rec.labels.tolist()) == set(y.tolist())
     # the prediction from per-example first-layer bias gradients (all rows: threshold 0)
-    per = [_gradient(mlp, x[i:i + 1], y[i:i + 1]) for i in range(2)]
+    per = [_gradient(mlp, x[i : i + 1], y[i : i + 1]) for i in range(2)]
     bias_slice = layout_of(mlp).slices()["net.1.bias"]
     gn = torch.stack([p[bias_slice].double() for p in per])
     g = gn.mean(0)
@@ -90,7 +111,9 @@ def test_two_examples_give_the_gradient_weighted_mixture(mnist, mlp):
     assert float(w.sum()) == pytest.approx(1.0, abs=1e-9)
     parts = _gradient(mlp, x, y)
     sl = layout_of(mlp).slices()
-    mix, _, _ = analytic_input(parts[sl["net.1.weight"]].reshape(200, -1), parts[sl["net.1.bias"]], row_threshold=0.0)
+    mix, _, _ = analytic_input(
+        parts[sl["net.1.weight"]].reshape(200, -1), parts[sl["net.1.bias"]], row_threshold=0.0
+    )
     expected = (w[:, None] * x.flatten(1).double()).sum(0)
     assert torch.allclose(mix, expected, atol=1e-5)
 
@@ -99,13 +122,21 @@ def test_wrong_protocol_or_model_is_refused_with_a_readable_message(mnist, mlp):
     x, y = mnist.x[:1], mnist.y[:1]
     g = _gradient(mlp, x, y)
     with pytest.raises(ValueError, match="exactly one local SGD step"):
-        AnalyticFC().reconstruct(_view(mlp, g, mnist.input_shape, kind="update", lr=0.1, local_steps=2,
-                                       num_examples=1, batch_size=1))
+        AnalyticFC().reconstruct(
+            _view(
+                mlp, g, mnist.input_shape, kind="update", lr=0.1, local_steps=2, num_examples=1, batch_size=1
+            )
+        )
     with pytest.raises(ValueError, match="unknown number of"):
         AnalyticFC().reconstruct(_view(mlp, g, mnist.input_shape, kind="update", lr=0.1))
-    sketched = ServerView(model=copy.deepcopy(mlp), payload=g, protocol=ProtocolInfo(kind="gradient"),
-                          input_shape=mnist.input_shape, num_classes=10,
-                          sketch=SketchInfo(operator="gaussian_sketch", seed=0, sketch_dim=10))
+    sketched = ServerView(
+        model=copy.deepcopy(mlp),
+        payload=g,
+        protocol=ProtocolInfo(kind="gradient"),
+        input_shape=mnist.input_shape,
+        num_classes=10,
+        sketch=SketchInfo(operator="gaussian_sketch", seed=0, sketch_dim=10),
+    )
     with pytest.raises(ValueError, match="de-sketch"):
         AnalyticFC().reconstruct(sketched)
     cnn = build_model("cnn", {}, input_shape=mnist.input_shape, num_classes=10, seed=0)
@@ -114,8 +145,13 @@ def test_wrong_protocol_or_model_is_refused_with_a_readable_message(mnist, mlp):
     no_bias = nn.Sequential(nn.Flatten(), nn.Linear(784, 16, bias=False), nn.ReLU(), nn.Linear(16, 10))
     with pytest.raises(ValueError, match="Linear without bias"):
         first_linear_layer(no_bias, mnist.input_shape)
-    scaled = nn.Sequential(nn.Flatten(), nn.LayerNorm(784, elementwise_affine=False), nn.Linear(784, 16),
-                           nn.ReLU(), nn.Linear(16, 10))
+    scaled = nn.Sequential(
+        nn.Flatten(),
+        nn.LayerNorm(784, elementwise_affine=False),
+        nn.Linear(784, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    )
     with pytest.raises(ValueError, match="does not receive the raw flattened input"):
         first_linear_layer(scaled, mnist.input_shape)
     assert first_linear_layer(mlp, mnist.input_shape) == "net.1"

@@ -38,16 +38,27 @@ def test_ig_on_fedavg_update_three_local_steps():
 def test_ig_fails_on_a_drowned_payload():
     # negative control: the same attack against a gradient buried in noise must not succeed
     case = _ig_case()
-    noisy = prepare_leakage(load_scenario("scenarios/leakage_ig.toml", [
-        'defenses.client=[{name="gaussian_noise", params={sigma=1.0}}]']))
+    noisy = prepare_leakage(
+        load_scenario(
+            "scenarios/leakage_ig.toml", ['defenses.client=[{name="gaussian_noise", params={sigma=1.0}}]']
+        )
+    )
     _, good = _run("inverting_gradients", {"iterations": 60, "label_strategy": "idlg"}, case)
     _, bad = _run("inverting_gradients", {"iterations": 60, "label_strategy": "idlg"}, noisy)
     assert bad["psnr"] < 14.0 < good["psnr"] - 4.0
 
 
 def _digit_case():
-    s = scenario_from_dict({"kind": "leakage", "seed": 0, "data": {"dataset": "digits"}, "model": {"name": "lenet"},
-                            "leakage": {"images": [3]}, "attacks": {"inversion": {"name": "dlg"}}})
+    s = scenario_from_dict(
+        {
+            "kind": "leakage",
+            "seed": 0,
+            "data": {"dataset": "digits"},
+            "model": {"name": "lenet"},
+            "leakage": {"images": [3]},
+            "attacks": {"inversion": {"name": "dlg"}},
+        }
+    )
     return prepare_leakage(s)
 
 
@@ -79,8 +90,9 @@ def test_batched_restarts_equal_the_loop():
 
 def test_restart_with_lowest_matching_loss_is_returned():
     case = _ig_case()
-    r = INVERSION_ATTACKS.create("inverting_gradients", {"iterations": 5, "restarts": 3, "seed": 1,
-                                                          "label_strategy": "idlg"}).reconstruct(case.view)
+    r = INVERSION_ATTACKS.create(
+        "inverting_gradients", {"iterations": 5, "restarts": 3, "seed": 1, "label_strategy": "idlg"}
+    ).reconstruct(case.view)
     assert len(r.losses) == 3 and r.info["best_restart"] == min(range(3), key=lambda i: r.losses[i])
 
 
@@ -89,7 +101,9 @@ def _bn_resnet_view():
     from simulator.experiment import gradient_view
     from simulator.models import build_model
 
-    model = build_model("resnet18", {"norm": "batch", "width": 4}, input_shape=(3, 16, 16), num_classes=10, seed=0)
+    model = build_model(
+        "resnet18", {"norm": "batch", "width": 4}, input_shape=(3, 16, 16), num_classes=10, seed=0
+    )
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     return gradient_view(model, x, torch.tensor([3]))
 
@@ -100,8 +114,12 @@ def test_batched_restarts_equal_the_loop_on_batchnorm_and_leave_the_model_untouc
     view = _bn_resnet_view()
     before = {k: v.clone() for k, v in view.model.state_dict().items()}
     common = {"iterations": 3, "restarts": 2, "label_strategy": "idlg"}
-    ra = INVERSION_ATTACKS.create("inverting_gradients", {**common, "batched_restarts": "vmap"}).reconstruct(view)
-    rb = INVERSION_ATTACKS.create("inverting_gradients", {**common, "batched_restarts": "loop"}).reconstruct(view)
+    ra = INVERSION_ATTACKS.create("inverting_gradients", {**common, "batched_restarts": "vmap"}).reconstruct(
+        view
+    )
+    rb = INVERSION_ATTACKS.create("inverting_gradients", {**common, "batched_restarts": "loop"}).reconstruct(
+        view
+    )
     assert ra.info["batched_restarts"] and not rb.info["batched_restarts"]
     assert torch.allclose(ra.images, rb.images, atol=1e-5)
     after = view.model.state_dict()
@@ -123,9 +141,12 @@ def test_compiled_step_reproduces_the_eager_attack():
     # vmap); aot_eager runs the captured graph without code generation, so the result must match eager
     case = _ig_case()
     common = {"iterations": 4, "restarts": 2, "label_strategy": "idlg", "batched_restarts": "vmap"}
-    eager = INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "off"}).reconstruct(case.view)
-    comp = INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "on",
-                                                             "compile_backend": "aot_eager"}).reconstruct(case.view)
+    eager = INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "off"}).reconstruct(
+        case.view
+    )
+    comp = INVERSION_ATTACKS.create(
+        "inverting_gradients", {**common, "compile_step": "on", "compile_backend": "aot_eager"}
+    ).reconstruct(case.view)
     assert comp.info["compiled"] and not eager.info["compiled"]
     assert torch.allclose(comp.images, eager.images, atol=1e-5)
     assert comp.losses == __import__("pytest").approx(eager.losses, rel=1e-4)
@@ -136,19 +157,29 @@ def test_a_compiled_step_reused_for_another_view_attacks_that_view():
     # many updates): the model, payload and labels must be the new view's inputs, not the first one's constants
     a = _ig_case()
     b = _ig_case("leakage.images=[9]", "seed=3")  # another image and another model initialisation
-    common = {"iterations": 4, "restarts": 2, "label_strategy": "idlg", "batched_restarts": "vmap",
-              "compile_backend": "aot_eager"}
+    common = {
+        "iterations": 4,
+        "restarts": 2,
+        "label_strategy": "idlg",
+        "batched_restarts": "vmap",
+        "compile_backend": "aot_eager",
+    }
     INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "on"}).reconstruct(a.view)
-    comp = INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "on"}).reconstruct(b.view)
-    eager = INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "off"}).reconstruct(b.view)
+    comp = INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "on"}).reconstruct(
+        b.view
+    )
+    eager = INVERSION_ATTACKS.create("inverting_gradients", {**common, "compile_step": "off"}).reconstruct(
+        b.view
+    )
     assert torch.allclose(comp.images, eager.images, atol=1e-5)
     assert comp.losses == __import__("pytest").approx(eager.losses, rel=1e-4)
 
 
 def test_auto_compiles_only_on_a_gpu():
     case = _ig_case()
-    r = INVERSION_ATTACKS.create("inverting_gradients", {"iterations": 1, "label_strategy": "idlg"}).reconstruct(
-        case.view)
+    r = INVERSION_ATTACKS.create(
+        "inverting_gradients", {"iterations": 1, "label_strategy": "idlg"}
+    ).reconstruct(case.view)
     assert r.info["compiled"] is False  # CPU: no one-off compile for a short run
 
 
@@ -160,13 +191,17 @@ def test_a_failed_compile_warns_and_runs_eagerly_unless_required(monkeypatch):
     def broken(fn, **kw):
         def run(x):
             raise RuntimeError("backend exploded")
+
         return run
 
     monkeypatch.setattr(_common.torch, "compile", broken)
     double = lambda x: 2 * x
     with pytest.warns(RuntimeWarning, match="runs eagerly"):
-        fn, ok = _common.compile_step_fn(double, torch.ones(2), device=torch.device("cpu"), backend="inductor",
-                                         required=False)
+        fn, ok = _common.compile_step_fn(
+            double, torch.ones(2), device=torch.device("cpu"), backend="inductor", required=False
+        )
     assert fn is double and ok is False
     with pytest.raises(RuntimeError, match="compile_step='on'.*backend exploded"):
-        _common.compile_step_fn(double, torch.ones(2), device=torch.device("cpu"), backend="inductor", required=True)
+        _common.compile_step_fn(
+            double, torch.ones(2), device=torch.device("cpu"), backend="inductor", required=True
+        )

@@ -11,19 +11,30 @@ from attacks.base import INVERSION_ATTACKS, ServerView
 from simulator.experiment import prepare_leakage
 from simulator.scenario import load_scenario
 
-SMALL = {"dlg": {"iterations": 2, "max_iter": 5}, "idlg": {"iterations": 2, "max_iter": 5},
-         "inverting_gradients": {"iterations": 5, "restarts": 2, "label_strategy": "llg"},
-         "analytic_fc": {}, "soft_label": {"iterations": 3},
-         "robbing_the_fed": {"bins": 16},
-         "sketch_inverting_gradients": {"iterations": 3, "restarts": 1},
-         "generative_latent": {"iterations": 2, "restarts": 2, "prior_epochs": 1, "use_cache": False},
-         "gifd": {"iterations": 2, "restarts": 1, "feature_iterations": 2, "prior_epochs": 1, "use_cache": False}}
+SMALL = {
+    "dlg": {"iterations": 2, "max_iter": 5},
+    "idlg": {"iterations": 2, "max_iter": 5},
+    "inverting_gradients": {"iterations": 5, "restarts": 2, "label_strategy": "llg"},
+    "analytic_fc": {},
+    "soft_label": {"iterations": 3},
+    "robbing_the_fed": {"bins": 16},
+    "sketch_inverting_gradients": {"iterations": 3, "restarts": 1},
+    "generative_latent": {"iterations": 2, "restarts": 2, "prior_epochs": 1, "use_cache": False},
+    "gifd": {"iterations": 2, "restarts": 1, "feature_iterations": 2, "prior_epochs": 1, "use_cache": False},
+}
 # attacks that need another model, batch, server or payload than leakage_ig's CNN on two images
-OVERRIDES = {"analytic_fc": ["model.name=mlp"], "soft_label": ["leakage.images=[5]"],
-             "robbing_the_fed": ['leakage.server="malicious"', "leakage.public_images=60"],
-             "generative_latent": ["leakage.public_images=64"], "gifd": ["leakage.public_images=64"],
-             "sketch_inverting_gradients": ['model.name="lenet"', 'compression.name="srht"',
-                                            "compression.params.ratio=0.25"]}
+OVERRIDES = {
+    "analytic_fc": ["model.name=mlp"],
+    "soft_label": ["leakage.images=[5]"],
+    "robbing_the_fed": ['leakage.server="malicious"', "leakage.public_images=60"],
+    "generative_latent": ["leakage.public_images=64"],
+    "gifd": ["leakage.public_images=64"],
+    "sketch_inverting_gradients": [
+        'model.name="lenet"',
+        'compression.name="srht"',
+        "compression.params.ratio=0.25",
+    ],
+}
 
 
 def test_every_attack_is_covered_here():
@@ -52,7 +63,9 @@ def _tensors_of(view: ServerView):
 
 
 def _case(*over: str, attack=None):
-    return prepare_leakage(load_scenario("scenarios/leakage_ig.toml", ["leakage.images=[5, 17]", *over]), attack)
+    return prepare_leakage(
+        load_scenario("scenarios/leakage_ig.toml", ["leakage.images=[5, 17]", *over]), attack
+    )
 
 
 @pytest.mark.parametrize("protocol", ["gradient", "update"])
@@ -62,7 +75,9 @@ def test_server_view_holds_no_client_data(protocol):
     for name, t in _tensors_of(case.view):
         flat = t.detach().flatten().float()
         assert not (flat.numel() == xs.numel() and torch.allclose(flat, xs)), name
-        assert not (flat.numel() == case.truth_x[0].numel() and torch.allclose(flat, case.truth_x[0].flatten())), name
+        assert not (
+            flat.numel() == case.truth_x[0].numel() and torch.allclose(flat, case.truth_x[0].flatten())
+        ), name
         assert not (flat.numel() == case.truth_y.numel() and torch.equal(flat.long(), case.truth_y)), name
     assert case.view.payload.numel() == sum(p.numel() for p in case.view.model.state_dict().values())
 

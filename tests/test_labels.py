@@ -9,14 +9,32 @@ from simulator.experiment import prepare_leakage
 from simulator.scenario import scenario_from_dict
 
 
-def _case(*, model: str, images: list[int], dataset: str = "digits", protocol: str = "gradient",
-          local_steps: int = 1, lr: float = 0.01, batch_size: int | None = None):
-    s = scenario_from_dict({
-        "kind": "leakage", "seed": 3, "data": {"dataset": dataset}, "model": {"name": model},
-        "leakage": {"images": images, "protocol": protocol, "local_steps": local_steps, "lr": lr,
-                    "batch_size": batch_size},
-        "attacks": {"inversion": {"name": "idlg"}},
-    })
+def _case(
+    *,
+    model: str,
+    images: list[int],
+    dataset: str = "digits",
+    protocol: str = "gradient",
+    local_steps: int = 1,
+    lr: float = 0.01,
+    batch_size: int | None = None,
+):
+    s = scenario_from_dict(
+        {
+            "kind": "leakage",
+            "seed": 3,
+            "data": {"dataset": dataset},
+            "model": {"name": model},
+            "leakage": {
+                "images": images,
+                "protocol": protocol,
+                "local_steps": local_steps,
+                "lr": lr,
+                "batch_size": batch_size,
+            },
+            "attacks": {"inversion": {"name": "idlg"}},
+        }
+    )
     return prepare_leakage(s)
 
 
@@ -56,8 +74,14 @@ def _repeated_label_batch() -> list[int]:
 @pytest.mark.parametrize("protocol,steps", [("gradient", 1), ("update", 2)])
 def test_llg_counts_repeated_labels_exactly(protocol, steps):
     # untrained CNN: ReLU features >= 0 and a near-uniform softmax, where the count estimate holds
-    case = _case(model="cnn", images=_repeated_label_batch(), protocol=protocol, local_steps=steps, lr=0.01,
-                 batch_size=8)
+    case = _case(
+        model="cnn",
+        images=_repeated_label_batch(),
+        protocol=protocol,
+        local_steps=steps,
+        lr=0.01,
+        batch_size=8,
+    )
     got = recover_labels(case.view, strategy="llg")
     assert got.tolist() == sorted(case.truth_y.tolist())
     # iDLG / Yin cannot count: with 4 distinct classes in 8 images they must miss repeats

@@ -19,7 +19,13 @@ import pytest
 
 from simulator import load_scenario
 from simulator.leaderboard import GridError, grid_from_dict, load_grid, ranking_scores
-from simulator.leaderboard.report import cell_metrics, cell_records, leaderboard_table, render_html, render_markdown
+from simulator.leaderboard.report import (
+    cell_metrics,
+    cell_records,
+    leaderboard_table,
+    render_html,
+    render_markdown,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "scenarios" / "leaderboard_smoke.toml"
@@ -28,16 +34,26 @@ PRIVSIM = [sys.executable, "-c", "from simulator.cli import main; main()"]
 
 
 def _grid(axes: dict[str, Any], **top: Any):
-    raw = {"name": "g", "track": "integrity", "base": str(QUICKSTART),
-           "overrides": ["federation.rounds=2", "simulation.engine='inline'"], "axes": axes, **top}
+    raw = {
+        "name": "g",
+        "track": "integrity",
+        "base": str(QUICKSTART),
+        "overrides": ["federation.rounds=2", "simulation.engine='inline'"],
+        "axes": axes,
+        **top,
+    }
     return grid_from_dict(raw, source="g.toml")
 
 
 AXES = {
-    "defense": [{"label": "fedavg", "set": ["defenses.aggregator.name='fedavg'"]},
-                {"label": "median", "set": ["defenses.aggregator.name='median'"]}],
-    "alpha": [{"label": "0.5", "set": ["data.partitioner.params.alpha=0.5"]},
-              {"label": "1.0", "set": ["data.partitioner.params.alpha=1.0"]}],
+    "defense": [
+        {"label": "fedavg", "set": ["defenses.aggregator.name='fedavg'"]},
+        {"label": "median", "set": ["defenses.aggregator.name='median'"]},
+    ],
+    "alpha": [
+        {"label": "0.5", "set": ["data.partitioner.params.alpha=0.5"]},
+        {"label": "1.0", "set": ["data.partitioner.params.alpha=1.0"]},
+    ],
     "seed": [0, 7],
 }
 
@@ -66,8 +82,9 @@ def test_smoke_grid_file_expands() -> None:
     assert all(c.scenario.simulation.engine == "inline" for c in g.cells)
 
 
-@pytest.mark.parametrize("file", ["sketch_grid.toml", "backdoor_defense_grid.toml", "dp_grid.toml",
-                                  "leakage_noise_grid.toml"])
+@pytest.mark.parametrize(
+    "file", ["sketch_grid.toml", "backdoor_defense_grid.toml", "dp_grid.toml", "leakage_noise_grid.toml"]
+)
 def test_every_grid_file_expands_into_valid_scenarios(file: str) -> None:
     g = load_grid(Path("scenarios") / file)
     assert g.cells and len({c.digest for c in g.cells}) == len(g.cells)
@@ -101,15 +118,22 @@ def test_full_integrity_grid_expands_every_cell_into_a_valid_scenario() -> None:
         while name is not None:  # a wrapper (model_replacement, pgd ...) and the attacks it wraps
             used.add(name)
             base = params.get("base")
-            name, params = (base, {}) if isinstance(base, str) else (
-                (base["name"], dict(base.get("params", {}))) if isinstance(base, dict) else (None, {}))
+            name, params = (
+                (base, {})
+                if isinstance(base, str)
+                else ((base["name"], dict(base.get("params", {}))) if isinstance(base, dict) else (None, {}))
+            )
     assert len(used) >= 5 and used <= set(CLIENT_ATTACKS.names())  # a new attack is not forced into the grid
 
 
 def test_bad_grid_names_axis_entry_and_field() -> None:
-    axes = {"defense": [{"label": "fedavg", "set": ["defenses.aggregator.name='fedavg'"]},
-                        {"label": "typo", "set": ["defenses.aggregator.name='medain'"]}],
-            "rounds": [{"label": "r", "set": ["federation.roundz=3"]}]}
+    axes = {
+        "defense": [
+            {"label": "fedavg", "set": ["defenses.aggregator.name='fedavg'"]},
+            {"label": "typo", "set": ["defenses.aggregator.name='medain'"]},
+        ],
+        "rounds": [{"label": "r", "set": ["federation.roundz=3"]}],
+    }
     with pytest.raises(GridError) as e:
         _grid(axes)
     msg = str(e.value)
@@ -133,10 +157,14 @@ def test_cli_bad_grid_one_message_no_traceback(tmp_path: Path) -> None:
     from simulator.cli import app
 
     bad = tmp_path / "bad.toml"
-    bad.write_text(f'name = "b"\nbase = "{QUICKSTART}"\n[axes]\n'
-                   "defense = [{label = 'x', set = [\"defenses.aggregator.name='krumm'\"]}]\n")
-    res = CliRunner().invoke(app, ["leaderboard", "run", str(bad), "--out", str(tmp_path / "o"),
-                                   "--store", str(tmp_path / "s.sqlite")])
+    bad.write_text(
+        f'name = "b"\nbase = "{QUICKSTART}"\n[axes]\n'
+        "defense = [{label = 'x', set = [\"defenses.aggregator.name='krumm'\"]}]\n"
+    )
+    res = CliRunner().invoke(
+        app,
+        ["leaderboard", "run", str(bad), "--out", str(tmp_path / "o"), "--store", str(tmp_path / "s.sqlite")],
+    )
     assert res.exit_code == 2
     assert "axis 'defense' entry 'x': defenses.aggregator.name: unknown aggregator 'krumm'" in res.output
     assert "Traceback" not in res.output
@@ -145,15 +173,23 @@ def test_cli_bad_grid_one_message_no_traceback(tmp_path: Path) -> None:
 
 def test_ranking_score_on_hand_made_numbers() -> None:
     def rec(row: str, col: str, seed: int, ma: float | None, ba: float | None = None) -> dict[str, Any]:
-        return {"row": row, "col": col, "others": (("seed", str(seed)),), "main_accuracy": ma,
-                "backdoor_accuracy": ba}
+        return {
+            "row": row,
+            "col": col,
+            "others": (("seed", str(seed)),),
+            "main_accuracy": ma,
+            "backdoor_accuracy": ba,
+        }
 
     records = [
-        rec("fedavg", "none", 0, 0.80), rec("fedavg", "badnets", 0, 0.80, 0.90),
+        rec("fedavg", "none", 0, 0.80),
+        rec("fedavg", "badnets", 0, 0.80, 0.90),
         rec("fedavg", "badnets", 1, 0.50, 0.50),
-        rec("median", "none", 0, 0.84), rec("median", "badnets", 0, 0.76, 0.09),
+        rec("median", "none", 0, 0.84),
+        rec("median", "badnets", 0, 0.76, 0.09),
         rec("median", "badnets", 1, 0.50, 0.50),
-        rec("krum", "none", 0, 0.40), rec("krum", "badnets", 0, None, 0.1),  # MA missing: pair left out
+        rec("krum", "none", 0, 0.40),
+        rec("krum", "badnets", 0, None, 0.1),  # MA missing: pair left out
         rec("lonely", "dba", 0, 0.9, 0.1),  # no fedavg cell for this attack
     ]
     s = ranking_scores(records, baseline="fedavg")
@@ -167,8 +203,14 @@ def test_ranking_score_on_hand_made_numbers() -> None:
 def test_missing_metrics_render_as_dash() -> None:
     assert all(v is None for v in cell_metrics({}).values())
     assert all(v is None for v in cell_metrics(None).values())
-    m = cell_metrics({"final": {"main_accuracy": 0.5, "backdoor_accuracy": float("nan")},
-                      "defense": {"tpr": 1.0}, "inversion": "n/a", "privacy": {"epsilon": 3.0}})
+    m = cell_metrics(
+        {
+            "final": {"main_accuracy": 0.5, "backdoor_accuracy": float("nan")},
+            "defense": {"tpr": 1.0},
+            "inversion": "n/a",
+            "privacy": {"epsilon": 3.0},
+        }
+    )
     assert m["main_accuracy"] == 0.5 and m["backdoor_accuracy"] is None and m["tpr"] == 1.0
     assert m["psnr"] is None and m["epsilon"] == 3.0
     g = load_grid(SMOKE)
@@ -194,8 +236,10 @@ def _completed_rows(store: Path) -> list[tuple[Any, ...]]:
     try:
         con = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
         try:
-            return con.execute("SELECT id, digest, status, finished_at, summary_json FROM runs "
-                               "WHERE status='completed' ORDER BY id").fetchall()
+            return con.execute(
+                "SELECT id, digest, status, finished_at, summary_json FROM runs "
+                "WHERE status='completed' ORDER BY id"
+            ).fetchall()
         finally:
             con.close()
     except sqlite3.OperationalError:  # schema not created yet
@@ -210,8 +254,9 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cmd = [*PRIVSIM, "leaderboard", "run", str(SMOKE), "--out", str(out), "--store", str(store)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     n = len(load_grid(SMOKE).cells)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 240
     before: list[tuple[Any, ...]] = []
     try:
@@ -224,7 +269,9 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     before = _completed_rows(store)  # what the store holds after the kill
-    assert 1 <= len(before) < n, f"kill should land between the first and the last cell, got {len(before)}/{n}"
+    assert 1 <= len(before) < n, (
+        f"kill should land between the first and the last cell, got {len(before)}/{n}"
+    )
     t0 = time.time()
     rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     return {"store": store, "out": out, "before": before, "rerun": rerun, "n": n, "rerun_s": time.time() - t0}
@@ -262,9 +309,14 @@ def test_cli_run_writes_md_csv_html_png(smoke_run: dict[str, Any]) -> None:
 
 
 def test_cli_show_prints_tables(smoke_run: dict[str, Any]) -> None:
-    res = subprocess.run([*PRIVSIM, "leaderboard", "show", str(SMOKE), "--store", str(smoke_run["store"])],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+    res = subprocess.run(
+        [*PRIVSIM, "leaderboard", "show", str(SMOKE), "--store", str(smoke_run["store"])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+    )
     assert res.returncode == 0, res.stderr
     assert "fedavg" in res.stdout and "median" in res.stdout and "score" in res.stdout
     assert "not run" not in res.stdout
@@ -278,8 +330,12 @@ def _chromium() -> str:
         if shutil.which(name):
             return str(shutil.which(name))
     try:
-        subprocess.run(["apt-get", "install", "-y", "chromium", "chromium-driver"], capture_output=True,
-                       timeout=600, check=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "chromium", "chromium-driver"],
+            capture_output=True,
+            timeout=600,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError) as e:
         pytest.skip(f"headless Chromium unavailable and `apt-get install chromium` failed: {e}")
     path = shutil.which("chromium")
@@ -289,11 +345,21 @@ def _chromium() -> str:
 
 
 def _dump_dom(page: Path, query: str, tmp: Path) -> str:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp / 'chrome-profile'}", "--dump-dom"]
-    res = subprocess.run([_chromium(), *flags, f"file://{page}?{query}"], capture_output=True, text=True,
-                         timeout=120)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp / 'chrome-profile'}",
+        "--dump-dom",
+    ]
+    res = subprocess.run(
+        [_chromium(), *flags, f"file://{page}?{query}"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout
 
@@ -325,25 +391,30 @@ def test_html_header_click_sorts_numerically(tmp_path: Path) -> None:
     assert attr is None and col == ["9.0", "", "100.0", "10.0"]  # no sort without a query
     attr, col = _column(_dump_dom(page, "table=cells&sort=main_accuracy", tmp_path), "cells", "main_accuracy")
     assert attr == "main_accuracy:asc" and col == ["9.0", "10.0", "100.0", ""]
-    attr, col = _column(_dump_dom(page, "table=cells&sort=main_accuracy&dir=desc", tmp_path), "cells",
-                        "main_accuracy")
+    attr, col = _column(
+        _dump_dom(page, "table=cells&sort=main_accuracy&dir=desc", tmp_path), "cells", "main_accuracy"
+    )
     assert attr == "main_accuracy:desc" and col == ["100.0", "10.0", "9.0", ""]
 
 
 def test_html_of_smoke_run_sorts_by_accuracy(smoke_run: dict[str, Any], tmp_path: Path) -> None:
     page = smoke_run["out"] / "leaderboard.html"
     for d in ("asc", "desc"):
-        attr, col = _column(_dump_dom(page, f"table=cells&sort=main_accuracy&dir={d}", tmp_path), "cells",
-                            "main_accuracy")
+        attr, col = _column(
+            _dump_dom(page, f"table=cells&sort=main_accuracy&dir={d}", tmp_path), "cells", "main_accuracy"
+        )
         nums = [float(x) for x in col]
         assert attr == f"main_accuracy:{d}" and len(nums) == smoke_run["n"]
         assert nums == sorted(nums, reverse=d == "desc")
-    summary = json.loads((smoke_run["out"] / "cells" / load_grid(SMOKE).cells[0].dirname / "summary.json")
-                         .read_text())
+    summary = json.loads(
+        (smoke_run["out"] / "cells" / load_grid(SMOKE).cells[0].dirname / "summary.json").read_text()
+    )
     assert summary["status"] == "completed"
 
 
-def test_failed_cells_are_recorded_and_the_grid_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_cells_are_recorded_and_the_grid_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import simulator.leaderboard.runner
     import simulator.runner
     from simulator.leaderboard import run_grid
@@ -362,24 +433,48 @@ def test_failed_cells_are_recorded_and_the_grid_goes_on(tmp_path: Path, monkeypa
     g = _grid({"seed": [0, 1]})
     res = run_grid(g, store=tmp_path / "s.sqlite", out_dir=tmp_path / "out", progress=False)
     assert calls == ["g.0", "g.1"]
-    assert [(c.status, c.reason) for c in res.cells] == [("failed", "ValueError: boom"), ("failed", "g.1: budget")]
+    assert [(c.status, c.reason) for c in res.cells] == [
+        ("failed", "ValueError: boom"),
+        ("failed", "g.1: budget"),
+    ]
     rows = ResultsStore(tmp_path / "s.sqlite").runs()
-    assert [r["status"] for r in rows] == ["failed: ValueError: boom"]  # the stale 'running' row marked failed
+    assert [r["status"] for r in rows] == [
+        "failed: ValueError: boom"
+    ]  # the stale 'running' row marked failed
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "0 run now, 0 from the store, 2 failed" in md and "ValueError: boom" in md
-    assert (tmp_path / "out" / "leaderboard.html").is_file() and (tmp_path / "out" / "leaderboard.csv").is_file()
+    assert (tmp_path / "out" / "leaderboard.html").is_file() and (
+        tmp_path / "out" / "leaderboard.csv"
+    ).is_file()
 
 
 # ---------------------------------------------------------------- curves: a metric vs a numeric defense strength
 
 
 def _noise_grid(sigmas: list[str], iterations: int = 3, **axes: Any):
-    entries = [{"label": v, **({"set": [f"defenses.client=[{{name='gaussian_noise', params={{sigma={v}}}}}]"]}
-                               if float(v) > 0 else {})} for v in sigmas]
-    raw = {"name": "noise", "track": "privacy", "base": str(ROOT / "scenarios" / "leakage_ig.toml"),
-           "rows": "payload", "columns": "sigma",
-           "overrides": [f"attacks.inversion.params.iterations={iterations}", "attacks.inversion.params.restarts=1"],
-           "axes": {"payload": [{"label": "gradient"}], "sigma": entries, **axes}}
+    entries = [
+        {
+            "label": v,
+            **(
+                {"set": [f"defenses.client=[{{name='gaussian_noise', params={{sigma={v}}}}}]"]}
+                if float(v) > 0
+                else {}
+            ),
+        }
+        for v in sigmas
+    ]
+    raw = {
+        "name": "noise",
+        "track": "privacy",
+        "base": str(ROOT / "scenarios" / "leakage_ig.toml"),
+        "rows": "payload",
+        "columns": "sigma",
+        "overrides": [
+            f"attacks.inversion.params.iterations={iterations}",
+            "attacks.inversion.params.restarts=1",
+        ],
+        "axes": {"payload": [{"label": "gradient"}], "sigma": entries, **axes},
+    }
     return grid_from_dict(raw, source="noise.toml")
 
 
@@ -395,18 +490,33 @@ def test_curves_plot_mean_and_std_over_the_other_axes(tmp_path: Path) -> None:
     from simulator.leaderboard.report import _mean_std, write_curves
 
     g = _noise_grid(["0", "1e-3", "1e-1"], seed=[0, 1])
-    psnr = {("0", 0): 24.0, ("0", 1): 22.0, ("1e-3", 0): 18.0, ("1e-3", 1): 17.0, ("1e-1", 0): 9.0, ("1e-1", 1): 9.0}
-    outs = [_Outcome(c, "completed", {"inversion": {"psnr": psnr[(c.labels["sigma"], c.scenario.seed)]}})
-            for c in g.cells]
+    psnr = {
+        ("0", 0): 24.0,
+        ("0", 1): 22.0,
+        ("1e-3", 0): 18.0,
+        ("1e-3", 1): 17.0,
+        ("1e-1", 0): 9.0,
+        ("1e-1", 1): 9.0,
+    }
+    outs = [
+        _Outcome(c, "completed", {"inversion": {"psnr": psnr[(c.labels["sigma"], c.scenario.seed)]}})
+        for c in g.cells
+    ]
     recs = cell_records(g, outs)
     mean, std = _mean_std(recs, ["gradient"], ["0", "1e-3", "1e-1"], "psnr")
-    assert mean.tolist() == [[23.0, 17.5, 9.0]] and std.tolist() == [[1.0, 0.5, 0.0]]  # numpy's population std
+    assert mean.tolist() == [[23.0, 17.5, 9.0]] and std.tolist() == [
+        [1.0, 0.5, 0.0]
+    ]  # numpy's population std
     written = write_curves(g, recs, tmp_path)
     assert [p.name for p in written] == ["curve_psnr.png"]  # only metrics with data
     assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     smoke = load_grid(SMOKE)  # columns are attack names: no curve
-    assert write_curves(smoke, cell_records(smoke, [_Outcome(c, "completed", {}) for c in smoke.cells]),
-                        tmp_path / "none") == []
+    assert (
+        write_curves(
+            smoke, cell_records(smoke, [_Outcome(c, "completed", {}) for c in smoke.cells]), tmp_path / "none"
+        )
+        == []
+    )
 
 
 def test_a_leakage_grid_run_writes_psnr_vs_sigma(tmp_path: Path) -> None:
@@ -425,11 +535,15 @@ def test_a_leakage_grid_run_writes_psnr_vs_sigma(tmp_path: Path) -> None:
 
 def test_privacy_tables_show_only_the_metrics_some_cell_has() -> None:
     g = _noise_grid(["0", "1e-1"])
-    outs = [_Outcome(c, "completed", {"inversion": {"psnr": 20.0, "ssim": 0.5, "label_accuracy": 1.0}})
-            for c in g.cells]
+    outs = [
+        _Outcome(c, "completed", {"inversion": {"psnr": 20.0, "ssim": 0.5, "label_accuracy": 1.0}})
+        for c in g.cells
+    ]
     t = leaderboard_table(g, cell_records(g, outs))
     assert t.headers == ["0 PSNR", "0 SSIM", "0 label acc", "1e-1 PSNR", "1e-1 SSIM", "1e-1 label acc"]
     html = render_html(g, t, cell_records(g, outs), Path("."))
     assert ">ε<" not in html and ">MA<" not in html
     empty = leaderboard_table(g, cell_records(g, [_Outcome(c, "completed", {}) for c in g.cells]))
-    assert len(empty.headers) == 2 * 6  # nothing measured yet: every metric (ε and the audit ε̂ too) stays, as "–"
+    assert (
+        len(empty.headers) == 2 * 6
+    )  # nothing measured yet: every metric (ε and the audit ε̂ too) stays, as "–"

@@ -50,8 +50,14 @@ def test_simulator_run_dispatches_leakage(tmp_path):
 
 def test_defenses_are_applied_to_the_payload_in_order():
     base = prepare_leakage(load_scenario("scenarios/leakage_ig.toml"))
-    clipped = prepare_leakage(load_scenario("scenarios/leakage_ig.toml", [
-        'defenses.client=[{name="prune", params={fraction=0.9}}, {name="clip", params={max_norm=0.01}}]']))
+    clipped = prepare_leakage(
+        load_scenario(
+            "scenarios/leakage_ig.toml",
+            [
+                'defenses.client=[{name="prune", params={fraction=0.9}}, {name="clip", params={max_norm=0.01}}]'
+            ],
+        )
+    )
     p, q = base.view.payload, clipped.view.payload
     assert float(q.norm()) == pytest.approx(0.01, rel=1e-5)
     assert int((q != 0).sum()) <= int(0.1 * p.numel()) + 1
@@ -64,8 +70,9 @@ def test_defense_functions():
     v = torch.tensor([3.0, -4.0])
     assert torch.allclose(clip_l2(v, max_norm=1.0), torch.tensor([0.6, -0.8]))
     assert torch.equal(clip_l2(v, max_norm=10.0), v)
-    assert torch.equal(prune_smallest(torch.tensor([0.1, -3.0, 0.5, 2.0]), fraction=0.5),
-                       torch.tensor([0.0, -3.0, 0.0, 2.0]))
+    assert torch.equal(
+        prune_smallest(torch.tensor([0.1, -3.0, 0.5, 2.0]), fraction=0.5), torch.tensor([0.0, -3.0, 0.0, 2.0])
+    )
     assert torch.equal(add_gaussian_noise(v, sigma=0.0, generator=g), v)
     big = add_gaussian_noise(torch.zeros(20000), sigma=0.5, generator=g)
     assert float(big.std()) == pytest.approx(0.5, rel=0.03)

@@ -8,8 +8,17 @@ import torch
 from skimage.metrics import structural_similarity
 
 from attacks.base import Reconstruction
-from attacks.metrics import (LPIPS_SKIPPED, label_accuracy, lpips, lpips_available, match_batch, mse, psnr,
-                             score_reconstruction, ssim)
+from attacks.metrics import (
+    LPIPS_SKIPPED,
+    label_accuracy,
+    lpips,
+    lpips_available,
+    match_batch,
+    mse,
+    psnr,
+    score_reconstruction,
+    ssim,
+)
 
 
 def test_mse_and_psnr_closed_forms():
@@ -35,8 +44,15 @@ def test_ssim_matches_skimage(channels, size, noise):
     y = (x + noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
     ours = ssim(x, y)
     for i in range(2):
-        ref = structural_similarity(x[i].permute(1, 2, 0).numpy(), y[i].permute(1, 2, 0).numpy(), channel_axis=2,
-                                    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+        ref = structural_similarity(
+            x[i].permute(1, 2, 0).numpy(),
+            y[i].permute(1, 2, 0).numpy(),
+            channel_axis=2,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+        )
         assert abs(float(ours[i]) - float(ref)) < 1e-3
     assert torch.allclose(ssim(x, x), torch.ones(2, dtype=torch.float64))
 
@@ -61,8 +77,11 @@ def test_score_reconstruction_matches_before_scoring():
     truth = torch.rand(4, 3, 16, 16, generator=g)
     perm = torch.tensor([2, 3, 0, 1])
     noisy = (truth + 0.05 * torch.randn(truth.shape, generator=g)).clamp(0, 1)
-    out = score_reconstruction(Reconstruction(images=noisy[perm], labels=torch.tensor([1, 2, 3, 9])),
-                               truth, torch.tensor([3, 2, 1, 0]))
+    out = score_reconstruction(
+        Reconstruction(images=noisy[perm], labels=torch.tensor([1, 2, 3, 9])),
+        truth,
+        torch.tensor([3, 2, 1, 0]),
+    )
     direct = psnr(noisy, truth)
     assert abs(out["psnr"] - float(direct.mean())) < 1e-9
     assert [p["psnr"] for p in out["per_image"]] == pytest.approx(direct.tolist())

@@ -23,17 +23,32 @@ SHAPE = (1, 28, 28)
 def _ctx(agreed: nn.Module) -> ClientContext:
     """A client's context in which ``agreed`` is the architecture the federation agreed on."""
     layout = layout_of(agreed)
-    return ClientContext(partition_id=0, server_round=1, seed=0, num_examples=32,
-                         global_vector=model_vector(agreed, layout), layout=layout,
-                         train=LocalTrainConfig(), num_clients=1, expected_clients_per_round=1.0)
+    return ClientContext(
+        partition_id=0,
+        server_round=1,
+        seed=0,
+        num_examples=32,
+        global_vector=model_vector(agreed, layout),
+        layout=layout,
+        train=LocalTrainConfig(),
+        num_clients=1,
+        expected_clients_per_round=1.0,
+    )
 
 
 def _data(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Blurry random images with a learnable label (brightest quadrant)."""
     g = torch.Generator().manual_seed(seed)
     x = nn.functional.avg_pool2d(torch.rand(n, *SHAPE, generator=g), 5, 1, 2)
-    q = torch.stack([x[:, 0, :14, :14].mean((1, 2)), x[:, 0, :14, 14:].mean((1, 2)),
-                     x[:, 0, 14:, :14].mean((1, 2)), x[:, 0, 14:, 14:].mean((1, 2))], 1)
+    q = torch.stack(
+        [
+            x[:, 0, :14, :14].mean((1, 2)),
+            x[:, 0, :14, 14:].mean((1, 2)),
+            x[:, 0, 14:, :14].mean((1, 2)),
+            x[:, 0, 14:, 14:].mean((1, 2)),
+        ],
+        1,
+    )
     return x, q.argmax(1)
 
 
@@ -89,8 +104,13 @@ def test_honest_models_are_accepted_untrained_and_trained(name):
     x, y = _data(128)
     with torch.no_grad():
         before = float(nn.functional.cross_entropy(model(x), y))
-    train_local(model, x, y, LocalTrainConfig(epochs=4, batch_size=32, lr=0.1, max_steps=15),
-                generator=torch.Generator().manual_seed(0))
+    train_local(
+        model,
+        x,
+        y,
+        LocalTrainConfig(epochs=4, batch_size=32, lr=0.1, max_steps=15),
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         assert float(nn.functional.cross_entropy(model(x), y)) < before  # it did train
     assert inspection.inspect(model, _ctx(model)) is None
@@ -126,10 +146,15 @@ def test_parallel_row_fraction_matches_a_brute_force():
     u = nn.functional.normalize(w.double(), dim=1)
     cos = (u @ u.T).abs()
     for thr in (0.99, 0.9, 0.5):
-        brute = sum(
-            1 for i in range(40)
-            if float(w[i].norm()) > 0 and any(float(cos[i, j]) > thr for j in range(40) if j != i and float(w[j].norm()) > 0)
-        ) / 40
+        brute = (
+            sum(
+                1
+                for i in range(40)
+                if float(w[i].norm()) > 0
+                and any(float(cos[i, j]) > thr for j in range(40) if j != i and float(w[j].norm()) > 0)
+            )
+            / 40
+        )
         assert parallel_row_fraction(w, threshold=thr) == pytest.approx(brute)
         assert parallel_row_fraction(w, threshold=thr, chunk=7) == pytest.approx(brute)
     assert parallel_row_fraction(w, threshold=0.99) == pytest.approx(3 / 40)
@@ -140,8 +165,10 @@ def test_defense_pipeline_scenario_refuses_the_model():
     from simulator.scenario import load_scenario
 
     # digits (8×8, loads in no time) instead of mnist5k: the refusal does not depend on the images
-    s = load_scenario("scenarios/inversion_defense_pipeline.toml", ["leakage.public_images=200", "leakage.num_images=8",
-                                                          'data.dataset="digits"'])
+    s = load_scenario(
+        "scenarios/inversion_defense_pipeline.toml",
+        ["leakage.public_images=200", "leakage.num_images=8", 'data.dataset="digits"'],
+    )
     assert [d.name for d in s.defenses.client] == ["model_inspection"]
     assert s.leakage.protocol == "update" and s.leakage.local_steps == 4 and s.model.name == "cnn"
     attack = RobbingTheFed(bins=16)
@@ -170,9 +197,15 @@ def test_model_inspection_refuses_an_imprinted_model_in_a_federated_run(tmp_path
         forged.net[1].bias.copy_(-torch.linspace(0.0, 0.5, forged.net[1].bias.numel()))
     ckpt = tmp_path / "forged.pt"
     torch.save(forged.state_dict(), ckpt)
-    base = ["simulation.engine='inline'", "federation.rounds=1", "data.max_examples=600",
-            "data.partitioner={name='iid'}", "model.name='mlp'", "model.params={hidden=[32]}",
-            f"model.warm_start={{checkpoint='{ckpt}'}}"]
+    base = [
+        "simulation.engine='inline'",
+        "federation.rounds=1",
+        "data.max_examples=600",
+        "data.partitioner={name='iid'}",
+        "model.name='mlp'",
+        "model.params={hidden=[32]}",
+        f"model.warm_start={{checkpoint='{ckpt}'}}",
+    ]
     s = load_scenario("scenarios/quickstart.toml", [*base, "defenses.client=[{name='model_inspection'}]"])
     r = run(s, write=False)
     rec = r.rounds[0]

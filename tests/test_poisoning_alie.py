@@ -13,7 +13,9 @@ from scipy.stats import norm
 from attacks.poisoning import alie_updates, alie_z_max
 
 
-@pytest.mark.parametrize(("n", "f"), [(50, 10), (50, 12), (50, 24), (20, 5), (10, 1), (100, 20), (7, 3), (30, 1)])
+@pytest.mark.parametrize(
+    ("n", "f"), [(50, 10), (50, 12), (50, 24), (20, 5), (10, 1), (100, 20), (7, 3), (30, 1)]
+)
 def test_z_max_matches_the_closed_form(n: int, f: int) -> None:
     s = n // 2 + 1 - f  # ⌊n/2 + 1⌋ for an integer n
     assert alie_z_max(num_clients=n, num_malicious=f) == pytest.approx(norm.ppf((n - s) / n), abs=1e-9)
@@ -23,7 +25,9 @@ def test_z_max_reference_values() -> None:
     # n = 50, f = 10: s = 16, Φ⁻¹(34/50) = 0.4677 (the formula does not give ≈ 1.0 here)
     assert alie_z_max(num_clients=50, num_malicious=10) == pytest.approx(0.467698799, abs=1e-6)
     assert alie_z_max(num_clients=10, num_malicious=1) == pytest.approx(0.0, abs=1e-12)  # s = 5: Φ⁻¹(1/2)
-    assert alie_z_max(num_clients=7, num_malicious=3) == pytest.approx(1.067570523, abs=1e-6)  # s = 1: Φ⁻¹(6/7)
+    assert alie_z_max(num_clients=7, num_malicious=3) == pytest.approx(
+        1.067570523, abs=1e-6
+    )  # s = 1: Φ⁻¹(6/7)
     # z_max grows with f for a fixed n
     zs = [alie_z_max(num_clients=50, num_malicious=f) for f in range(1, 26)]
     assert all(a < b for a, b in itertools.pairwise(zs))

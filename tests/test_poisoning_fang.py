@@ -42,6 +42,7 @@ def benign_set(n: int, d: int, seed: int, *, shift: float = 0.3) -> torch.Tensor
 
 # ---- Krum attack ----
 
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("f", [0, 1, 3])
 def test_krum_select_matches_brute_force_and_project_krum(seed: int, f: int) -> None:
@@ -57,9 +58,10 @@ def test_lambda_bound_matches_loops(n_b: int, c: int, d: int) -> None:
     sums = []
     for i in range(n_b):
         ds = sorted(math.dist(rows[i], rows[j]) for j in range(n_b) if j != i)
-        sums.append(math.fsum(ds[:n_b - 2]))  # |Γ̃| = m − c − 2 = n_b − 2
-    expected = (min(sums) / ((n_b - c - 1) * math.sqrt(d))
-                + max(math.dist(r, [0.0] * d) for r in rows) / math.sqrt(d))
+        sums.append(math.fsum(ds[: n_b - 2]))  # |Γ̃| = m − c − 2 = n_b − 2
+    expected = min(sums) / ((n_b - c - 1) * math.sqrt(d)) + max(
+        math.dist(r, [0.0] * d) for r in rows
+    ) / math.sqrt(d)
     assert fang_krum_lambda_bound(b, num_malicious=c) == pytest.approx(expected, rel=1e-10)
 
 
@@ -81,15 +83,15 @@ def expected_lambda(b: torch.Tensor, c: int, threshold: float = 1e-5) -> tuple[f
     return lam, False
 
 
-@pytest.mark.parametrize(("n_b", "c", "d", "seed"), [(16, 5, 10, 0), (16, 5, 10, 1), (12, 3, 20, 2),
-                                                     (20, 6, 8, 3), (9, 2, 30, 4)])
+@pytest.mark.parametrize(
+    ("n_b", "c", "d", "seed"), [(16, 5, 10, 0), (16, 5, 10, 1), (12, 3, 20, 2), (20, 6, 8, 3), (9, 2, 30, 4)]
+)
 def test_krum_lambda_is_the_first_halving_that_krum_selects(n_b: int, c: int, d: int, seed: int) -> None:
     b = benign_set(n_b, d, seed)
     expected = expected_lambda(b, c)
     fast = fang_krum_lambda(b, num_malicious=c)
     assert fast == expected  # the same halving sequence: exact
-    via_project = fang_krum_lambda(b, num_malicious=c,
-                                   select=lambda u: select_multikrum(u, f=c, m=1)[0][0])
+    via_project = fang_krum_lambda(b, num_malicious=c, select=lambda u: select_multikrum(u, f=c, m=1)[0][0])
     assert via_project == expected
 
 
@@ -116,8 +118,8 @@ def test_krum_search_stops_below_the_threshold() -> None:
 
     lam, ok = fang_krum_lambda(b, num_malicious=2, select=never_malicious, lambda_init=1.0)
     # λ = 1, 1/2, …, 2⁻¹⁶ ≥ 10⁻⁵ are tried; 2⁻¹⁷ < 10⁻⁵ stops the search
-    assert not ok and lam == 2.0 ** -17 and len(calls) == 17
-    assert calls[0] == 1.0 and calls[-1] == 2.0 ** -16
+    assert not ok and lam == 2.0**-17 and len(calls) == 17
+    assert calls[0] == 1.0 and calls[-1] == 2.0**-16
 
 
 def test_krum_supporters_within_epsilon_ball() -> None:
@@ -134,6 +136,7 @@ def test_krum_supporters_within_epsilon_ball() -> None:
 
 # ---- trimmed-mean / median attack ----
 
+
 def interval(s: float, w_max: float, w_min: float, b: float) -> tuple[float, float]:
     """The paper's sampling interval for one coordinate (s = 0 treated as +1)."""
     if s < 0:
@@ -144,8 +147,9 @@ def interval(s: float, w_max: float, w_min: float, b: float) -> tuple[float, flo
 def test_trimmed_mean_attack_samples_in_the_papers_intervals() -> None:
     n_b, c, d = 12, 4, 60
     g = torch.Generator().manual_seed(7)
-    b = torch.randn(n_b, d, generator=g, dtype=torch.float64) * 0.5 + torch.linspace(-1.5, 1.5, d,
-                                                                                      dtype=torch.float64)
+    b = torch.randn(n_b, d, generator=g, dtype=torch.float64) * 0.5 + torch.linspace(
+        -1.5, 1.5, d, dtype=torch.float64
+    )
     b[:, 0] = torch.tensor([-2.0, 2.0, -1.0, 1.0] * 3, dtype=torch.float64)  # zero mean: s = 0
     mal = fang_trimmed_mean(b, num_malicious=c, generator=torch.Generator().manual_seed(1))
     assert mal.shape == (c, d)
@@ -161,8 +165,13 @@ def test_trimmed_mean_attack_samples_in_the_papers_intervals() -> None:
         else:
             assert np.all(m[:, j] <= arr[:, j].min() + 1e-12)
     # the four (w_max sign, s) cases all occur in this set
-    cases = {(np.sign(arr[:, j].mean()) < 0, (arr[:, j].max() if np.sign(arr[:, j].mean()) < 0
-                                              else arr[:, j].min()) > 0) for j in range(d)}
+    cases = {
+        (
+            np.sign(arr[:, j].mean()) < 0,
+            (arr[:, j].max() if np.sign(arr[:, j].mean()) < 0 else arr[:, j].min()) > 0,
+        )
+        for j in range(d)
+    }
     assert len(cases) == 4
     again = fang_trimmed_mean(b, num_malicious=c, generator=torch.Generator().manual_seed(1))
     assert torch.equal(mal, again)
@@ -191,7 +200,7 @@ def test_trimmed_mean_attack_moves_median_and_trimmed_mean_against_s(seed: int) 
     s[s == 0] = 1.0
     med_move = (np.median(allu, axis=0) - np.median(arr, axis=0)) * s
     srt = np.sort(allu, axis=0)
-    trimmed = srt[c:allu.shape[0] - c].mean(axis=0)  # trimming k = c per side
+    trimmed = srt[c : allu.shape[0] - c].mean(axis=0)  # trimming k = c per side
     tm_move = (trimmed - arr.mean(axis=0)) * s
     assert np.all(med_move <= 1e-12) and np.all(tm_move <= 1e-12)
     assert (tm_move < 0).mean() > 0.95 and (med_move < 0).mean() > 0.95

@@ -29,7 +29,9 @@ def test_malicious_update_has_negative_inner_product_with_the_mean(eps: float) -
 
 
 @pytest.mark.parametrize(("n_b", "f"), [(12, 4), (20, 5), (9, 9)])
-def test_mean_of_all_updates_turns_against_the_benign_mean_iff_eps_exceeds_nb_over_f(n_b: int, f: int) -> None:
+def test_mean_of_all_updates_turns_against_the_benign_mean_iff_eps_exceeds_nb_over_f(
+    n_b: int, f: int
+) -> None:
     b = _benign(n_b, 30, 1)
     mu = b.numpy().mean(axis=0)
     threshold = n_b / f

@@ -46,10 +46,11 @@ def np_perturbation(arr: np.ndarray, kind: str) -> np.ndarray:
 
 def pairwise_sq(arr: np.ndarray) -> np.ndarray:
     diff = arr[:, None, :] - arr[None, :, :]
-    return (diff ** 2).sum(-1)
+    return (diff**2).sum(-1)
 
 
 # ---- the search ----
+
 
 @pytest.mark.parametrize("target", [1e-3, 0.37, 3.0, 5.0, 9.99, 10.0, 13.7, 19.9])
 def test_gamma_search_finds_a_threshold_within_two_tau(target: float) -> None:
@@ -67,14 +68,17 @@ def test_gamma_search_edges() -> None:
 
 # ---- perturbations ----
 
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_perturbation_vectors(kind: Perturbation) -> None:
     b = benign_set(9, 20, 0)
-    np.testing.assert_allclose(perturbation_vector(b, kind=kind).numpy(), np_perturbation(b.numpy(), kind),
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        perturbation_vector(b, kind=kind).numpy(), np_perturbation(b.numpy(), kind), rtol=0, atol=1e-12
+    )
 
 
 # ---- Min-Max / Min-Sum ----
+
 
 def min_max_closed_form(arr: np.ndarray, p: np.ndarray) -> float:
     """Largest γ with max_i ‖μ + γp − g_i‖² ≤ D²: the smallest of the per-row larger quadratic roots."""
@@ -160,6 +164,7 @@ def test_min_sum_is_at_most_min_max_distance_wise() -> None:
 
 # ---- AGR-tailored ----
 
+
 def np_median(u: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.median(u.double().numpy(), axis=0))
 
@@ -167,7 +172,8 @@ def np_median(u: torch.Tensor) -> torch.Tensor:
 def np_trimmed_mean(k: int):
     def agr(u: torch.Tensor) -> torch.Tensor:
         srt = np.sort(u.double().numpy(), axis=0)
-        return torch.from_numpy(srt[k:srt.shape[0] - k].mean(axis=0))
+        return torch.from_numpy(srt[k : srt.shape[0] - k].mean(axis=0))
+
     return agr
 
 
@@ -226,6 +232,7 @@ def test_agr_tailored_oracle_on_krum_is_selected() -> None:
 
     mal = agr_tailored_oracle(b, num_malicious=f, oracle=krum_picks_malicious, perturbation="std")
     gamma = float((mal[0] - b.mean(0)) @ perturbation_vector(b, kind="std")) / float(
-        perturbation_vector(b, kind="std").square().sum())
+        perturbation_vector(b, kind="std").square().sum()
+    )
     assert gamma > 0
     assert krum_picks_malicious(torch.cat([mal, b]))

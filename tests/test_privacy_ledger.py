@@ -40,12 +40,21 @@ def _rdp_replace(event: E.DpEvent, count: int, delta: float = 1e-5) -> float:
 
 
 def _ctx(rnd: int, ids: tuple[int, ...]) -> RoundContext:
-    return RoundContext(server_round=rnd, seed=0, global_vector=torch.zeros(D), layout=Layout(("w",), ((D,),)),
-                        client_ids=ids, num_examples=(1,) * len(ids), num_clients=100,
-                        expected_clients_per_round=10.0)
+    return RoundContext(
+        server_round=rnd,
+        seed=0,
+        global_vector=torch.zeros(D),
+        layout=Layout(("w",), ((D,),)),
+        client_ids=ids,
+        num_examples=(1,) * len(ids),
+        num_clients=100,
+        expected_clients_per_round=10.0,
+    )
 
 
-def _drive(mech: ClientLevelDP, rounds: int, ids: tuple[int, ...], metrics: dict[str, float] | None = None) -> None:
+def _drive(
+    mech: ClientLevelDP, rounds: int, ids: tuple[int, ...], metrics: dict[str, float] | None = None
+) -> None:
     for rnd in range(1, rounds + 1):
         mech.server_aggregate(torch.zeros(D), [dict(metrics or {}) for _ in ids], _ctx(rnd, ids))
         mech.round_report(rnd, [])
@@ -66,8 +75,10 @@ def test_dp_fedavg_adaptive_clipping_reports_the_mechanism_that_runs() -> None:
     assert mech.ledger.epsilon("aggregate") == pytest.approx(ref, rel=1e-9)
     assert ref == pytest.approx(8.08, abs=0.01)
     # with unshifted {0, 1} bits the same noise would be worth ≈ 13.2: the reason the bits are shifted
-    z_bits01 = 1 / math.sqrt(mech.update_z ** -2 + 1.0)
-    assert _pld(E.PoissonSampledDpEvent(0.25, E.GaussianDpEvent(z_bits01)), 20) == pytest.approx(13.18, abs=0.01)
+    z_bits01 = 1 / math.sqrt(mech.update_z**-2 + 1.0)
+    assert _pld(E.PoissonSampledDpEvent(0.25, E.GaussianDpEvent(z_bits01)), 20) == pytest.approx(
+        13.18, abs=0.01
+    )
     with pytest.raises(ValueError, match="shifted"):
         mech.adaptive.update([1.0, 0.0], expected_clients=2, generator=torch.Generator())
 
@@ -85,11 +96,17 @@ def test_fixed_size_cohorts_are_replace_one_with_half_the_multiplier() -> None:
 def _fixed_scenario(**client: Any):
     from simulator.scenario import scenario_from_dict
 
-    return scenario_from_dict({
-        "data": {"dataset": "mnist5k", "num_clients": 100},
-        "federation": {"rounds": 3, "sampling": "fixed", "clients_per_round": 10},
-        "privacy": {"level": "client", "accountant": "rdp",
-                    "client": {"clip_norm": 1.0, "noise_multiplier": 1.0, **client}}})
+    return scenario_from_dict(
+        {
+            "data": {"dataset": "mnist5k", "num_clients": 100},
+            "federation": {"rounds": 3, "sampling": "fixed", "clients_per_round": 10},
+            "privacy": {
+                "level": "client",
+                "accountant": "rdp",
+                "client": {"clip_norm": 1.0, "noise_multiplier": 1.0, **client},
+            },
+        }
+    )
 
 
 def test_local_noise_headline_is_one_update_in_the_clear() -> None:
@@ -114,14 +131,18 @@ def test_local_noise_headline_is_one_update_in_the_clear() -> None:
 def test_forced_inversion_targets_lose_amplification_and_a_curious_server_voids_central_dp() -> None:
     """Row 4: the server forces its targets into rounds 1..5; those rounds are unamplified for them. With central
     noise the curious server reads clipped updates before the noise: ε = ∞ for that view."""
-    over = ["attacks.inversion={name='idlg', targets=[0], rounds=[1, 2, 3, 4, 5]}", "federation.rounds=20",
-            "privacy.client={clip_norm=1.0, noise_multiplier=1.0}"]
+    over = [
+        "attacks.inversion={name='idlg', targets=[0], rounds=[1, 2, 3, 4, 5]}",
+        "federation.rounds=20",
+        "privacy.client={clip_norm=1.0, noise_multiplier=1.0}",
+    ]
     s = load_scenario(DP_FEDAVG, over)
     mech = build_privacy(s)
     _drive(mech, 20, tuple(range(50)))
     g = E.GaussianDpEvent(1.0)
-    forced = E.ComposedDpEvent([E.SelfComposedDpEvent(g, 5),
-                                E.SelfComposedDpEvent(E.PoissonSampledDpEvent(0.25, g), 15)])
+    forced = E.ComposedDpEvent(
+        [E.SelfComposedDpEvent(g, 5), E.SelfComposedDpEvent(E.PoissonSampledDpEvent(0.25, g), 15)]
+    )
     eps = mech.ledger.epsilons()
     assert eps["aggregate"] == pytest.approx(_pld(E.PoissonSampledDpEvent(0.25, g), 20), rel=1e-9)
     assert eps["forced_target"] == pytest.approx(_pld(forced, 1), rel=1e-9)
@@ -145,8 +166,14 @@ def test_settings_that_void_the_guarantee_are_refused_at_load() -> None:
     with pytest.raises(ScenarioError, match=r"privacy\.record\.poisson_sampling"):
         load_scenario(ROOT / "scenarios" / "dp_sgd.toml", ["privacy.record.poisson_sampling=false"])
     with pytest.raises(ScenarioError, match=r"privacy\.on_budget"):
-        load_scenario(DP_FEDAVG, ["privacy.target_epsilon=8.0", "privacy.on_budget='calibrate'",
-                                  "privacy.client={clip_norm=1.0, noise_multiplier=1.0, noise='local'}"])
+        load_scenario(
+            DP_FEDAVG,
+            [
+                "privacy.target_epsilon=8.0",
+                "privacy.on_budget='calibrate'",
+                "privacy.client={clip_norm=1.0, noise_multiplier=1.0, noise='local'}",
+            ],
+        )
 
 
 def test_noise_cannot_be_regenerated_from_public_values() -> None:
@@ -159,7 +186,9 @@ def test_noise_cannot_be_regenerated_from_public_values() -> None:
     nb = b.server_aggregate(torch.zeros(D), [{"dp-clip-bit": 0.5}] * 2, ctx)
     assert not torch.equal(na, nb)
     c, d = build_privacy(s, secret=7), build_privacy(s, secret=7)
-    assert torch.equal(c.server_aggregate(torch.zeros(D), [{}] * 2, ctx), d.server_aggregate(torch.zeros(D), [{}] * 2, ctx))
+    assert torch.equal(
+        c.server_aggregate(torch.zeros(D), [{}] * 2, ctx), d.server_aggregate(torch.zeros(D), [{}] * 2, ctx)
+    )
 
 
 # ---- every shipped DP scenario: ε recomputed from summary.json's ledger with dp-accounting alone ----
@@ -186,14 +215,35 @@ def _recompute(view: dict[str, Any], delta: float) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, overrides", [
-    ("dp_fedavg.toml", ["federation.rounds=3"]),
-    ("dp_sgd.toml", ["federation.rounds=2", "data.num_clients=4", "federation.clients_per_round=2",
-                     "data.max_examples=400", "model.name='mlp'", "model.params={hidden=[16]}"]),
-    ("sketch_dp.toml", ["federation.rounds=2", "data.max_examples=400", "model.name='mlp'",
-                        "model.params={hidden=[16]}"]),
-])
-def test_shipped_dp_scenarios_epsilon_recomputes_from_their_own_ledger(name: str, overrides: list[str]) -> None:
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("dp_fedavg.toml", ["federation.rounds=3"]),
+        (
+            "dp_sgd.toml",
+            [
+                "federation.rounds=2",
+                "data.num_clients=4",
+                "federation.clients_per_round=2",
+                "data.max_examples=400",
+                "model.name='mlp'",
+                "model.params={hidden=[16]}",
+            ],
+        ),
+        (
+            "sketch_dp.toml",
+            [
+                "federation.rounds=2",
+                "data.max_examples=400",
+                "model.name='mlp'",
+                "model.params={hidden=[16]}",
+            ],
+        ),
+    ],
+)
+def test_shipped_dp_scenarios_epsilon_recomputes_from_their_own_ledger(
+    name: str, overrides: list[str]
+) -> None:
     s = load_scenario(ROOT / "scenarios" / name, ["simulation.engine='inline'", *overrides])
     r = run(s, write=False)
     priv = r.privacy
@@ -201,8 +251,12 @@ def test_shipped_dp_scenarios_epsilon_recomputes_from_their_own_ledger(name: str
     worst = 0.0
     for vname, view in led["views"].items():
         eps = _recompute(view, led["delta"])
-        if view["accountant"] == "gaussian":  # exact closed form; dp-accounting's PLD is pessimistic by ≤ 0.1 %
-            assert view["epsilon"] <= eps * (1 + 1e-9) and eps == pytest.approx(view["epsilon"], rel=1e-3), vname
+        if (
+            view["accountant"] == "gaussian"
+        ):  # exact closed form; dp-accounting's PLD is pessimistic by ≤ 0.1 %
+            assert view["epsilon"] <= eps * (1 + 1e-9) and eps == pytest.approx(view["epsilon"], rel=1e-3), (
+                vname
+            )
             eps = view["epsilon"]
         assert eps == pytest.approx(view["epsilon"], rel=1e-6), vname
         key = f"epsilon_{vname}" if f"epsilon_{vname}" in r.rounds[-1].privacy else "epsilon"

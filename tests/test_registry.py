@@ -86,7 +86,6 @@ def test_temporarily_registers_only_inside_the_block() -> None:
 
     with reg.temporarily("thing", Thing):
         assert reg.names() == ["thing"] and isinstance(reg.create("thing"), Thing)
-        with pytest.raises(ValueError, match="already registered"):
-            with reg.temporarily("thing", Thing):
-                pass
+        with pytest.raises(ValueError, match="already registered"), reg.temporarily("thing", Thing):
+            pass
     assert reg.names() == []

@@ -24,23 +24,47 @@ SMALL = ["simulation.engine='inline'", "data.max_examples=1000"]
 CASES: dict[str, list[str]] = {
     "quickstart": [*SMALL, "federation.rounds=2", "federation.local_epochs=1"],
     "backdoor_badnets": [*SMALL, "federation.rounds=2", "federation.local_epochs=1"],
-    "defense_median": [*SMALL, "federation.rounds=2", "federation.local_epochs=1", "model.warm_start={rounds=1}"],
+    "defense_median": [
+        *SMALL,
+        "federation.rounds=2",
+        "federation.local_epochs=1",
+        "model.warm_start={rounds=1}",
+    ],
     "dp_fedavg": ["simulation.engine='inline'", "federation.rounds=2", "privacy.noise_seed=11"],
     "sketch_fedavg": [*SMALL, "federation.rounds=2"],
     "leakage_ig": ["attacks.inversion.params.iterations=30", "attacks.inversion.params.restarts=1"],
-    "fl_with_inversion": ["federation.rounds=1", "attacks.inversion.rounds=[1]", "attacks.inversion.targets=[0]",
-                          "attacks.inversion.params.iterations=30"],
+    "fl_with_inversion": [
+        "federation.rounds=1",
+        "attacks.inversion.rounds=[1]",
+        "attacks.inversion.targets=[0]",
+        "attacks.inversion.params.iterations=30",
+    ],
 }
 
 
 def _numbers(r: Any) -> dict[str, Any]:
     d = r.to_dict()
     out: dict[str, Any] = {"status": d["status"]}
-    out["rounds"] = [{k: x.get(k) for k in ("main_accuracy", "train_loss", "backdoor_accuracy", "epsilon",
-                                             "clients_aggregated", "inversion_psnr") if x.get(k) is not None}
-                     for x in (rr.flat() for rr in r.rounds)]
-    for block, keys in (("final", ("main_accuracy", "backdoor_accuracy")), ("privacy", ("epsilon",)),
-                        ("inversion", ("psnr", "ssim", "label_accuracy"))):
+    out["rounds"] = [
+        {
+            k: x.get(k)
+            for k in (
+                "main_accuracy",
+                "train_loss",
+                "backdoor_accuracy",
+                "epsilon",
+                "clients_aggregated",
+                "inversion_psnr",
+            )
+            if x.get(k) is not None
+        }
+        for x in (rr.flat() for rr in r.rounds)
+    ]
+    for block, keys in (
+        ("final", ("main_accuracy", "backdoor_accuracy")),
+        ("privacy", ("epsilon",)),
+        ("inversion", ("psnr", "ssim", "label_accuracy")),
+    ):
         b = d.get(block) or {}
         for k in keys:
             if isinstance(b.get(k), (int, float)):

@@ -17,8 +17,17 @@ def test_store_keeps_rounds_as_they_finish_and_finds_runs_by_digest(tmp_path):
     st.add_round(rid, RoundRecord(round=1, main_accuracy=0.5))
     assert st.finished("abc") is None  # not finished yet, but the round is kept
     assert st.rounds(rid)[0]["main_accuracy"] == 0.5
-    res = RunResult(name="x", scenario={}, scenario_digest="abc", seed=0, engine="inline", versions={},
-                    rounds=[RoundRecord(round=1, main_accuracy=0.5)], wall_time_s=1.0, status="completed")
+    res = RunResult(
+        name="x",
+        scenario={},
+        scenario_digest="abc",
+        seed=0,
+        engine="inline",
+        versions={},
+        rounds=[RoundRecord(round=1, main_accuracy=0.5)],
+        wall_time_s=1.0,
+        status="completed",
+    )
     st.finish_run(rid, res)
     assert st.finished("abc")["final"]["main_accuracy"] == 0.5
     assert st.runs()[0]["status"] == "completed"
@@ -27,9 +36,24 @@ def test_store_keeps_rounds_as_they_finish_and_finds_runs_by_digest(tmp_path):
 @pytest.mark.slow
 def test_cli_quickstart_two_rounds_writes_summary_csv_plots_and_store(tmp_path):
     out = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "simulator.cli", "run", "scenarios/quickstart.toml", "--set",
-                        "federation.rounds=2", "--out", str(out), "--store", str(tmp_path / "s.sqlite")],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simulator.cli",
+            "run",
+            "scenarios/quickstart.toml",
+            "--set",
+            "federation.rounds=2",
+            "--out",
+            str(out),
+            "--store",
+            str(tmp_path / "s.sqlite"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed"

@@ -26,16 +26,32 @@ from simulator.training import LocalTrainConfig, train_local
 SHAPE = (1, 6, 6)
 
 
-def _update_view(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps: int,
-                 batch_size: int) -> ServerView:
+def _update_view(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps: int, batch_size: int
+) -> ServerView:
     w0 = model_vector(model)
     victim = copy.deepcopy(model)
-    train_local(victim, x, y, LocalTrainConfig(epochs=steps, batch_size=batch_size, lr=lr, max_steps=steps),
-                generator=torch.Generator().manual_seed(0))
-    return ServerView(model=copy.deepcopy(model), payload=model_vector(victim) - w0,
-                      protocol=ProtocolInfo(kind="update", lr=lr, local_steps=steps, local_epochs=steps,
-                                            batch_size=batch_size, num_examples=int(x.shape[0])),
-                      input_shape=tuple(x.shape[1:]), num_classes=10)
+    train_local(
+        victim,
+        x,
+        y,
+        LocalTrainConfig(epochs=steps, batch_size=batch_size, lr=lr, max_steps=steps),
+        generator=torch.Generator().manual_seed(0),
+    )
+    return ServerView(
+        model=copy.deepcopy(model),
+        payload=model_vector(victim) - w0,
+        protocol=ProtocolInfo(
+            kind="update",
+            lr=lr,
+            local_steps=steps,
+            local_epochs=steps,
+            batch_size=batch_size,
+            num_examples=int(x.shape[0]),
+        ),
+        input_shape=tuple(x.shape[1:]),
+        num_classes=10,
+    )
 
 
 def _random_public(n: int, seed: int) -> PublicData:
@@ -61,7 +77,9 @@ def test_a_lone_image_comes_back_exactly_and_two_in_a_bin_give_their_gradient_we
     model = build_model("mlp", {"hidden": [32]}, input_shape=SHAPE, num_classes=10, seed=0)
     attack.prepare(_random_public(400, 1), model=model, input_shape=SHAPE, num_classes=10)
     g = torch.Generator().manual_seed(2)
-    singles = (torch.tensor([0.2, 0.45, 0.7]).view(3, 1, 1, 1) + 0.1 * torch.randn(3, *SHAPE, generator=g)).clamp(0, 1)
+    singles = (
+        torch.tensor([0.2, 0.45, 0.7]).view(3, 1, 1, 1) + 0.1 * torch.randn(3, *SHAPE, generator=g)
+    ).clamp(0, 1)
     a = (0.85 + 0.1 * torch.randn(*SHAPE, generator=g)).clamp(0, 1)
     b = a.flatten()[torch.randperm(a.numel(), generator=g)].view(SHAPE)  # same pixels, so the same brightness
     x = torch.cat([singles, a[None], b[None]])
@@ -125,9 +143,15 @@ def test_the_imprint_block_keeps_the_model_working():
     pub = _random_public(300, 1)
     attack.prepare(pub, model=model, input_shape=SHAPE, num_classes=10)
     sent = attack.server_model(model)
-    assert set(layout_of(sent).names) >= {"imprint.encoder.weight", "imprint.encoder.bias",
-                                           "imprint.decoder.weight", "imprint.decoder.bias"}
-    assert [n for n in layout_of(sent).names if n.startswith("model.")] == [f"model.{n}" for n in layout_of(model).names]
+    assert set(layout_of(sent).names) >= {
+        "imprint.encoder.weight",
+        "imprint.encoder.bias",
+        "imprint.decoder.weight",
+        "imprint.decoder.bias",
+    }
+    assert [n for n in layout_of(sent).names if n.startswith("model.")] == [
+        f"model.{n}" for n in layout_of(model).names
+    ]
     w = sent.imprint.encoder.weight
     assert torch.equal(w, w[:1].expand_as(w))  # every row is the measurement
     with torch.no_grad():
@@ -156,7 +180,9 @@ def test_bins_are_equal_mass_quantiles_of_the_public_measurement_only():
     nd = NormalDist(float(m.mean()), float(m.std()))
     assert gauss[1:].tolist() == pytest.approx([nd.inv_cdf(q) for q in (0.25, 0.5, 0.75)], rel=1e-9)
     rnd = measurement_vector(36, kind="random", seed=7)
-    assert float(rnd.norm()) == pytest.approx(1.0) and torch.equal(rnd, measurement_vector(36, kind="random", seed=7))
+    assert float(rnd.norm()) == pytest.approx(1.0) and torch.equal(
+        rnd, measurement_vector(36, kind="random", seed=7)
+    )
 
     # the threat model in the signatures: prepare sees public data, reconstruct the ServerView and nothing else
     assert list(inspect.signature(RobbingTheFed.reconstruct).parameters) == ["self", "view"]
@@ -176,8 +202,9 @@ def mnist():
     return DATASETS.create("mnist5k", {})
 
 
-@pytest.mark.parametrize("model_name,placement,measurement", [("cnn", "quantile", "brightness"),
-                                                              ("mlp", "gaussian", "random")])
+@pytest.mark.parametrize(
+    "model_name,placement,measurement", [("cnn", "quantile", "brightness"), ("mlp", "gaussian", "random")]
+)
 def test_64_mnist_digits_with_128_bins(mnist, model_name, placement, measurement):
     # measured: 0.66 (cnn, quantile, brightness) and 0.67 (mlp, gaussian, random) of the digits at >= 40 dB
     # ((1−1/K)^(B−1) ≈ 0.61 are alone in a bin of equal mass); nearly all of them exact to > 100 dB
@@ -185,8 +212,12 @@ def test_64_mnist_digits_with_128_bins(mnist, model_name, placement, measurement
     victim, public = perm[:64], perm[64:1064]
     model = build_model(model_name, {}, input_shape=mnist.input_shape, num_classes=10, seed=1)
     attack = RobbingTheFed(bins=128, placement=placement, measurement=measurement)
-    attack.prepare(PublicData(mnist.x[public], mnist.y[public]), model=model, input_shape=mnist.input_shape,
-                   num_classes=10)
+    attack.prepare(
+        PublicData(mnist.x[public], mnist.y[public]),
+        model=model,
+        input_shape=mnist.input_shape,
+        num_classes=10,
+    )
     x, y = mnist.x[victim], mnist.y[victim]
     r = attack.reconstruct(gradient_view(attack.server_model(model), x, y))
     frac = recovered_fraction(r.images, x)
@@ -194,7 +225,9 @@ def test_64_mnist_digits_with_128_bins(mnist, model_name, placement, measurement
     scored = score_reconstruction(r, x, y)
     assert scored["recovered_fraction"] == frac
     exact = torch.tensor([p["psnr"] for p in scored["per_image"] if p["recovered"]])
-    assert float(exact.median()) >= 60.0  # lone digits are exact (a bin whose second digit has a tiny c_j: ≈ 45 dB)
+    assert (
+        float(exact.median()) >= 60.0
+    )  # lone digits are exact (a bin whose second digit has a tiny c_j: ≈ 45 dB)
     lone = int((torch.bincount(_bin_of(attack, x), minlength=128) == 1).sum())
     assert frac * 64 == pytest.approx(lone, abs=2)  # recovered ≈ digits alone in their bin
 
@@ -205,7 +238,9 @@ def test_scenario_file_runs_through_the_leakage_experiment(mnist, monkeypatch):
     from simulator.scenario import ScenarioError, load_scenario
 
     create = DATASETS.create
-    monkeypatch.setattr(DATASETS, "create", lambda name, params: mnist if name == "mnist5k" else create(name, params))
+    monkeypatch.setattr(
+        DATASETS, "create", lambda name, params: mnist if name == "mnist5k" else create(name, params)
+    )
     s = load_scenario("scenarios/robbing_the_fed.toml")
     attack = INVERSION_ATTACKS.create(s.attacks.inversion.name, s.attacks.inversion.params)
     case = prepare_leakage(s, attack)
@@ -231,7 +266,7 @@ def test_fewer_reconstructions_than_images_are_scored_against_mid_grey():
     grey = torch.full_like(truth[:1], UNMATCHED_FILL)
     for i in (1, 3):
         assert out["per_image"][i]["matched"] == -1 and not out["per_image"][i]["recovered"]
-        assert out["per_image"][i]["psnr"] == pytest.approx(float(psnr(grey, truth[i:i + 1])[0]))
+        assert out["per_image"][i]["psnr"] == pytest.approx(float(psnr(grey, truth[i : i + 1])[0]))
     assert math.isinf(out["per_image"][0]["psnr"]) and out["per_image"][0]["recovered"]
     assert out["recovered_fraction"] == 0.5 and out["matched"] == 2
     empty = score_reconstruction(Reconstruction(images=torch.zeros(0, 1, 8, 8)), truth, None)

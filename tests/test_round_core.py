@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import defenses  # noqa: F401  (registers the plug-ins)
+import defenses
 from defenses.base import AGGREGATORS, CLIENT_DEFENSES, ClientDefense
 from simulator.context import ClientContext, RoundContext
 from simulator.flat import layout_of, model_vector
@@ -34,8 +34,17 @@ def _model(seed: int = 0) -> nn.Module:
 
 def _ctx(model: nn.Module, pid: int, n: int, train: LocalTrainConfig) -> ClientContext:
     lay = layout_of(model)
-    return ClientContext(partition_id=pid, server_round=1, seed=4, num_examples=n, global_vector=model_vector(model, lay),
-                         layout=lay, train=train, num_clients=3, expected_clients_per_round=3.0)
+    return ClientContext(
+        partition_id=pid,
+        server_round=1,
+        seed=4,
+        num_examples=n,
+        global_vector=model_vector(model, lay),
+        layout=lay,
+        train=train,
+        num_clients=3,
+        expected_clients_per_round=3.0,
+    )
 
 
 def _data(pid: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +70,9 @@ def test_client_step_is_full_batch_sgd_then_delta() -> None:
     assert reply.metrics["train-loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
 
 
-def _round(plugins: ServerPlugins, sizes: tuple[int, ...] = (4, 8, 12)) -> tuple[torch.Tensor, list[ValidReply],
-                                                                                RoundContext]:
+def _round(
+    plugins: ServerPlugins, sizes: tuple[int, ...] = (4, 8, 12)
+) -> tuple[torch.Tensor, list[ValidReply], RoundContext]:
     glob = _model()
     lay = layout_of(glob)
     gvec = model_vector(glob, lay)
@@ -72,8 +82,16 @@ def _round(plugins: ServerPlugins, sizes: tuple[int, ...] = (4, 8, 12)) -> tuple
         x, y = _data(pid, n)
         r = client_step(local, x, y, _ctx(glob, pid, n, TRAIN), ClientPlugins())
         valid.append(ValidReply(pid, n, {k: torch.from_numpy(v) for k, v in r.payload.items()}, r.metrics, 0))
-    ctx = RoundContext(server_round=1, seed=4, global_vector=gvec, layout=lay, client_ids=tuple(range(len(sizes))),
-                       num_examples=sizes, num_clients=3, expected_clients_per_round=3.0)
+    ctx = RoundContext(
+        server_round=1,
+        seed=4,
+        global_vector=gvec,
+        layout=lay,
+        client_ids=tuple(range(len(sizes))),
+        num_examples=sizes,
+        num_clients=3,
+        expected_clients_per_round=3.0,
+    )
     return gvec, valid, ctx
 
 
@@ -134,21 +152,26 @@ def test_client_step_order_privacy_then_defenses_then_compression() -> None:
     plain = client_step(copy.deepcopy(model), x, y, ctx, ClientPlugins(defenses=(clip,)))
     delta = torch.from_numpy(plain.payload["delta"])
     assert float(delta.norm()) == pytest.approx(1e-3, rel=1e-4)
-    assert torch.allclose(torch.from_numpy(reply.payload["sketch"]), torch.from_numpy(comp.encode(delta, ctx)["sketch"]),
-                          atol=1e-9)
+    assert torch.allclose(
+        torch.from_numpy(reply.payload["sketch"]),
+        torch.from_numpy(comp.encode(delta, ctx)["sketch"]),
+        atol=1e-9,
+    )
 
 
 def test_validation_rejects_each_bad_reply_with_its_reason() -> None:
     spec = COMPRESSORS.create("none", {}).spec(layout_of(_model()), 1)
     d = spec["delta"].shape[0]
     good = torch.zeros(d).numpy()
-    cands = [Candidate(0, {"delta": good}, {"num-examples": 3}),
-             Candidate(1, {"delta": good * float("nan")}, {"num-examples": 3}),
-             Candidate(2, {"delta": good[:-1]}, {"num-examples": 3}),
-             Candidate(3, {"delta": good}, {"num-examples": 0}),
-             Candidate(0, {"delta": good}, {"num-examples": 3}),
-             Candidate(4, failed="client crashed"),
-             Candidate(5, malformed="not an ArrayRecord")]
+    cands = [
+        Candidate(0, {"delta": good}, {"num-examples": 3}),
+        Candidate(1, {"delta": good * float("nan")}, {"num-examples": 3}),
+        Candidate(2, {"delta": good[:-1]}, {"num-examples": 3}),
+        Candidate(3, {"delta": good}, {"num-examples": 0}),
+        Candidate(0, {"delta": good}, {"num-examples": 3}),
+        Candidate(4, failed="client crashed"),
+        Candidate(5, malformed="not an ArrayRecord"),
+    ]
     v = validate_replies(cands, spec=spec, expected={0, 1, 2, 3, 4, 5})
     assert [r.partition_id for r in v.valid] == [0]
     reasons = {r["partition"]: r["reason"] for r in v.rejected}

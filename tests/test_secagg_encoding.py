@@ -43,8 +43,14 @@ def _uniforms(seed: int, n: int, d: int) -> list[np.ndarray]:
     return [torch.rand(d, generator=g, dtype=torch.float64).numpy() for _ in range(n)]
 
 
-def _flower_round(updates: list[np.ndarray], num_examples: list[int], p: SecAggParams, uniforms: list[np.ndarray],
-                  monkeypatch: pytest.MonkeyPatch, mask_seed: int = 7) -> tuple[np.ndarray, int, list, list]:
+def _flower_round(
+    updates: list[np.ndarray],
+    num_examples: list[int],
+    p: SecAggParams,
+    uniforms: list[np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    mask_seed: int = 7,
+) -> tuple[np.ndarray, int, list, list]:
     """secaggplus_mod._collect_masked_vectors for each client, then SecAggPlusWorkflow's sum and unmask stage.
 
     Real masks: a private mask per client and a pairwise mask per pair, from Flower's pseudo_rand_gen with seeds
@@ -52,7 +58,9 @@ def _flower_round(updates: list[np.ndarray], num_examples: list[int], p: SecAggP
     """
     big_q, c, mod = p.quantization_range, p.clipping_range, p.modulus
     draws = iter(uniforms)
-    monkeypatch.setattr(np.random, "rand", lambda *shape: next(draws))  # Flower's rounding uses np.random.rand
+    monkeypatch.setattr(
+        np.random, "rand", lambda *shape: next(draws)
+    )  # Flower's rounding uses np.random.rand
     rng = np.random.default_rng(mask_seed)
     n = len(updates)
     nids = [int(x) for x in rng.choice(10**6, size=n, replace=False)]
@@ -101,6 +109,7 @@ def _updates(seed: int, n: int, d: int, dtype: torch.dtype) -> torch.Tensor:
 
 # (1) value for value against Flower, with real pairwise masks that cancel mod modulus --------------------
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("params", [SecAggParams(), SecAggParams(max_weight=100.0, clipping_range=3.0)])
 def test_simulate_equals_flower_step_by_step(monkeypatch, dtype, params):
@@ -110,8 +119,9 @@ def test_simulate_equals_flower_step_by_step(monkeypatch, dtype, params):
     res = simulate(updates, counts, params, generator=torch.Generator().manual_seed(seed))
 
     arrays = [row.numpy() for row in updates]
-    flower_agg, q_total, uploads, unmasked = _flower_round(arrays, counts, params, _uniforms(seed, n, d),
-                                                           monkeypatch)
+    flower_agg, q_total, uploads, unmasked = _flower_round(
+        arrays, counts, params, _uniforms(seed, n, d), monkeypatch
+    )
     # the client's contribution, draw for draw
     g = torch.Generator().manual_seed(seed)
     for row, num, flower_vec in zip(updates, counts, unmasked, strict=True):
@@ -144,10 +154,15 @@ def test_defaults_are_flowers():
     wf = SecAggPlusWorkflow(num_shares=3, reconstruction_threshold=2)
     p = SecAggParams()
     assert (p.clipping_range, p.quantization_range, p.modulus, p.max_weight) == (
-        wf.clipping_range, wf.quantization_range, wf.modulus_range, wf.max_weight)
+        wf.clipping_range,
+        wf.quantization_range,
+        wf.modulus_range,
+        wf.max_weight,
+    )
 
 
 # (2) the error against the exact example-weighted mean is within the stated bound -----------------------
+
 
 @pytest.mark.parametrize("max_weight", [1000.0, 100.0, 10.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -180,6 +195,7 @@ def test_error_within_bound_with_clipping():
 
 # (3) clipping happens after weighting, at ±clipping_range, as in Flower ---------------------------------
 
+
 def test_clipping_after_weighting():
     params = SecAggParams(max_weight=1000.0)  # clipping_range 8
     # weight 0.5: the raw update is clipped at 8 / 0.5 = 16
@@ -190,8 +206,9 @@ def test_clipping_after_weighting():
     assert res.num_clipped == 4
     # weight 1: clipped at clipping_range itself, exactly like Flower's np.clip before quantising
     q, _ = encode_client(torch.tensor([8.0, 9.0, -9.0, 1e30]), 1000, params, generator=torch.Generator())
-    np.testing.assert_array_equal(q, [params.quantization_range, params.quantization_range, 0,
-                                      params.quantization_range])
+    np.testing.assert_array_equal(
+        q, [params.quantization_range, params.quantization_range, 0, params.quantization_range]
+    )
     # with Flower's quantize on the same weighted values
     flower = quantize([np.array([8.0, 9.0, -9.0, 1e30])], params.clipping_range, params.quantization_range)[0]
     np.testing.assert_array_equal(q, flower)
@@ -216,6 +233,7 @@ def test_encoding_range_and_determinism():
 
 # (4) the precision check -----------------------------------------------------------------------------------
 
+
 def test_precision_check_fires_for_default_max_weight_with_10_examples():
     problems = precision_problems([10] * 5, SecAggParams())
     assert len(problems) == 1
@@ -237,13 +255,20 @@ def test_precision_check_other_problems():
 
 
 def test_params_are_validated():
-    for bad in ({"clipping_range": 0.0}, {"clipping_range": -1.0}, {"max_weight": 0.0},
-                {"quantization_range": 2**32}, {"modulus": 3 * 2**30}, {"quantization_range": 2.0**22}):
+    for bad in (
+        {"clipping_range": 0.0},
+        {"clipping_range": -1.0},
+        {"max_weight": 0.0},
+        {"quantization_range": 2**32},
+        {"modulus": 3 * 2**30},
+        {"quantization_range": 2.0**22},
+    ):
         with pytest.raises(ValueError):
             SecAggParams(**bad)  # type: ignore[arg-type]
 
 
 # the measured precision loss -------------------------------------------------------------------------------
+
 
 def test_measured_precision_loss_default_max_weight_vs_10():
     """Quantisation error of the aggregate: 5 clients × 10 examples, d = 20000 float32 coordinates.

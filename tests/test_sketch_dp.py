@@ -24,7 +24,9 @@ def _pld_eps(event: E.DpEvent, count: int, delta: float) -> float:
 
 
 def test_noise_without_clip_fails_at_load_time() -> None:
-    with pytest.raises(ScenarioError, match=r"compression\.params: 'srht': noise_multiplier > 0 needs clip_norm"):
+    with pytest.raises(
+        ScenarioError, match=r"compression\.params: 'srht': noise_multiplier > 0 needs clip_norm"
+    ):
         load_scenario("scenarios/sketch_fedavg.toml", ["compression.params.noise_multiplier=1.0"])
 
 
@@ -34,7 +36,9 @@ def test_sketch_noise_with_record_level_dp_is_refused() -> None:
 
 
 def test_accountant_reads_the_compressors_privacy_params() -> None:
-    s = load_scenario(SKETCH_DP, ["compression.params.noise_multiplier=1.3", "compression.params.clip_norm=0.5"])
+    s = load_scenario(
+        SKETCH_DP, ["compression.params.noise_multiplier=1.3", "compression.params.clip_norm=0.5"]
+    )
     mech = build_privacy(s, COMPRESSORS.create(s.compression.name, s.compression.params))
     assert isinstance(mech, SketchDP) and mech.acc.noise_multiplier == 1.3 and mech.clip_norm == 0.5
     # fixed-size cohorts of 10 of 20 clients: RDP with sampling without replacement (replace-one), as dp-accounting
@@ -49,7 +53,12 @@ def test_accountant_reads_the_compressors_privacy_params() -> None:
     single = _pld_eps(E.GaussianDpEvent(0.65), 3, s.privacy.delta)
     assert reports[-1]["epsilon_update_in_clear"] == pytest.approx(single, rel=1e-6)
     assert reports[-1]["epsilon"] == reports[-1]["epsilon_update_in_clear"]
-    assert reports[0]["epsilon"] < reports[1]["epsilon"] < reports[2]["epsilon"] == pytest.approx(single, rel=1e-6)
+    assert (
+        reports[0]["epsilon"]
+        < reports[1]["epsilon"]
+        < reports[2]["epsilon"]
+        == pytest.approx(single, rel=1e-6)
+    )
 
 
 def test_poisson_cohorts_use_pld_with_amplification() -> None:
@@ -68,8 +77,9 @@ def test_poisson_cohorts_use_pld_with_amplification() -> None:
 
 
 def test_robust_aggregator_drops_the_sum_view_but_keeps_the_local_one() -> None:
-    s = load_scenario(SKETCH_DP, ["defenses.aggregator.name='median'",
-                                  "compression.params.aggregate_in_sketch_space=false"])
+    s = load_scenario(
+        SKETCH_DP, ["defenses.aggregator.name='median'", "compression.params.aggregate_in_sketch_space=false"]
+    )
     mech = build_privacy(s, COMPRESSORS.create(s.compression.name, s.compression.params))
     rep = mech.round_report(1, [{"partition-id": 0}])
     assert "epsilon_aggregate" not in rep
@@ -83,8 +93,16 @@ def test_no_noise_means_no_privacy_claim() -> None:
 
 
 def test_sketch_dp_run_reports_epsilon_every_round() -> None:
-    s = load_scenario(SKETCH_DP, ["simulation.engine='inline'", "federation.rounds=2", "data.max_examples=600",
-                                  "model.name='mlp'", "model.params={hidden=[32]}"])
+    s = load_scenario(
+        SKETCH_DP,
+        [
+            "simulation.engine='inline'",
+            "federation.rounds=2",
+            "data.max_examples=600",
+            "model.name='mlp'",
+            "model.params={hidden=[32]}",
+        ],
+    )
     r = run(s, write=False)
     assert r.status == "completed"
     eps = [x.privacy["epsilon"] for x in r.rounds]

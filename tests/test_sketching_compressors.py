@@ -10,15 +10,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simulator.round.harness import run_round
 from simulator.sketching import COMPRESSORS, communication_cost, payload_bytes
 from simulator.sketching.base import ArraySpec
-from simulator.round.harness import run_round
 from simulator.sketching.testing import client_context, flat_layout, round_context
 
 D = 500
 LAYOUT = flat_layout(D)
-SMALL = {"topk": {"k": 20}, "randk": {"k": 20}, "ef": {"k": 20}, "ef21": {"k": 20}, "econtrol": {"k": 20},
-         "fetchsgd": {"rows": 3, "cols": 40, "k": 20}}
+SMALL = {
+    "topk": {"k": 20},
+    "randk": {"k": 20},
+    "ef": {"k": 20},
+    "ef21": {"k": 20},
+    "econtrol": {"k": 20},
+    "fetchsgd": {"rows": 3, "cols": 40, "k": 20},
+}
 
 
 def _deltas(n: int, seed: int = 0) -> torch.Tensor:
@@ -75,14 +81,17 @@ def test_same_round_same_operator_for_all_clients_fresh_each_round(name: str) ->
     comp = COMPRESSORS.create(name, {"ratio": 0.2})
     x = _deltas(1)[0]
     y1 = comp.encode(x, client_context(LAYOUT, partition_id=0, server_round=1))["sketch"]
-    y1b = COMPRESSORS.create(name, {"ratio": 0.2}).encode(x, client_context(LAYOUT, partition_id=7,
-                                                                              server_round=1))["sketch"]
+    y1b = COMPRESSORS.create(name, {"ratio": 0.2}).encode(
+        x, client_context(LAYOUT, partition_id=7, server_round=1)
+    )["sketch"]
     y2 = comp.encode(x, client_context(LAYOUT, partition_id=0, server_round=2))["sketch"]
     assert np.array_equal(y1, y1b)  # a different client, a separate instance: the same R
     assert not np.allclose(y1, y2)  # a new round: a new R
     fixed = COMPRESSORS.create(name, {"ratio": 0.2, "fresh_each_round": False})
-    assert np.array_equal(fixed.encode(x, client_context(LAYOUT, server_round=1))["sketch"],
-                          fixed.encode(x, client_context(LAYOUT, server_round=5))["sketch"])
+    assert np.array_equal(
+        fixed.encode(x, client_context(LAYOUT, server_round=1))["sketch"],
+        fixed.encode(x, client_context(LAYOUT, server_round=5))["sketch"],
+    )
 
 
 @pytest.mark.parametrize("name", ["gaussian_sketch", "srht", "count_sketch"])
@@ -90,8 +99,12 @@ def test_sketch_space_average_equals_mean_of_per_client_estimates(name: str) -> 
     deltas = _deltas(4, seed=3)
     w = torch.tensor([1.0, 2.0, 3.0, 4.0])
     _, per_client = run_round(COMPRESSORS.create(name, {"ratio": 0.3}), deltas, layout=LAYOUT)
-    _, agg = run_round(COMPRESSORS.create(name, {"ratio": 0.3, "aggregate_in_sketch_space": True}), deltas,
-                       layout=LAYOUT, weights=w)
+    _, agg = run_round(
+        COMPRESSORS.create(name, {"ratio": 0.3, "aggregate_in_sketch_space": True}),
+        deltas,
+        layout=LAYOUT,
+        weights=w,
+    )
     torch.testing.assert_close(agg, (w / w.sum()) @ per_client, atol=1e-4, rtol=1e-4)
 
 
@@ -120,7 +133,10 @@ def test_dp_noise_has_the_calibrated_std_and_is_private_to_the_client() -> None:
     d = 5000
     layout = flat_layout(d)
     x = torch.full((d,), 1e-4 / math.sqrt(d))
-    for name, params, gain in [("srht", {"ratio": 1.0}, 1.0), ("count_sketch", {"rows": 5, "ratio": 1.0}, 5 ** 0.5)]:
+    for name, params, gain in [
+        ("srht", {"ratio": 1.0}, 1.0),
+        ("count_sketch", {"rows": 5, "ratio": 1.0}, 5**0.5),
+    ]:
         comp = COMPRESSORS.create(name, {**params, "clip_norm": 1.0, "noise_multiplier": 2.0})
         assert comp.privacy_params() == (2.0, 1.0)
         y0 = comp.encode(x, client_context(layout, partition_id=0))["sketch"]
@@ -152,6 +168,9 @@ def test_topk_keeps_the_largest_and_randk_is_unbiased() -> None:
 
 def test_malformed_sparse_indices_are_dropped_not_fatal() -> None:
     comp = COMPRESSORS.create("topk", {"k": 3})
-    bad = {"indices": torch.tensor([0, D + 5, -1], dtype=torch.int32), "values": torch.tensor([1.0, 2.0, 3.0])}
+    bad = {
+        "indices": torch.tensor([0, D + 5, -1], dtype=torch.int32),
+        "values": torch.tensor([1.0, 2.0, 3.0]),
+    }
     dec = comp.decode([bad], round_context(LAYOUT, client_ids=[0]))
     assert float(dec.sum()) == 1.0 and float(dec[0, 0]) == 1.0

@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simulator.round.harness import run_round
 from simulator.sketching import COMPRESSORS
 from simulator.sketching.fetchsgd import FetchSGD
-from simulator.round.harness import run_round
 from simulator.sketching.testing import flat_layout
 
 D = 400
@@ -27,6 +27,7 @@ def _sparse(d: int, values: dict[int, float]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- FetchSGD
+
 
 @pytest.mark.parametrize("error_reset", ["zero", "subtract"])
 def test_fetchsgd_one_client_no_momentum_k_equals_d_applies_the_true_update(error_reset: str) -> None:
@@ -81,6 +82,7 @@ def test_fetchsgd_averages_clients_by_weight_and_is_stateless_on_clients() -> No
 
 # ---------------------------------------------------------------- client error feedback
 
+
 def _run(name: str, params: dict, g: torch.Tensor, rounds: int, *, seed: int = 0) -> tuple[list, list, dict]:
     comp = COMPRESSORS.create(name, params)
     states: dict = {}
@@ -122,7 +124,9 @@ def test_ef_on_a_fixed_vector_transmits_it_on_average() -> None:
     assert errs[2] < errs[0] / 8
 
 
-@pytest.mark.parametrize("name,params", [("ef21", {}), ("econtrol", {"eta": 0.05}), ("econtrol", {"eta": 0.0})])
+@pytest.mark.parametrize(
+    "name,params", [("ef21", {}), ("econtrol", {"eta": 0.05}), ("econtrol", {"eta": 0.0})]
+)
 def test_ef21_and_econtrol_estimates_converge_to_a_fixed_vector(name: str, params: dict) -> None:
     # For top-k (δ = k/d = 0.05), EF21's h_t satisfies ‖g − h_t‖ ≤ (1−δ)^{t/2}‖g‖; T = 150 gives ≤ 0.022‖g‖.
     g = torch.randn(D, generator=torch.Generator().manual_seed(2))
@@ -131,7 +135,9 @@ def test_ef21_and_econtrol_estimates_converge_to_a_fixed_vector(name: str, param
     torch.testing.assert_close(torch.stack(msgs).sum(0), h, atol=1e-4, rtol=1e-4)  # h is the sum of messages
     torch.testing.assert_close(decoded[-1], h, atol=1e-4, rtol=1e-4)  # the server mirrors h
     bound = (1 - 20 / D) ** (150 / 2)
-    assert float((g - h).norm()) <= bound * float(g.norm())  # EControl's η-term must not break the EF21 rate here
+    assert float((g - h).norm()) <= bound * float(
+        g.norm()
+    )  # EControl's η-term must not break the EF21 rate here
     # the running sum of decoded estimates tracks the sum of true vectors
     rel = float((torch.stack(decoded).sum(0) - 150 * g).norm()) / float((150 * g).norm())
     assert rel < 0.2

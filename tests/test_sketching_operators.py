@@ -16,9 +16,11 @@ D = 300
 
 
 def _ops(seed: int, dim: int = D, chunk_size: int | None = None) -> list:
-    return [GaussianSketch(dim, seed, sketch_dim=60, chunk_size=chunk_size),
-            SRHT(dim, seed, sketch_dim=60, chunk_size=chunk_size),
-            CountSketch(dim, seed, rows=3, cols=20, chunk_size=chunk_size)]
+    return [
+        GaussianSketch(dim, seed, sketch_dim=60, chunk_size=chunk_size),
+        SRHT(dim, seed, sketch_dim=60, chunk_size=chunk_size),
+        CountSketch(dim, seed, rows=3, cols=20, chunk_size=chunk_size),
+    ]
 
 
 def test_fwht_matches_the_hadamard_matrix() -> None:
@@ -36,15 +38,19 @@ def test_desketch_of_sketch_is_unbiased(kind: str) -> None:
     d, s, t = 200, 40, 2000
     x = torch.randn(d, generator=torch.Generator().manual_seed(1))
     acc = torch.zeros(d)
-    make = {"gaussian": lambda seed: GaussianSketch(d, seed, sketch_dim=s),
-            "srht": lambda seed: SRHT(d, seed, sketch_dim=s),
-            "count_sketch_mean": lambda seed: CountSketch(d, seed, rows=4, cols=s // 4)}[kind]
+    make = {
+        "gaussian": lambda seed: GaussianSketch(d, seed, sketch_dim=s),
+        "srht": lambda seed: SRHT(d, seed, sketch_dim=s),
+        "count_sketch_mean": lambda seed: CountSketch(d, seed, rows=4, cols=s // 4),
+    }[kind]
     for seed in range(t):
         op = make(seed)
         acc += op.desketch(op.sketch(x))
     mean = acc / t
-    rms = float(x.norm()) / d ** 0.5
-    assert float((mean - x).abs().max()) < 0.2 * rms * 2.5  # max over 200 coordinates: 2.5× the per-coord bound
+    rms = float(x.norm()) / d**0.5
+    assert (
+        float((mean - x).abs().max()) < 0.2 * rms * 2.5
+    )  # max over 200 coordinates: 2.5× the per-coord bound
     assert float((mean - x).norm()) < 0.08 * float(x.norm())
     # and a single sketch is not the identity (the test would pass trivially otherwise)
     op = SRHT(d, 0, sketch_dim=s) if kind == "srht" else GaussianSketch(d, 0, sketch_dim=s)
@@ -104,7 +110,9 @@ def test_chunked_equals_unchunked(seed: int, dim: int, chunk: int) -> None:
         y = whole.sketch(x)
         # float32 sums in a different order: agree to 1e-5 relative to ‖x‖
         torch.testing.assert_close(chunked.sketch(x), y, atol=1e-5 * float(x.norm()), rtol=1e-5)
-        torch.testing.assert_close(chunked.desketch(y), whole.desketch(y), atol=1e-5 * float(y.norm()), rtol=1e-5)
+        torch.testing.assert_close(
+            chunked.desketch(y), whole.desketch(y), atol=1e-5 * float(y.norm()), rtol=1e-5
+        )
 
 
 @settings(max_examples=20, deadline=None, derandomize=True)
@@ -113,11 +121,13 @@ def test_sketch_and_desketch_are_linear(seed: int, a: float, b: float) -> None:
     g = torch.Generator().manual_seed(seed % 2**31)
     x, z = torch.randn(D, generator=g), torch.randn(D, generator=g)
     for op in _ops(seed):
-        torch.testing.assert_close(op.sketch(a * x + b * z), a * op.sketch(x) + b * op.sketch(z),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            op.sketch(a * x + b * z), a * op.sketch(x) + b * op.sketch(z), atol=1e-4, rtol=1e-4
+        )
         y, w = op.sketch(x), op.sketch(z)
-        torch.testing.assert_close(op.desketch(a * y + b * w), a * op.desketch(y) + b * op.desketch(w),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            op.desketch(a * y + b * w), a * op.desketch(y) + b * op.desketch(w), atol=1e-4, rtol=1e-4
+        )
 
 
 def test_batched_rows_equal_one_at_a_time() -> None:

@@ -12,8 +12,10 @@ from simulator.sketching import COMPRESSORS
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 
 
-@pytest.mark.parametrize("file,compressor", [("sketch_fedavg.toml", "srht"), ("fetchsgd.toml", "fetchsgd"),
-                                             ("sketch_dp.toml", "srht")])
+@pytest.mark.parametrize(
+    "file,compressor",
+    [("sketch_fedavg.toml", "srht"), ("fetchsgd.toml", "fetchsgd"), ("sketch_dp.toml", "srht")],
+)
 def test_sketching_scenarios_load(file: str, compressor: str) -> None:
     s = load_scenario(SCENARIOS / file)
     assert s.compression.name == compressor

@@ -32,8 +32,12 @@ def digits():
 
 
 def _models(shape):
-    return {"mlp": build_model("mlp", {"hidden": [48, 32]}, input_shape=shape, num_classes=K, seed=11),
-            "cnn": build_model("cnn", {"channels": [6, 12], "hidden": 32}, input_shape=shape, num_classes=K, seed=12)}
+    return {
+        "mlp": build_model("mlp", {"hidden": [48, 32]}, input_shape=shape, num_classes=K, seed=11),
+        "cnn": build_model(
+            "cnn", {"channels": [6, 12], "hidden": 32}, input_shape=shape, num_classes=K, seed=12
+        ),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +56,11 @@ def _mixup(digits, g):
         if digits.y[a] != digits.y[b]:
             break
     lam0 = 0.55 + 0.4 * float(torch.rand(1, generator=g))
-    x = lam0 * digits.x[a:a + 1] + (1 - lam0) * digits.x[b:b + 1]
-    y = lam0 * F.one_hot(digits.y[a:a + 1], K).float() + (1 - lam0) * F.one_hot(digits.y[b:b + 1], K).float()
+    x = lam0 * digits.x[a : a + 1] + (1 - lam0) * digits.x[b : b + 1]
+    y = (
+        lam0 * F.one_hot(digits.y[a : a + 1], K).float()
+        + (1 - lam0) * F.one_hot(digits.y[b : b + 1], K).float()
+    )
     return x, y, int(digits.y[a]), int(digits.y[b]), lam0
 
 
@@ -65,8 +72,12 @@ def test_label_smoothing_is_recovered_with_the_feature(digits, models, name, imp
     hits, l1, cos = 0, [], []
     cases = [(int(i), eps) for eps in (0.1, 0.2) for i in torch.randint(0, len(digits), (16,), generator=g)]
     for i, eps in cases:  # 32 single-image gradients per model
-        gw, gb, w, b, f = last_layer_case(model, digits.x[i:i + 1], digits.y[i:i + 1], label_smoothing=eps)
-        res = recover_soft_label(grad_weight=gw, grad_bias=gb, weight=w, bias=b, kind="smoothing", implied=implied)
+        gw, gb, w, b, f = last_layer_case(
+            model, digits.x[i : i + 1], digits.y[i : i + 1], label_smoothing=eps
+        )
+        res = recover_soft_label(
+            grad_weight=gw, grad_bias=gb, weight=w, bias=b, kind="smoothing", implied=implied
+        )
         truth = _smoothed(int(digits.y[i]), eps)
         hits += int(int(res.label.argmax()) == int(digits.y[i]))
         l1.append(float((res.label - truth).abs().sum()))
@@ -101,7 +112,9 @@ def test_found_lambda_is_the_dense_grid_minimiser(digits, models, kind):
                 case = last_layer_case(models[name], x, y)
             else:
                 i = int(torch.randint(0, len(digits), (1,), generator=g))
-                case = last_layer_case(models[name], digits.x[i:i + 1], digits.y[i:i + 1], label_smoothing=0.2)
+                case = last_layer_case(
+                    models[name], digits.x[i : i + 1], digits.y[i : i + 1], label_smoothing=0.2
+                )
             gw, gb, w, b, f = (t.double() for t in case)
             res = recover_soft_label(grad_weight=gw, grad_bias=gb, weight=w, bias=b, kind=kind)
             r = gw[int(torch.argmax(gw.sum(1).abs()))]
@@ -109,7 +122,9 @@ def test_found_lambda_is_the_dense_grid_minimiser(digits, models, kind):
             s0 = 1.0 / float((w @ r).abs().max())
             mags = s0 * 10 ** torch.linspace(-5, 3, 80_001, dtype=torch.float64)
             lams = torch.cat([mags, -mags])
-            obj = label_objective(implied_labels(lams, row=r, weight=w, bias=b, grad_weight=gw, grad_bias=gb), kind)
+            obj = label_objective(
+                implied_labels(lams, row=r, weight=w, bias=b, grad_weight=gw, grad_bias=gb), kind
+            )
             brute = float(lams[int(torch.argmin(obj))])
             assert res.lam == pytest.approx(brute, rel=1e-3)
             assert res.objective <= float(obj.min()) + 1e-15
@@ -119,7 +134,7 @@ def test_found_lambda_is_the_dense_grid_minimiser(digits, models, kind):
 
 def test_hard_labels_and_a_layer_without_bias(digits, models):
     i = 100
-    gw, _, w, b, _ = last_layer_case(models["mlp"], digits.x[i:i + 1], digits.y[i:i + 1])
+    gw, _, w, b, _ = last_layer_case(models["mlp"], digits.x[i : i + 1], digits.y[i : i + 1])
     # a hard label (ε = 0), read with the "weight" form (no bias gradient given)
     res = recover_soft_label(grad_weight=gw, grad_bias=None, weight=w, bias=b, kind="smoothing")
     assert torch.allclose(res.label, F.one_hot(digits.y[i], K).double(), atol=1e-5)
@@ -130,10 +145,12 @@ def test_hard_labels_and_a_layer_without_bias(digits, models):
             nn.init.normal_(m.weight, std=0.3)
     wname, _ = last_linear(nobias)
     y = _smoothed(int(digits.y[i]), 0.1).float()[None]
-    feats = nobias[:3](digits.x[i:i + 1])[0].detach()
-    loss = -(y * torch.log_softmax(nobias(digits.x[i:i + 1]), -1)).sum()
+    feats = nobias[:3](digits.x[i : i + 1])[0].detach()
+    loss = -(y * torch.log_softmax(nobias(digits.x[i : i + 1]), -1)).sum()
     (gw,) = torch.autograd.grad(loss, [dict(nobias.named_parameters())[wname]])
-    res = recover_soft_label(grad_weight=gw, grad_bias=None, weight=nobias[3].weight, bias=None, kind="smoothing")
+    res = recover_soft_label(
+        grad_weight=gw, grad_bias=None, weight=nobias[3].weight, bias=None, kind="smoothing"
+    )
     assert torch.allclose(res.label, y[0].double(), atol=1e-5)
     assert float(F.cosine_similarity(res.feature, feats.double(), dim=0)) > 0.999
 
@@ -158,8 +175,14 @@ def _view(model, x, y, *, eps=0.0, protocol=None, lr: float | None = 0.05) -> Se
     if protocol != "update":
         return view
     # one local SGD step: Δ = −η g; the client's lr is 0.05, ``lr`` is what the server is told (None: unknown)
-    info = ProtocolInfo(kind="update", lr=lr, local_steps=1, local_epochs=1, batch_size=int(x.shape[0]),
-                        num_examples=int(x.shape[0]))
+    info = ProtocolInfo(
+        kind="update",
+        lr=lr,
+        local_steps=1,
+        local_epochs=1,
+        batch_size=int(x.shape[0]),
+        num_examples=int(x.shape[0]),
+    )
     return dataclasses.replace(view, payload=-0.05 * view.payload, protocol=info)
 
 
@@ -167,7 +190,7 @@ def _view(model, x, y, *, eps=0.0, protocol=None, lr: float | None = 0.05) -> Se
 @pytest.mark.parametrize("implied", ["auto", "weight"])
 def test_attack_on_an_mlp_gives_label_soft_label_and_the_exact_image(digits, models, protocol, implied):
     i = 321
-    x, y = digits.x[i:i + 1], digits.y[i:i + 1]
+    x, y = digits.x[i : i + 1], digits.y[i : i + 1]
     view = _view(models["mlp"], x, y, eps=0.2, protocol=protocol)
     rec = SoftLabelAttack(implied=implied).reconstruct(view)
     assert torch.equal(rec.labels, y)
@@ -185,13 +208,15 @@ def test_an_update_without_its_learning_rate_is_refused(digits, models):
 
 def test_attack_on_a_cnn_optimises_with_the_soft_label(digits, models):
     i = 7
-    x, y = digits.x[i:i + 1], digits.y[i:i + 1]
+    x, y = digits.x[i : i + 1], digits.y[i : i + 1]
     view = _view(models["cnn"], x, y, eps=0.1)
     short = SoftLabelAttack(iterations=2).reconstruct(copy.deepcopy(view))
     longer = SoftLabelAttack(iterations=24, feature_weight=1.0).reconstruct(copy.deepcopy(view))
     assert short.info["image_method"] == longer.info["image_method"] == "optimise"
     assert torch.equal(longer.labels, y)
-    assert longer.images.shape == x.shape and float(longer.images.min()) >= 0 and float(longer.images.max()) <= 1
+    assert (
+        longer.images.shape == x.shape and float(longer.images.min()) >= 0 and float(longer.images.max()) <= 1
+    )
     assert longer.losses[0] < short.losses[0]  # the gradient-matching loss goes down
     with pytest.raises(ValueError, match="first parameterised layer"):
         SoftLabelAttack(image="analytic").reconstruct(copy.deepcopy(view))
@@ -202,8 +227,13 @@ def test_attack_refuses_batches_and_multi_step_updates(digits, models):
     with pytest.raises(ValueError, match="covers 2 examples"):
         SoftLabelAttack().reconstruct(view)
     one = _view(models["mlp"], digits.x[:1], digits.y[:1])
-    multi = ServerView(model=one.model, payload=one.payload, input_shape=one.input_shape, num_classes=K,
-                       protocol=ProtocolInfo(kind="update", lr=0.1, local_steps=3, num_examples=1, batch_size=1))
+    multi = ServerView(
+        model=one.model,
+        payload=one.payload,
+        input_shape=one.input_shape,
+        num_classes=K,
+        protocol=ProtocolInfo(kind="update", lr=0.1, local_steps=3, num_examples=1, batch_size=1),
+    )
     with pytest.raises(ValueError, match="exactly one local SGD step"):
         SoftLabelAttack().reconstruct(multi)
 

@@ -18,9 +18,19 @@ def _model(name="cnn"):
 
 def _ctx(model, x, y):
     layout = layout_of(model)
-    return ClientContext(partition_id=0, server_round=1, seed=0, num_examples=int(x.shape[0]),
-                         global_vector=torch.zeros(layout.dim), layout=layout, train=LocalTrainConfig(),
-                         num_clients=1, expected_clients_per_round=1.0, received_model=model, data=(x, y))
+    return ClientContext(
+        partition_id=0,
+        server_round=1,
+        seed=0,
+        num_examples=int(x.shape[0]),
+        global_vector=torch.zeros(layout.dim),
+        layout=layout,
+        train=LocalTrainConfig(),
+        num_clients=1,
+        expected_clients_per_round=1.0,
+        received_model=model,
+        data=(x, y),
+    )
 
 
 def _grad(model, x, y):
@@ -86,8 +96,13 @@ def test_soteria_stops_the_analytic_leak_of_the_first_layer():
     attack = INVERSION_ATTACKS.create("analytic_fc", {})
 
     def leak(payload):
-        view = ServerView(model=model, payload=payload, protocol=ProtocolInfo(kind="gradient"),
-                          input_shape=(1, 12, 12), num_classes=4)
+        view = ServerView(
+            model=model,
+            payload=payload,
+            protocol=ProtocolInfo(kind="gradient"),
+            input_shape=(1, 12, 12),
+            num_classes=4,
+        )
         return float(psnr(attack.reconstruct(view).images, x).mean())
 
     clean = leak(g)

@@ -41,8 +41,13 @@ def test_training_with_mixup_changes_the_update_and_is_reproducible() -> None:
     def run(alpha: float) -> torch.Tensor:
         torch.manual_seed(1)
         m = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
-        train_local(m, x, y, LocalTrainConfig(batch_size=8, lr=0.1, mixup_alpha=alpha),
-                    generator=torch.Generator().manual_seed(2))
+        train_local(
+            m,
+            x,
+            y,
+            LocalTrainConfig(batch_size=8, lr=0.1, mixup_alpha=alpha),
+            generator=torch.Generator().manual_seed(2),
+        )
         return torch.cat([p.detach().flatten() for p in m.parameters()])
 
     assert torch.equal(run(1.0), run(1.0))

@@ -15,9 +15,17 @@ from simulator.scenario.loader import ScenarioError
 from simulator.training import evaluate, train_local
 from simulator.warm_start import apply_warm_start, fedavg_pretrain, warm_start_key
 
-SMALL = ["data.max_examples=600", "data.num_clients=4", "federation.clients_per_round=4", "federation.rounds=1",
-         "federation.local_epochs=1", "federation.lr=0.1", "model.name='mlp'", "model.params={hidden=[16]}",
-         "simulation.engine='inline'"]
+SMALL = [
+    "data.max_examples=600",
+    "data.num_clients=4",
+    "federation.clients_per_round=4",
+    "federation.rounds=1",
+    "federation.local_epochs=1",
+    "federation.lr=0.1",
+    "model.name='mlp'",
+    "model.params={hidden=[16]}",
+    "simulation.engine='inline'",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +64,9 @@ def test_warm_start_trains_is_cached_and_reloads_identically(tmp_path):
     assert (tmp_path / "cache" / "warm_start" / f"{info_a['key']}.pt").is_file()
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
-    assert info_a["main_accuracy"] == info_b["main_accuracy"] > cold + 0.3  # 600 digits, 3 rounds: far above chance
+    assert (
+        info_a["main_accuracy"] == info_b["main_accuracy"] > cold + 0.3
+    )  # 600 digits, 3 rounds: far above chance
     # anything that changes the weights changes the key: rounds, seed, the client partitions
     for other in ("model.warm_start={rounds=4}", "seed=1", "data.num_clients=5", "federation.lr=0.2"):
         rt2 = _rt("model.warm_start={rounds=3}", other)
@@ -82,8 +92,15 @@ def test_checkpoint_is_loaded_and_a_mismatched_one_is_refused_with_a_clear_messa
     with pytest.raises(ValueError, match="does not fit model"):
         apply_warm_start(copy.deepcopy(rt3.model), rt3.scenario, rt3.data, rt3.train)
     with pytest.raises(ValueError, match="no file"):
-        apply_warm_start(copy.deepcopy(rt3.model), load_scenario("scenarios/quickstart.toml", [
-            *SMALL, f"model.warm_start={{checkpoint='{tmp_path / 'missing.pt'}'}}"]), rt3.data, rt3.train)
+        apply_warm_start(
+            copy.deepcopy(rt3.model),
+            load_scenario(
+                "scenarios/quickstart.toml",
+                [*SMALL, f"model.warm_start={{checkpoint='{tmp_path / 'missing.pt'}'}}"],
+            ),
+            rt3.data,
+            rt3.train,
+        )
 
 
 @pytest.mark.parametrize("value", ["{}", "{rounds=2, checkpoint='x.pt'}", "{rounds=0}"])
@@ -94,7 +111,9 @@ def test_warm_start_needs_exactly_one_valid_source(value):
 
 def test_a_run_starts_from_the_warm_model_and_records_it():
     cold = run(load_scenario("scenarios/quickstart.toml", SMALL), write=False)
-    warm = run(load_scenario("scenarios/quickstart.toml", [*SMALL, "model.warm_start={rounds=4}"]), write=False)
+    warm = run(
+        load_scenario("scenarios/quickstart.toml", [*SMALL, "model.warm_start={rounds=4}"]), write=False
+    )
     ws = warm.warm_start
     assert ws["rounds"] == 4 and ws["main_accuracy"] > 0.5
     assert warm.rounds[0].main_accuracy > cold.rounds[0].main_accuracy + 0.1

@@ -11,8 +11,14 @@ from typing import Annotated
 
 from pydantic import Field
 
-from attacks.backdoor.triggers import (Corner, PatternShape, PixelTrigger, PoisonMode, TriggerAttack,
-                                      pattern_trigger)
+from attacks.backdoor.triggers import (
+    Corner,
+    PatternShape,
+    PixelTrigger,
+    PoisonMode,
+    TriggerAttack,
+    pattern_trigger,
+)
 from attacks.base import CLIENT_ATTACKS
 from simulator.context import ClientContext
 
@@ -43,19 +49,31 @@ class BadNets(TriggerAttack):
     FLPoison uses a 5 × 5 square flush with the corner, backdoors101 a 5 × 3 pattern.
     """
 
-    def __init__(self, target_label: Annotated[int, Field(ge=0)] = 2,
-                 poison_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3125,
-                 mode: PoisonMode = "replace", shape: PatternShape = "square",
-                 size: Annotated[int, Field(ge=1)] = 4, corner: Corner = "bottom_right",
-                 margin: Annotated[int, Field(ge=0)] = 1,
-                 value: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0) -> None:
+    def __init__(
+        self,
+        target_label: Annotated[int, Field(ge=0)] = 2,
+        poison_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3125,
+        mode: PoisonMode = "replace",
+        shape: PatternShape = "square",
+        size: Annotated[int, Field(ge=1)] = 4,
+        corner: Corner = "bottom_right",
+        margin: Annotated[int, Field(ge=0)] = 1,
+        value: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0,
+    ) -> None:
         super().__init__(target_label=target_label, poison_ratio=poison_ratio, mode=mode)
         self.shape, self.size, self.corner, self.margin, self.value = shape, size, corner, margin, value
 
     def trigger(self, height: int, width: int) -> PixelTrigger:
         """The pattern placed on a height × width image."""
-        return pattern_trigger(shape=self.shape, size=self.size, corner=self.corner, margin=self.margin,
-                               value=self.value, height=height, width=width)
+        return pattern_trigger(
+            shape=self.shape,
+            size=self.size,
+            corner=self.corner,
+            margin=self.margin,
+            value=self.value,
+            height=height,
+            width=width,
+        )
 
     def train_trigger(self, ctx: ClientContext, height: int, width: int) -> PixelTrigger:
         return self.trigger(height, width)

@@ -29,8 +29,15 @@ from simulator.flat import Layout, unflatten
 from simulator.registry import UnknownName
 from simulator.training import TrainHooks
 
-__all__ = ["BaseSpec", "ComposedAttack", "ChainedHooks", "chain_hooks", "project_l2", "named_global_params",
-           "scale_factor_of"]
+__all__ = [
+    "BaseSpec",
+    "ChainedHooks",
+    "ComposedAttack",
+    "chain_hooks",
+    "named_global_params",
+    "project_l2",
+    "scale_factor_of",
+]
 
 
 class BaseSpec(BaseModel):
@@ -51,7 +58,7 @@ class BaseSpec(BaseModel):
         return {"name": data} if isinstance(data, str) else data
 
     @model_validator(mode="after")
-    def _known(self) -> "BaseSpec":
+    def _known(self) -> BaseSpec:
         try:
             CLIENT_ATTACKS.validate(self.name, self.params)
         except UnknownName as err:  # a KeyError: re-raise as ValueError so pydantic reports it
@@ -101,12 +108,16 @@ def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
     return delta * (eps / norm)
 
 
-def named_global_params(model: nn.Module, global_vector: torch.Tensor,
-                        layout: Layout) -> list[tuple[nn.Parameter, torch.Tensor]]:
+def named_global_params(
+    model: nn.Module, global_vector: torch.Tensor, layout: Layout
+) -> list[tuple[nn.Parameter, torch.Tensor]]:
     """Pairs (trainable parameter, its global value) for every trainable parameter in ``layout``."""
     glob = unflatten(global_vector, layout)
-    return [(p, glob[name].to(p.device, p.dtype)) for name, p in model.named_parameters()
-            if p.requires_grad and name in glob]
+    return [
+        (p, glob[name].to(p.device, p.dtype))
+        for name, p in model.named_parameters()
+        if p.requires_grad and name in glob
+    ]
 
 
 def scale_factor_of(attack: ClientAttack, ctx: ClientContext) -> float:
@@ -135,7 +146,9 @@ class ComposedAttack(ClientAttack):
     def reserve(self, train: Any) -> Any:
         return self.base.reserve(train)
 
-    def poison(self, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def poison(
+        self, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.base.poison(x, y, ctx)
 
     def hooks(self, ctx: ClientContext) -> TrainHooks | None:

@@ -44,16 +44,26 @@ class DBA(TriggerAttack):
     with ``model_replacement`` (``base = "dba"``) for that.
     """
 
-    def __init__(self, target_label: Annotated[int, Field(ge=0)] = 2,
-                 poison_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3125,
-                 mode: PoisonMode = "replace", num_parts: Annotated[int, Field(ge=1)] = 4,
-                 stripe_length: Annotated[int, Field(ge=1)] = 4, gap: Annotated[int, Field(ge=0)] = 2,
-                 origin_row: Annotated[int, Field(ge=0)] = 0, origin_col: Annotated[int, Field(ge=0)] = 0,
-                 value: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0) -> None:
+    def __init__(
+        self,
+        target_label: Annotated[int, Field(ge=0)] = 2,
+        poison_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3125,
+        mode: PoisonMode = "replace",
+        num_parts: Annotated[int, Field(ge=1)] = 4,
+        stripe_length: Annotated[int, Field(ge=1)] = 4,
+        gap: Annotated[int, Field(ge=0)] = 2,
+        origin_row: Annotated[int, Field(ge=0)] = 0,
+        origin_col: Annotated[int, Field(ge=0)] = 0,
+        value: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0,
+    ) -> None:
         super().__init__(target_label=target_label, poison_ratio=poison_ratio, mode=mode)
         self.parts: list[PixelTrigger] = stripe_trigger_parts(
-            num_parts=num_parts, stripe_length=stripe_length, gap=gap, origin=(origin_row, origin_col),
-            value=value)
+            num_parts=num_parts,
+            stripe_length=stripe_length,
+            gap=gap,
+            origin=(origin_row, origin_col),
+            value=value,
+        )
         self.full: PixelTrigger = union(self.parts)
 
     def part_index(self, ctx: ClientContext) -> int:

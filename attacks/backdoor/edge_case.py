@@ -104,12 +104,16 @@ class EdgeCase(ClientAttack):
 
     target_label: int  # a targeted attack: never the base class's None
 
-    def __init__(self, source_class: Annotated[int, Field(ge=0)] = 7,
-                 target_label: Annotated[int, Field(ge=0)] = 1,
-                 edge_size: Annotated[int, Field(ge=1)] = 100,
-                 clean_ratio: Annotated[float, Field(ge=0.0)] | None = 4.0, edge_path: str | None = None,
-                 holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2,
-                 tail: Literal["principal", "distance"] = "principal") -> None:
+    def __init__(
+        self,
+        source_class: Annotated[int, Field(ge=0)] = 7,
+        target_label: Annotated[int, Field(ge=0)] = 1,
+        edge_size: Annotated[int, Field(ge=1)] = 100,
+        clean_ratio: Annotated[float, Field(ge=0.0)] | None = 4.0,
+        edge_path: str | None = None,
+        holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2,
+        tail: Literal["principal", "distance"] = "principal",
+    ) -> None:
         if source_class == target_label:
             raise ValueError("source_class and target_label must differ")
         self.source_class, self.target_label, self.edge_size = source_class, target_label, edge_size
@@ -142,8 +146,10 @@ class EdgeCase(ClientAttack):
             return None
         src = np.flatnonzero(train.y.numpy() == self.source_class)
         if len(src) <= self.edge_size:
-            raise ValueError(f"edge_size {self.edge_size} needs more than {self.edge_size} training examples "
-                             f"of class {self.source_class}; the pool has {len(src)}")
+            raise ValueError(
+                f"edge_size {self.edge_size} needs more than {self.edge_size} training examples "
+                f"of class {self.source_class}; the pool has {len(src)}"
+            )
         xs = train.x[torch.as_tensor(src)]
         self._rule = fit_tail(xs, self.tail)
         chosen = src[self._rule.select(xs, self.edge_size)]
@@ -155,15 +161,19 @@ class EdgeCase(ClientAttack):
         """The attacker's edge examples (training part)."""
         self._load_file()
         if self._edge_x is None:
-            raise RuntimeError("edge_case has no edge set: the data builder must call reserve() first, "
-                               "or give edge_path")
+            raise RuntimeError(
+                "edge_case has no edge set: the data builder must call reserve() first, or give edge_path"
+            )
         return self._edge_x
 
-    def poison(self, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def poison(
+        self, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         edge = self.edge_examples()
         if tuple(edge.shape[1:]) != tuple(x.shape[1:]):
-            raise ValueError(f"edge images {tuple(edge.shape[1:])} do not match the data "
-                             f"{tuple(x.shape[1:])}")
+            raise ValueError(
+                f"edge images {tuple(edge.shape[1:])} do not match the data {tuple(x.shape[1:])}"
+            )
         n_clean = int(x.shape[0])
         if self.clean_ratio is not None:
             n_clean = min(n_clean, int(round(self.clean_ratio * edge.shape[0])))

@@ -16,13 +16,18 @@ from pydantic import Field, create_model
 from torch import nn
 
 from attacks.backdoor import badnets as _badnets  # noqa: F401  (registers the default base)
-from attacks.backdoor.compose import (BaseSpec, ComposedAttack, chain_hooks, named_global_params,
-                                      scale_factor_of)
+from attacks.backdoor.compose import (
+    BaseSpec,
+    ComposedAttack,
+    chain_hooks,
+    named_global_params,
+    scale_factor_of,
+)
 from attacks.base import CLIENT_ATTACKS
 from simulator.context import ClientContext
 from simulator.training import TrainHooks
 
-__all__ = ["ModelReplacement", "AnomalyLoss"]
+__all__ = ["AnomalyLoss", "ModelReplacement"]
 
 
 class AnomalyLoss(TrainHooks):
@@ -65,10 +70,13 @@ class ModelReplacement(ComposedAttack):
     choice): set ``gamma`` for it.
     """
 
-    def __init__(self, base: BaseSpec = BaseSpec(name="badnets"),
-                 gamma: Annotated[float, Field(gt=0.0)] | None = None,
-                 server_lr: Annotated[float, Field(gt=0.0)] = 1.0,
-                 alpha: Annotated[float, Field(ge=0.0)] = 0.0) -> None:
+    def __init__(
+        self,
+        base: BaseSpec = BaseSpec(name="badnets"),
+        gamma: Annotated[float, Field(gt=0.0)] | None = None,
+        server_lr: Annotated[float, Field(gt=0.0)] = 1.0,
+        alpha: Annotated[float, Field(ge=0.0)] = 0.0,
+    ) -> None:
         super().__init__(base)
         self.gamma, self.server_lr, self.alpha = gamma, server_lr, alpha
 
@@ -89,12 +97,15 @@ class ModelReplacement(ComposedAttack):
 
 #: constrain-and-scale is model replacement with the anomaly term on by default (paper α = 0.5).
 _ConstrainAndScaleParams = create_model(
-    "constrain_and_scale_params", __base__=CLIENT_ATTACKS.get("model_replacement").params,
-    alpha=(Annotated[float, Field(gt=0.0)], 1.0))
+    "constrain_and_scale_params",
+    __base__=CLIENT_ATTACKS.get("model_replacement").params,
+    alpha=(Annotated[float, Field(gt=0.0)], 1.0),
+)
 CLIENT_ATTACKS.register(
-    "constrain_and_scale", params=_ConstrainAndScaleParams,
+    "constrain_and_scale",
+    params=_ConstrainAndScaleParams,
     doc="Constrain-and-scale (Bagdasaryan et al., AISTATS 2020): model replacement whose training loss adds "
-        "alpha·‖w − w_global‖₂ (default alpha = 1, the paper's equal weighting) before scaling by γ. The term's "
-        "gradient has constant size alpha, so near convergence, where cross-entropy gradients are small, alpha = 1 "
-        "stops the backdoor from being learnt (mnist5k CNN, γ = 5: final BA 0.63); alpha = 0.1 implants it (0.98).",
+    "alpha·‖w − w_global‖₂ (default alpha = 1, the paper's equal weighting) before scaling by γ. The term's "
+    "gradient has constant size alpha, so near convergence, where cross-entropy gradients are small, alpha = 1 "
+    "stops the backdoor from being learnt (mnist5k CNN, γ = 5: final BA 0.63); alpha = 0.1 implants it (0.98).",
 )(ModelReplacement)

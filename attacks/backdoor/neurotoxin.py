@@ -28,7 +28,7 @@ from simulator.context import ClientContext
 from simulator.flat import unflatten
 from simulator.training import TrainHooks
 
-__all__ = ["Neurotoxin", "GradientMask", "bottom_k_mask"]
+__all__ = ["GradientMask", "Neurotoxin", "bottom_k_mask"]
 
 _PREV_GLOBAL = "neurotoxin/previous-global"
 
@@ -55,8 +55,14 @@ class GradientMask(TrainHooks):
     attacker's clean data, or from a given flat benign-update estimate.
     """
 
-    def __init__(self, *, keep_ratio: float, ctx: ClientContext, clean: tuple[torch.Tensor, torch.Tensor] | None,
-                 estimate: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        keep_ratio: float,
+        ctx: ClientContext,
+        clean: tuple[torch.Tensor, torch.Tensor] | None,
+        estimate: torch.Tensor | None = None,
+    ) -> None:
         if clean is None and estimate is None:
             raise ValueError("GradientMask needs clean data or a benign-update estimate")
         self.keep_ratio, self.ctx, self.clean, self.estimate = keep_ratio, ctx, clean, estimate
@@ -70,7 +76,7 @@ class GradientMask(TrainHooks):
         total = [torch.zeros_like(p) for _, p in params]
         bs = max(1, self.ctx.train.batch_size)
         for s in range(0, int(x.shape[0]), bs):
-            loss = F.cross_entropy(model(x[s:s + bs]), y[s:s + bs])
+            loss = F.cross_entropy(model(x[s : s + bs]), y[s : s + bs])
             grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
             for t, g in zip(total, grads):
                 if g is not None:
@@ -84,7 +90,7 @@ class GradientMask(TrainHooks):
         flat = bottom_k_mask(torch.cat([s.detach().reshape(-1) for s in scores]), self.keep_ratio)
         out, start = [], 0
         for (_, p), s in zip(params, scores):
-            out.append((p, flat[start:start + s.numel()].reshape(p.shape).to(p.dtype)))
+            out.append((p, flat[start : start + s.numel()].reshape(p.shape).to(p.dtype)))
             start += s.numel()
         return out
 
@@ -121,14 +127,19 @@ class Neurotoxin(ComposedAttack):
     the defense chain here, not to the attack.
     """
 
-    def __init__(self, base: BaseSpec = BaseSpec(name="badnets"),
-                 mask_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95,
-                 direction: Literal["benign_gradient", "global_update"] = "benign_gradient") -> None:
+    def __init__(
+        self,
+        base: BaseSpec = BaseSpec(name="badnets"),
+        mask_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95,
+        direction: Literal["benign_gradient", "global_update"] = "benign_gradient",
+    ) -> None:
         super().__init__(base)
         self.mask_ratio, self.direction = mask_ratio, direction
         self._clean: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def poison(self, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def poison(
+        self, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         self._clean[(ctx.partition_id, ctx.server_round)] = (x, y)  # the clean data, for the mask in hooks()
         return self.base.poison(x, y, ctx)
 
@@ -141,8 +152,14 @@ class Neurotoxin(ComposedAttack):
                 estimate = ctx.global_vector - torch.from_numpy(np.asarray(prev, dtype=np.float32))
             ctx.state[_PREV_GLOBAL] = ctx.global_vector.numpy().copy()
         if clean is None and estimate is None:
-            raise RuntimeError("neurotoxin: poison() must run before hooks() in the same round (it keeps the "
-                               "clean data the benign gradient is estimated on)")
-        own = GradientMask(keep_ratio=self.mask_ratio, ctx=ctx, clean=None if estimate is not None else clean,
-                           estimate=estimate)
+            raise RuntimeError(
+                "neurotoxin: poison() must run before hooks() in the same round (it keeps the "
+                "clean data the benign gradient is estimated on)"
+            )
+        own = GradientMask(
+            keep_ratio=self.mask_ratio,
+            ctx=ctx,
+            clean=None if estimate is not None else clean,
+            estimate=estimate,
+        )
         return chain_hooks(self.base.hooks(ctx), own)

@@ -68,10 +68,13 @@ class PGD(ComposedAttack):
     schedule is not reproduced here.
     """
 
-    def __init__(self, base: BaseSpec = BaseSpec(name="edge_case"),
-                 eps: Annotated[float, Field(gt=0.0)] = 2.0,
-                 project_every: Annotated[int, Field(ge=1)] = 10,
-                 adaptive_clip_bound: Annotated[float, Field(gt=0.0)] | None = None) -> None:
+    def __init__(
+        self,
+        base: BaseSpec = BaseSpec(name="edge_case"),
+        eps: Annotated[float, Field(gt=0.0)] = 2.0,
+        project_every: Annotated[int, Field(ge=1)] = 10,
+        adaptive_clip_bound: Annotated[float, Field(gt=0.0)] | None = None,
+    ) -> None:
         super().__init__(base)
         self.eps, self.project_every, self.adaptive_clip_bound = eps, project_every, adaptive_clip_bound
 

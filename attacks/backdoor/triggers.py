@@ -26,8 +26,16 @@ import torch
 from attacks.base import ClientAttack
 from simulator.context import ClientContext
 
-__all__ = ["PixelTrigger", "Corner", "PatternShape", "pattern_trigger", "stripe_trigger_parts", "union",
-           "poison_with_trigger", "TriggerAttack"]
+__all__ = [
+    "Corner",
+    "PatternShape",
+    "PixelTrigger",
+    "TriggerAttack",
+    "pattern_trigger",
+    "poison_with_trigger",
+    "stripe_trigger_parts",
+    "union",
+]
 
 Corner = Literal["top_left", "top_right", "bottom_left", "bottom_right"]
 PatternShape = Literal["square", "plus", "L", "checker"]
@@ -90,8 +98,9 @@ def _shape_offsets(shape: PatternShape, size: int) -> list[tuple[int, int]]:
     raise ValueError(f"unknown trigger shape {shape!r}")
 
 
-def pattern_trigger(*, shape: PatternShape, size: int, corner: Corner, margin: int, value: float,
-                    height: int, width: int) -> PixelTrigger:
+def pattern_trigger(
+    *, shape: PatternShape, size: int, corner: Corner, margin: int, value: float, height: int, width: int
+) -> PixelTrigger:
     """A ``shape`` pattern in a size × size box, ``margin`` pixels away from ``corner``.
 
     >>> t = pattern_trigger(shape="plus", size=3, corner="top_left", margin=0, value=1.0, height=5, width=5)
@@ -99,15 +108,17 @@ def pattern_trigger(*, shape: PatternShape, size: int, corner: Corner, margin: i
     ((0, 1), (1, 0), (1, 1), (1, 2), (2, 1))
     """
     if size < 1 or margin < 0 or size + margin > min(height, width):
-        raise ValueError(f"a {size}×{size} trigger {margin} px from the edge does not fit "
-                         f"a {height}×{width} image")
+        raise ValueError(
+            f"a {size}×{size} trigger {margin} px from the edge does not fit a {height}×{width} image"
+        )
     r0 = margin if corner.startswith("top") else height - margin - size
     c0 = margin if corner.endswith("left") else width - margin - size
     return PixelTrigger(tuple((r0 + i, c0 + j) for i, j in _shape_offsets(shape, size)), value)
 
 
-def stripe_trigger_parts(*, num_parts: int, stripe_length: int, gap: int, origin: tuple[int, int],
-                         value: float) -> list[PixelTrigger]:
+def stripe_trigger_parts(
+    *, num_parts: int, stripe_length: int, gap: int, origin: tuple[int, int], value: float
+) -> list[PixelTrigger]:
     """DBA's local triggers: 1 × ``stripe_length`` stripes laid out two per row.
 
     Part ``k`` sits in stripe row ``k // 2`` and stripe column ``k % 2``; stripes are ``gap`` pixels
@@ -125,9 +136,16 @@ def stripe_trigger_parts(*, num_parts: int, stripe_length: int, gap: int, origin
     return parts
 
 
-def poison_with_trigger(x: torch.Tensor, y: torch.Tensor, *, trigger: PixelTrigger, target_label: int,
-                        ratio: float, mode: PoisonMode,
-                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def poison_with_trigger(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    trigger: PixelTrigger,
+    target_label: int,
+    ratio: float,
+    mode: PoisonMode,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stamp ``trigger`` on a seeded ``ratio`` of the training set and relabel those to the target.
 
     ``mode="replace"`` stamps ``round(ratio·n)`` of the n clean examples in place; ``mode="add"``
@@ -200,11 +218,19 @@ class TriggerAttack(ClientAttack):
     def test_trigger(self, height: int, width: int) -> PixelTrigger:
         """The trigger the evaluator stamps on test images."""
 
-    def poison(self, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def poison(
+        self, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         trigger = self.train_trigger(ctx, int(x.shape[-2]), int(x.shape[-1]))
-        xo, yo, _ = poison_with_trigger(x, y, trigger=trigger, target_label=self.target_label,
-                                        ratio=self.poison_ratio, mode=self.mode,
-                                        generator=ctx.generator("backdoor/poison"))
+        xo, yo, _ = poison_with_trigger(
+            x,
+            y,
+            trigger=trigger,
+            target_label=self.target_label,
+            ratio=self.poison_ratio,
+            mode=self.mode,
+            generator=ctx.generator("backdoor/poison"),
+        )
         return xo, yo
 
     def backdoor_testset(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

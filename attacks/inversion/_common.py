@@ -48,7 +48,9 @@ def client_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
-def gradient_distance(sim: tuple[torch.Tensor, ...], target: tuple[torch.Tensor, ...], kind: str) -> torch.Tensor:
+def gradient_distance(
+    sim: tuple[torch.Tensor, ...], target: tuple[torch.Tensor, ...], kind: str
+) -> torch.Tensor:
     """Distance between a simulated and the received payload, summed over all layers.
 
     ``"euclidean"``: ``Σ ‖g − t‖²`` (Zhu et al. 2019); ``"cosine"``: ``1 − ⟨g, t⟩ / (‖g‖ ‖t‖)`` over the
@@ -116,7 +118,9 @@ class PayloadSimulator:
             p = tuple(a - self.lr * s for a, s in zip(p, step))
         return tuple(a - b for a, b in zip(p, self.params))
 
-    def objective(self, *, distance: str, tv: float = 0.0) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    def objective(
+        self, *, distance: str, tv: float = 0.0
+    ) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
         """``f(x, y) -> (loss, matching loss)`` with ``loss = distance + tv · TV(x)``."""
 
         def f(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,8 +139,14 @@ def simulation_copy(model: nn.Module) -> nn.Module:
     return sim
 
 
-def compile_step_fn(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, *, device: torch.device,
-                    backend: str, required: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+def compile_step_fn(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    example: torch.Tensor,
+    *,
+    device: torch.device,
+    backend: str,
+    required: bool,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
     """``fn`` captured by ``torch.compile`` and run once on ``example`` (so that it compiles now, not mid-attack).
 
     On CUDA the inductor backend uses ``mode="reduce-overhead"``: the step is replayed as a CUDA graph.
@@ -148,9 +158,14 @@ def compile_step_fn(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.T
         compiled(example)
     except Exception as e:  # any backend failure: run eagerly, and say so
         if required:
-            raise RuntimeError(f"compile_step='on' but torch.compile(backend={backend!r}) failed: "
-                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-        warnings.warn(f"torch.compile(backend={backend!r}) failed ({type(e).__name__}); the attack runs eagerly",
-                      RuntimeWarning, stacklevel=2)
+            raise RuntimeError(
+                f"compile_step='on' but torch.compile(backend={backend!r}) failed: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
+        warnings.warn(
+            f"torch.compile(backend={backend!r}) failed ({type(e).__name__}); the attack runs eagerly",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return fn, False
     return compiled, True

@@ -49,8 +49,14 @@ from attacks.base import INVERSION_ATTACKS, InversionAttack, Reconstruction, Ser
 from attacks.labels import last_linear
 from simulator.flat import layout_of, unflatten
 
-__all__ = ["AnalyticFC", "analytic_input", "first_linear_layer", "last_layer_labels", "payload_parts",
-           "payload_scale"]
+__all__ = [
+    "AnalyticFC",
+    "analytic_input",
+    "first_linear_layer",
+    "last_layer_labels",
+    "payload_parts",
+    "payload_scale",
+]
 
 
 def first_linear_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:
@@ -72,10 +78,14 @@ def first_linear_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:
         def hook(mod: nn.Module, args: tuple) -> None:
             if not seen:
                 seen.append((name, mod, args[0].detach().clone()))
+
         return hook
 
-    handles = [m.register_forward_pre_hook(grab(n)) for n, m in model.named_modules()
-               if next(m.parameters(recurse=False), None) is not None]
+    handles = [
+        m.register_forward_pre_hook(grab(n))
+        for n, m in model.named_modules()
+        if next(m.parameters(recurse=False), None) is not None
+    ]
     try:
         device = next(model.parameters()).device
     except StopIteration:
@@ -95,12 +105,16 @@ def first_linear_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     name, mod, inp = seen[0]
     if not isinstance(mod, nn.Linear) or mod.bias is None:
         kind = type(mod).__name__ + ("" if not isinstance(mod, nn.Linear) else " without bias")
-        raise ValueError(f"analytic_fc needs the model's first parameterised layer to be an nn.Linear with "
-                         f"bias on the flattened input; the first layer {name!r} is a {kind} (use an "
-                         f"optimisation attack such as inverting_gradients for this model)")
+        raise ValueError(
+            f"analytic_fc needs the model's first parameterised layer to be an nn.Linear with "
+            f"bias on the flattened input; the first layer {name!r} is a {kind} (use an "
+            f"optimisation attack such as inverting_gradients for this model)"
+        )
     if inp.numel() != probe.numel() or not torch.allclose(inp.flatten(), probe.flatten()):
-        raise ValueError(f"analytic_fc: the first linear layer {name!r} does not receive the raw flattened "
-                         f"input (something transforms the input before it)")
+        raise ValueError(
+            f"analytic_fc: the first linear layer {name!r} does not receive the raw flattened "
+            f"input (something transforms the input before it)"
+        )
     return name
 
 
@@ -122,9 +136,11 @@ def payload_scale(view: ServerView) -> float:
     if kind == "update":
         steps = view.protocol.total_steps
         if steps != 1:
-            raise ValueError(f"analytic attacks need a FedSGD gradient or an update after exactly one local SGD "
-                             f"step (Δ = −η·g); this update has {steps if steps is not None else 'an unknown number of'}"
-                             f" local steps")
+            raise ValueError(
+                f"analytic attacks need a FedSGD gradient or an update after exactly one local SGD "
+                f"step (Δ = −η·g); this update has {steps if steps is not None else 'an unknown number of'}"
+                f" local steps"
+            )
         lr = view.protocol.lr
         return -1.0 / float(lr) if lr else -1.0
     raise ValueError(f"unknown protocol kind {kind!r}; known: gradient, update")
@@ -135,8 +151,9 @@ def payload_parts(view: ServerView) -> dict[str, torch.Tensor]:
     return dict(unflatten(view.payload.detach().double(), layout_of(view.model)))
 
 
-def analytic_input(grad_weight: torch.Tensor, grad_bias: torch.Tensor, *,
-                   row_threshold: float = 1e-6) -> tuple[torch.Tensor, int, float]:
+def analytic_input(
+    grad_weight: torch.Tensor, grad_bias: torch.Tensor, *, row_threshold: float = 1e-6
+) -> tuple[torch.Tensor, int, float]:
     """Closed-form input of a dense layer from its weight and bias gradients.
 
     Parameters
@@ -159,11 +176,15 @@ def analytic_input(grad_weight: torch.Tensor, grad_bias: torch.Tensor, *,
     """
     gw, gb = grad_weight.detach().double(), grad_bias.detach().double()
     if gw.ndim != 2 or gb.ndim != 1 or gw.shape[0] != gb.shape[0]:
-        raise ValueError(f"expected a (H, D) weight gradient and a (H,) bias gradient, got {tuple(gw.shape)} "
-                         f"and {tuple(gb.shape)}")
+        raise ValueError(
+            f"expected a (H, D) weight gradient and a (H,) bias gradient, got {tuple(gw.shape)} "
+            f"and {tuple(gb.shape)}"
+        )
     top = float(gb.abs().max()) if gb.numel() else 0.0
     if not math.isfinite(top) or top == 0.0:
-        raise ValueError("the first layer's bias gradient is zero (or not finite): there is nothing to invert")
+        raise ValueError(
+            "the first layer's bias gradient is zero (or not finite): there is nothing to invert"
+        )
     rows = gb.abs() > row_threshold * top
     g, G = gb[rows], gw[rows]
     x = (g @ G) / (g @ g)
@@ -172,7 +193,9 @@ def analytic_input(grad_weight: torch.Tensor, grad_bias: torch.Tensor, *,
     return x, int(rows.sum()), residual
 
 
-def last_layer_labels(view: ServerView, parts: dict[str, torch.Tensor], scale: float, num: int) -> torch.Tensor:
+def last_layer_labels(
+    view: ServerView, parts: dict[str, torch.Tensor], scale: float, num: int
+) -> torch.Tensor:
     """The ``num`` classes with the most negative last-layer bias gradient (row sums without a bias), sorted."""
     wname, bname = last_linear(view.model)
     score = parts[bname] if bname is not None else parts[wname].sum(1)
@@ -208,8 +231,9 @@ class AnalyticFC(InversionAttack):
         name = first_linear_layer(view.model, view.input_shape)
         parts = payload_parts(view)
         prefix = f"{name}." if name else ""
-        x, rows, residual = analytic_input(parts[prefix + "weight"], parts[prefix + "bias"],
-                                           row_threshold=self.row_threshold)
+        x, rows, residual = analytic_input(
+            parts[prefix + "weight"], parts[prefix + "bias"], row_threshold=self.row_threshold
+        )
         p = view.protocol
         n = self.num_images or p.num_examples or p.batch_size or 1
         if p.kind == "update" and p.batch_size:
@@ -219,8 +243,16 @@ class AnalyticFC(InversionAttack):
         img = x.float().reshape(1, *view.input_shape).to(device)
         images = img.expand(n, *view.input_shape).clamp(0, 1).clone()
         return Reconstruction(
-            images=images, labels=labels.to(device), losses=(residual,),
-            info={"attack": "analytic_fc", "layer": name, "rows_used": rows,
-                  "rows_total": int(parts[prefix + "bias"].numel()), "residual": residual, "mixture": n > 1,
-                  "seconds": time.perf_counter() - t0},
+            images=images,
+            labels=labels.to(device),
+            losses=(residual,),
+            info={
+                "attack": "analytic_fc",
+                "layer": name,
+                "rows_used": rows,
+                "rows_total": int(parts[prefix + "bias"].numel()),
+                "residual": residual,
+                "mixture": n > 1,
+                "seconds": time.perf_counter() - t0,
+            },
         )

@@ -29,45 +29,82 @@ def inversion_problems(s: Scenario) -> list[Problem]:
     inv, out = s.attacks.inversion, []
     if s.kind == "leakage":
         if inv is None:
-            out.append(Problem("attacks.inversion", "kind = \"leakage\" needs an inversion attack "
-                                                    "([attacks.inversion] with a name, e.g. \"inverting_gradients\")"))
+            out.append(
+                Problem(
+                    "attacks.inversion",
+                    'kind = "leakage" needs an inversion attack '
+                    '([attacks.inversion] with a name, e.g. "inverting_gradients")',
+                )
+            )
             return out
         server = s.leakage.server if s.leakage else "honest"
         if _flag(inv.name, "malicious_server") and server != "malicious":
-            out.append(Problem("leakage.server", f"{inv.name!r} modifies the model the server sends; it needs "
-                                                 f"server = \"malicious\" (got {server!r})"))
+            out.append(
+                Problem(
+                    "leakage.server",
+                    f"{inv.name!r} modifies the model the server sends; it needs "
+                    f'server = "malicious" (got {server!r})',
+                )
+            )
         comp = _compressor(s)
-        if comp is not None and (not getattr(comp, "decodes_alone", False)
-                                 or getattr(comp, "aggregates_in_sketch_space", False)):
-            out.append(Problem("compression.name", f"{s.compression.name!r} has no per-client payload to attack in "
-                                                   "a leakage experiment (it must decode one client's payload alone); "
-                                                   "use none or a per-client sketch (gaussian_sketch, srht, "
-                                                   "count_sketch)"))
+        if comp is not None and (
+            not getattr(comp, "decodes_alone", False) or getattr(comp, "aggregates_in_sketch_space", False)
+        ):
+            out.append(
+                Problem(
+                    "compression.name",
+                    f"{s.compression.name!r} has no per-client payload to attack in "
+                    "a leakage experiment (it must decode one client's payload alone); "
+                    "use none or a per-client sketch (gaussian_sketch, srht, "
+                    "count_sketch)",
+                )
+            )
         if _flag(inv.name, "wants_sketch") and not getattr(comp, "is_sketch", False):
-            out.append(Problem("attacks.inversion", f"{inv.name!r} matches in sketch space; it needs a sketch "
-                                                    "[compression] (gaussian_sketch, srht, count_sketch)"))
+            out.append(
+                Problem(
+                    "attacks.inversion",
+                    f"{inv.name!r} matches in sketch space; it needs a sketch "
+                    "[compression] (gaussian_sketch, srht, count_sketch)",
+                )
+            )
         return out
     if s.leakage is not None:
-        out.append(Problem("leakage", f"the [leakage] section is for kind = \"leakage\" (this scenario is "
-                                      f"kind = {s.kind!r})"))
+        out.append(
+            Problem(
+                "leakage",
+                f'the [leakage] section is for kind = "leakage" (this scenario is kind = {s.kind!r})',
+            )
+        )
     if inv is None:
         return out
     n, rounds = s.data.num_clients, s.federation.rounds
     bad_t = [t for t in inv.targets if not 0 <= t < n]
     if bad_t:
-        out.append(Problem("attacks.inversion.targets", f"{bad_t} are not partition ids; allowed: 0..{n - 1}"))
+        out.append(
+            Problem("attacks.inversion.targets", f"{bad_t} are not partition ids; allowed: 0..{n - 1}")
+        )
     bad_r = [r for r in inv.rounds if not 1 <= r <= rounds]
     if bad_r:
         out.append(Problem("attacks.inversion.rounds", f"{bad_r} outside the run; allowed: 1..{rounds}"))
     if _flag(inv.name, "malicious_server"):
-        out.append(Problem("attacks.inversion", f"{inv.name!r} needs a malicious server that sends its victim a "
-                                                "modified model; in a federated run every client gets the same global "
-                                                "model, so run it as kind = \"leakage\" with [leakage] server = "
-                                                "\"malicious\""))
+        out.append(
+            Problem(
+                "attacks.inversion",
+                f"{inv.name!r} needs a malicious server that sends its victim a "
+                "modified model; in a federated run every client gets the same global "
+                'model, so run it as kind = "leakage" with [leakage] server = '
+                '"malicious"',
+            )
+        )
     comp = _compressor(s)
     if comp is not None and getattr(comp, "aggregates_in_sketch_space", False):
-        out.append(Problem("attacks.inversion", f"{s.compression.name!r} merges the payloads in sketch space before "
-                                                "decoding; there is no per-client update to attack (use a compressor "
-                                                "that decodes each client: srht, gaussian_sketch, count_sketch with "
-                                                "aggregate_in_sketch_space = false)"))
+        out.append(
+            Problem(
+                "attacks.inversion",
+                f"{s.compression.name!r} merges the payloads in sketch space before "
+                "decoding; there is no per-client update to attack (use a compressor "
+                "that decodes each client: srht, gaussian_sketch, count_sketch with "
+                "aggregate_in_sketch_space = false)",
+            )
+        )
     return out

@@ -35,8 +35,9 @@ def lbfgs_match(
 ) -> float:
     """Run ``iterations`` L-BFGS steps (each up to ``max_iter`` evaluations) on ``variables``; returns
     the final matching loss (inf when the optimisation diverged); ``what`` names its progress bar."""
-    opt = torch.optim.LBFGS(variables, lr=lr, max_iter=max_iter, history_size=100,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        variables, lr=lr, max_iter=max_iter, history_size=100, line_search_fn="strong_wolfe"
+    )
     last = [math.inf]
 
     def closure() -> torch.Tensor:
@@ -92,13 +93,21 @@ class DeepLeakage(InversionAttack):
             def loss_fn(x: torch.Tensor = x, z: torch.Tensor = z) -> tuple[torch.Tensor, torch.Tensor]:
                 return objective(x, torch.softmax(z, dim=-1))
 
-            final = lbfgs_match([x, z], loss_fn, iterations=self.iterations, lr=self.lr, max_iter=self.max_iter,
-                                what=f"dlg restart {r + 1}/{self.restarts}")
+            final = lbfgs_match(
+                [x, z],
+                loss_fn,
+                iterations=self.iterations,
+                lr=self.lr,
+                max_iter=self.max_iter,
+                what=f"dlg restart {r + 1}/{self.restarts}",
+            )
             losses.append(final)
             if best is None or final < best[0]:
                 best = (final, x.detach().clone(), z.detach().argmax(-1))
         assert best is not None
         return Reconstruction(
-            images=best[1].clamp(0, 1), labels=best[2], losses=tuple(losses),
+            images=best[1].clamp(0, 1),
+            labels=best[2],
+            losses=tuple(losses),
             info={"attack": "dlg", "iterations": self.iterations, "seconds": time.perf_counter() - t0},
         )

@@ -121,9 +121,17 @@ class GenerativeLatent(InversionAttack):
         num_images: Annotated[int, Field(ge=1)] | None = None,
         seed: int = 0,
     ) -> None:
-        self.prior_config = PriorConfig(latent_dim=latent_dim, width=prior_width, epochs=prior_epochs,
-                                        batch_size=prior_batch_size, lr=prior_lr, beta=prior_beta,
-                                        conditional=conditional, max_images=max_public, seed=seed)
+        self.prior_config = PriorConfig(
+            latent_dim=latent_dim,
+            width=prior_width,
+            epochs=prior_epochs,
+            batch_size=prior_batch_size,
+            lr=prior_lr,
+            beta=prior_beta,
+            conditional=conditional,
+            max_images=max_public,
+            seed=seed,
+        )
         self.cache_dir, self.use_cache = cache_dir, use_cache
         self.iterations, self.lr, self.restarts = iterations, lr, restarts
         self.z_weight, self.tv = z_weight, tv
@@ -133,22 +141,32 @@ class GenerativeLatent(InversionAttack):
         self._shape: tuple[int, ...] | None = None
 
     # ---------------------------------------------------------------- attacker-side set-up (public data)
-    def prepare(self, public: PublicData | None, *, model: nn.Module, input_shape: tuple[int, ...],
-                num_classes: int) -> None:
+    def prepare(
+        self, public: PublicData | None, *, model: nn.Module, input_shape: tuple[int, ...], num_classes: int
+    ) -> None:
         """Train (or load from the cache) the generative prior on ``public``; ``model`` is not used."""
         if public is None:
             raise ValueError(f"{type(self).__name__} needs public data to train its generative prior")
         self.prior, self.prior_info = load_or_train_prior(
-            public, input_shape=tuple(input_shape), num_classes=num_classes, config=self.prior_config,
-            cache_dir=None if self.cache_dir is None else Path(self.cache_dir), use_cache=self.use_cache)
+            public,
+            input_shape=tuple(input_shape),
+            num_classes=num_classes,
+            config=self.prior_config,
+            cache_dir=None if self.cache_dir is None else Path(self.cache_dir),
+            use_cache=self.use_cache,
+        )
         self._shape = tuple(int(s) for s in input_shape)
 
     def _generator(self, view: ServerView) -> ConvDecoder:
         if self.prior is None:
-            raise RuntimeError(f"{type(self).__name__}.reconstruct called before prepare(): the attack needs "
-                               "a generative prior trained on public data first")
+            raise RuntimeError(
+                f"{type(self).__name__}.reconstruct called before prepare(): the attack needs "
+                "a generative prior trained on public data first"
+            )
         if tuple(view.input_shape) != self._shape:
-            raise ValueError(f"the prior was built for inputs {self._shape}, the view has {tuple(view.input_shape)}")
+            raise ValueError(
+                f"the prior was built for inputs {self._shape}, the view has {tuple(view.input_shape)}"
+            )
         device = next(view.model.parameters()).device
         return self.prior.decoder.to(device)
 
@@ -190,22 +208,41 @@ class GenerativeLatent(InversionAttack):
             x = G(zf.flatten(0, 1), ylab).view(self.restarts, n, *view.input_shape)
             final = [float(match(x[r], labels)[1]) for r in range(self.restarts)]
         best = min(range(self.restarts), key=lambda r: final[r] if math.isfinite(final[r]) else math.inf)
-        return {"z": zf[best], "images": x[best], "loss": final[best], "restart_losses": final,
-                "initial_losses": first or [], "best_restart": best, "labels": labels, "match": match}
+        return {
+            "z": zf[best],
+            "images": x[best],
+            "loss": final[best],
+            "restart_losses": final,
+            "initial_losses": first or [],
+            "best_restart": best,
+            "labels": labels,
+            "match": match,
+        }
 
     def _info(self, **extra: Any) -> dict[str, Any]:
         assert self.prior_info is not None
-        return {"prior": self.prior_info.summary(), "latent_iterations": self.iterations,
-                "restarts": self.restarts, "label_strategy": self.label_strategy, **extra}
+        return {
+            "prior": self.prior_info.summary(),
+            "latent_iterations": self.iterations,
+            "restarts": self.restarts,
+            "label_strategy": self.label_strategy,
+            **extra,
+        }
 
     def reconstruct(self, view: ServerView) -> Reconstruction:
         t0 = time.perf_counter()
         res = self._latent_search(view)
         return Reconstruction(
-            images=res["images"].clamp(0, 1), labels=res["labels"], losses=tuple(res["restart_losses"]),
-            info=self._info(attack="generative_latent", best_restart=res["best_restart"],
-                            initial_losses=res["initial_losses"], matching_loss=res["loss"],
-                            seconds=time.perf_counter() - t0),
+            images=res["images"].clamp(0, 1),
+            labels=res["labels"],
+            losses=tuple(res["restart_losses"]),
+            info=self._info(
+                attack="generative_latent",
+                best_restart=res["best_restart"],
+                initial_losses=res["initial_losses"],
+                matching_loss=res["loss"],
+                seconds=time.perf_counter() - t0,
+            ),
         )
 
 
@@ -237,8 +274,14 @@ class GIFD(GenerativeLatent):
         super().__init__(**latent)  # the latent stage's and the prior's parameters (the registry lists them)
         self.feature_iterations, self.feature_lr, self.radii = feature_iterations, feature_lr, list(radii)
 
-    def _feature_stage(self, G: ConvDecoder, k: int, h0: torch.Tensor, labels: torch.Tensor,
-                       match: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, float]:
+    def _feature_stage(
+        self,
+        G: ConvDecoder,
+        k: int,
+        h0: torch.Tensor,
+        labels: torch.Tensor,
+        match: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, float]:
         """Optimise layer ``k``'s output inside its L1 ball; returns the final feature map and its loss."""
         radius = self.radii[min(k, len(self.radii) - 1)] * h0.flatten(1).abs().sum(1)
 
@@ -283,10 +326,20 @@ class GIFD(GenerativeLatent):
         losses = [s["loss"] if math.isfinite(s["loss"]) else math.inf for s in stages]
         chosen = min(range(len(stages)), key=lambda i: losses[i])
         return Reconstruction(
-            images=images[chosen].clamp(0, 1), labels=labels, losses=tuple(res["restart_losses"]),
-            info=self._info(attack="gifd", best_restart=res["best_restart"], initial_losses=res["initial_losses"],
-                            stages=stages, stage_losses=[s["loss"] for s in stages], chosen_stage=chosen,
-                            chosen_name=stages[chosen]["stage"], matching_loss=losses[chosen],
-                            feature_iterations=self.feature_iterations, radii=self.radii,
-                            seconds=time.perf_counter() - t0),
+            images=images[chosen].clamp(0, 1),
+            labels=labels,
+            losses=tuple(res["restart_losses"]),
+            info=self._info(
+                attack="gifd",
+                best_restart=res["best_restart"],
+                initial_losses=res["initial_losses"],
+                stages=stages,
+                stage_losses=[s["loss"] for s in stages],
+                chosen_stage=chosen,
+                chosen_name=stages[chosen]["stage"],
+                matching_loss=losses[chosen],
+                feature_iterations=self.feature_iterations,
+                radii=self.radii,
+                seconds=time.perf_counter() - t0,
+            ),
         )

@@ -58,14 +58,26 @@ class ImprovedDeepLeakage(InversionAttack):
             def loss_fn(x: torch.Tensor = x) -> tuple[torch.Tensor, torch.Tensor]:
                 return objective(x, labels)
 
-            final = lbfgs_match([x], loss_fn, iterations=self.iterations, lr=self.lr, max_iter=self.max_iter,
-                                what=f"idlg restart {r + 1}/{self.restarts}")
+            final = lbfgs_match(
+                [x],
+                loss_fn,
+                iterations=self.iterations,
+                lr=self.lr,
+                max_iter=self.max_iter,
+                what=f"idlg restart {r + 1}/{self.restarts}",
+            )
             losses.append(final)
             if best is None or final < best[0]:
                 best = (final, x.detach().clone())
         assert best is not None
         return Reconstruction(
-            images=best[1].clamp(0, 1), labels=labels, losses=tuple(losses),
-            info={"attack": "idlg", "iterations": self.iterations, "label_strategy": self.label_strategy,
-                  "seconds": time.perf_counter() - t0},
+            images=best[1].clamp(0, 1),
+            labels=labels,
+            losses=tuple(losses),
+            info={
+                "attack": "idlg",
+                "iterations": self.iterations,
+                "label_strategy": self.label_strategy,
+                "seconds": time.perf_counter() - t0,
+            },
         )

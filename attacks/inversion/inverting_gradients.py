@@ -58,6 +58,10 @@ class InvertingGradients(InversionAttack):
     #: the step can be captured by ``torch.compile``
     supports_compile = True
     runs_on_device = True
+    #: a batch gradient is already an average over examples (Geiping et al.); on the example-weighted mean of
+    #: K clients' FedSGD gradients the objective is exact, on K clients' FedAvg updates the simulated
+    #: update (local steps over the pooled batch, in order) is an approximation
+    works_on_aggregate = True
 
     def __init__(
         self,
@@ -100,7 +104,11 @@ class InvertingGradients(InversionAttack):
         g = torch.Generator().manual_seed(self.seed)
         device = next(view.model.parameters()).device
         labels = labels.to(device)
-        x = initial_images((self.restarts, n, *view.input_shape), self.init, g).to(device).requires_grad_(True)
+        x = (
+            initial_images((self.restarts, n, *view.input_shape), self.init, g)
+            .to(device)
+            .requires_grad_(True)
+        )
         opt = torch.optim.Adam([x], lr=self.lr)
         marks = [int(self.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if self.decay else []
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=0.1)
@@ -121,13 +129,22 @@ class InvertingGradients(InversionAttack):
 
         # torch.compile pays a one-off compile (tens of seconds) for a faster step; "auto" does so on a GPU,
         # where the captured CUDA graph removes the launch overhead that dominates a small batch.
-        compiled = self.supports_compile and (self.compile_step == "on" or (self.compile_step == "auto" and cuda))
+        compiled = self.supports_compile and (
+            self.compile_step == "on" or (self.compile_step == "auto" and cuda)
+        )
         t_compile = time.perf_counter()
         if compiled:
-            direction, compiled = compile_step_fn(direction, x.detach(), device=device, backend=self.compile_backend,
-                                                  required=self.compile_step == "on")
+            direction, compiled = compile_step_fn(
+                direction,
+                x.detach(),
+                device=device,
+                backend=self.compile_backend,
+                required=self.compile_step == "on",
+            )
         t_loop = time.perf_counter()
-        for _ in steps(self.iterations, f"{self.attack_name} ({self.restarts} restart{'s' if self.restarts > 1 else ''})"):
+        for _ in steps(
+            self.iterations, f"{self.attack_name} ({self.restarts} restart{'s' if self.restarts > 1 else ''})"
+        ):
             if compiled and cuda:
                 torch.compiler.cudagraph_mark_step_begin()
             x.grad = direction(x.detach()).clone()  # a graph's output buffer is reused by its next replay
@@ -143,9 +160,18 @@ class InvertingGradients(InversionAttack):
             final = [float(objective(x[r].detach(), labels)[1]) for r in range(self.restarts)]
         best = min(range(self.restarts), key=lambda r: final[r] if math.isfinite(final[r]) else math.inf)
         return Reconstruction(
-            images=x[best].detach().clamp(0, 1), labels=labels, losses=tuple(final),
-            info={"attack": self.attack_name, "best_restart": best, "iterations": self.iterations,
-                  "label_strategy": self.label_strategy, "batched_restarts": use_vmap, "compiled": compiled,
-                  "compile_seconds": t_loop - t_compile, "iterations_per_second": self.iterations / loop_s,
-                  "seconds": time.perf_counter() - t0},
+            images=x[best].detach().clamp(0, 1),
+            labels=labels,
+            losses=tuple(final),
+            info={
+                "attack": self.attack_name,
+                "best_restart": best,
+                "iterations": self.iterations,
+                "label_strategy": self.label_strategy,
+                "batched_restarts": use_vmap,
+                "compiled": compiled,
+                "compile_seconds": t_loop - t_compile,
+                "iterations_per_second": self.iterations / loop_s,
+                "seconds": time.perf_counter() - t0,
+            },
         )

@@ -154,8 +154,15 @@ class ConvDecoder(nn.Module):
     optimises an intermediate feature map.
     """
 
-    def __init__(self, *, input_shape: tuple[int, ...], num_classes: int, latent_dim: int, width: int,
-                 conditional: bool) -> None:
+    def __init__(
+        self,
+        *,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        latent_dim: int,
+        width: int,
+        conditional: bool,
+    ) -> None:
         super().__init__()
         c, h, w = (int(s) for s in input_shape)
         self.out_shape = (c, h, w)
@@ -167,8 +174,9 @@ class ConvDecoder(nn.Module):
         cin = latent_dim + (num_classes if conditional else 0)
         self.stem = nn.Linear(cin, self.c0 * self.h0 * self.w0)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, padding=1),
-                          nn.LeakyReLU(0.2))
+            nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, padding=1), nn.LeakyReLU(0.2)
+            )
             for a, b in itertools.pairwise(chans)
         )
         self.head = nn.Conv2d(chans[-1], c, 3, padding=1)
@@ -203,7 +211,7 @@ class ConvDecoder(nn.Module):
         out = self.head(h)
         _c, hh, ww = self.out_shape
         top, left = (out.shape[-2] - hh) // 2, (out.shape[-1] - ww) // 2
-        return out[..., top:top + hh, left:left + ww]
+        return out[..., top : top + hh, left : left + ww]
 
     def from_feature(self, k: int, h: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] from layer ``k``'s output ``h`` (the remaining layers)."""
@@ -219,8 +227,15 @@ class ConvDecoder(nn.Module):
 class ConvEncoder(nn.Module):
     """``q(z | x, y)``: stride-2 4×4 convs (one per decoder block), then a linear map to (μ, log σ²)."""
 
-    def __init__(self, *, input_shape: tuple[int, ...], num_classes: int, latent_dim: int, width: int,
-                 conditional: bool) -> None:
+    def __init__(
+        self,
+        *,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        latent_dim: int,
+        width: int,
+        conditional: bool,
+    ) -> None:
         super().__init__()
         c, h, w = (int(s) for s in input_shape)
         n = _num_blocks(h, w)
@@ -247,8 +262,13 @@ class VAEPrior(nn.Module):
 
     def __init__(self, *, input_shape: tuple[int, ...], num_classes: int, config: PriorConfig) -> None:
         super().__init__()
-        kw = {"input_shape": tuple(input_shape), "num_classes": num_classes, "latent_dim": config.latent_dim,
-              "width": config.width, "conditional": config.conditional}
+        kw = {
+            "input_shape": tuple(input_shape),
+            "num_classes": num_classes,
+            "latent_dim": config.latent_dim,
+            "width": config.width,
+            "conditional": config.conditional,
+        }
         self.encoder = ConvEncoder(**kw)  # type: ignore[arg-type]
         self.decoder = ConvDecoder(**kw)  # type: ignore[arg-type]
         self.config = config
@@ -259,7 +279,11 @@ class VAEPrior(nn.Module):
         mu, logvar = self.encoder(x, y)
         eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
         z = mu + torch.exp(0.5 * logvar) * eps
-        rec = F.binary_cross_entropy_with_logits(self.decoder.logits(z, y), x, reduction="none").flatten(1).sum(1)
+        rec = (
+            F.binary_cross_entropy_with_logits(self.decoder.logits(z, y), x, reduction="none")
+            .flatten(1)
+            .sum(1)
+        )
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
         return (rec + self.config.beta * kl).mean()
 
@@ -286,8 +310,16 @@ def image_digests(x: torch.Tensor) -> frozenset[str]:
 
 def prior_key(digest: str, *, input_shape: tuple[int, ...], num_classes: int, config: PriorConfig) -> str:
     """The cache key of a prior: digest of the data digest, the shape, the classes and the configuration."""
-    blob = json.dumps({"format": _FORMAT, "data": digest, "shape": list(input_shape), "classes": num_classes,
-                       "config": asdict(config)}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "format": _FORMAT,
+            "data": digest,
+            "shape": list(input_shape),
+            "classes": num_classes,
+            "config": asdict(config),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -306,8 +338,9 @@ def _subset(public: PublicData, config: PriorConfig) -> tuple[torch.Tensor, torc
     return x.contiguous(), y.contiguous()
 
 
-def train_prior(x: torch.Tensor, y: torch.Tensor, *, input_shape: tuple[int, ...], num_classes: int,
-                config: PriorConfig) -> tuple[VAEPrior, float]:
+def train_prior(
+    x: torch.Tensor, y: torch.Tensor, *, input_shape: tuple[int, ...], num_classes: int, config: PriorConfig
+) -> tuple[VAEPrior, float]:
     """Train a :class:`VAEPrior` with Adam, deterministically from ``config.seed``.
 
     Returns
@@ -328,7 +361,7 @@ def train_prior(x: torch.Tensor, y: torch.Tensor, *, input_shape: tuple[int, ...
         order = torch.randperm(n, generator=g)
         total, seen = 0.0, 0
         for s in range(0, n, bs):
-            idx = order[s:s + bs]
+            idx = order[s : s + bs]
             loss = vae.elbo_loss(x[idx], y[idx], g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -341,9 +374,15 @@ def train_prior(x: torch.Tensor, y: torch.Tensor, *, input_shape: tuple[int, ...
     return vae, last
 
 
-def load_or_train_prior(public: PublicData, *, input_shape: tuple[int, ...], num_classes: int,
-                        config: PriorConfig, cache_dir: str | Path | None = None,
-                        use_cache: bool = True) -> tuple[VAEPrior, PriorInfo]:
+def load_or_train_prior(
+    public: PublicData,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    config: PriorConfig,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+) -> tuple[VAEPrior, PriorInfo]:
     """The prior for ``public``: loaded from the cache when present, else trained (and stored).
 
     Parameters
@@ -360,7 +399,9 @@ def load_or_train_prior(public: PublicData, *, input_shape: tuple[int, ...], num
         False: always train, never read or write the cache.
     """
     if tuple(public.x.shape[1:]) != tuple(input_shape):
-        raise ValueError(f"public images have shape {tuple(public.x.shape[1:])}, the task {tuple(input_shape)}")
+        raise ValueError(
+            f"public images have shape {tuple(public.x.shape[1:])}, the task {tuple(input_shape)}"
+        )
     if public.x.shape[0] == 0:
         raise ValueError("the public data is empty: a generative prior needs images to train on")
     x, y = _subset(public, config)
@@ -368,8 +409,13 @@ def load_or_train_prior(public: PublicData, *, input_shape: tuple[int, ...], num
     key = prior_key(digest, input_shape=tuple(input_shape), num_classes=num_classes, config=config)
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     file = path / f"vae-{key[:32]}.pt"
-    info = {"key": key, "data_digest": digest, "num_images": int(x.shape[0]), "source": public.source,
-            "image_digests": image_digests(x)}
+    info = {
+        "key": key,
+        "data_digest": digest,
+        "num_images": int(x.shape[0]),
+        "source": public.source,
+        "image_digests": image_digests(x),
+    }
     if use_cache and file.is_file():
         blob = torch.load(file, map_location="cpu", weights_only=True)
         if blob.get("key") == key:
@@ -377,8 +423,13 @@ def load_or_train_prior(public: PublicData, *, input_shape: tuple[int, ...], num
             vae.load_state_dict(blob["state_dict"])
             vae.eval()
             vae.requires_grad_(False)
-            return vae, PriorInfo(cache_hit=True, path=str(file), train_seconds=float(blob["train_seconds"]),
-                                  final_loss=float(blob["final_loss"]), **info)  # type: ignore[arg-type]
+            return vae, PriorInfo(
+                cache_hit=True,
+                path=str(file),
+                train_seconds=float(blob["train_seconds"]),
+                final_loss=float(blob["final_loss"]),
+                **info,  # type: ignore[arg-type]
+            )
     t0 = time.perf_counter()
     vae, last = train_prior(x, y, input_shape=tuple(input_shape), num_classes=num_classes, config=config)
     seconds = time.perf_counter() - t0
@@ -386,8 +437,15 @@ def load_or_train_prior(public: PublicData, *, input_shape: tuple[int, ...], num
     if use_cache:
         path.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"key": key, "state_dict": vae.state_dict(), "train_seconds": seconds, "final_loss": last}, tmp)
+        torch.save(
+            {"key": key, "state_dict": vae.state_dict(), "train_seconds": seconds, "final_loss": last}, tmp
+        )
         os.replace(tmp, file)  # atomic: a concurrent reader sees the old file or the whole new one
         stored = str(file)
-    return vae, PriorInfo(cache_hit=False, path=stored, train_seconds=seconds, final_loss=last,
-                          **info)  # type: ignore[arg-type]
+    return vae, PriorInfo(
+        cache_hit=False,
+        path=stored,
+        train_seconds=seconds,
+        final_loss=last,
+        **info,  # type: ignore[arg-type]
+    )

@@ -51,8 +51,15 @@ from attacks.base import INVERSION_ATTACKS, InversionAttack, PublicData, Reconst
 from attacks.labels import LabelStrategy, recover_labels
 from simulator.flat import layout_of, unflatten
 
-__all__ = ["ENCODER_BIAS", "ENCODER_WEIGHT", "ImprintBlock", "ImprintedModel", "RobbingTheFed", "bin_offsets",
-           "measurement_vector"]
+__all__ = [
+    "ENCODER_BIAS",
+    "ENCODER_WEIGHT",
+    "ImprintBlock",
+    "ImprintedModel",
+    "RobbingTheFed",
+    "bin_offsets",
+    "measurement_vector",
+]
 
 #: state-dict names of the imprint layer in the model :meth:`RobbingTheFed.server_model` returns
 ENCODER_WEIGHT = "imprint.encoder.weight"
@@ -109,8 +116,16 @@ class ImprintBlock(nn.Module):
     """``x ↦ x + V ReLU(W x + b) + v₀`` for flattened x: K identical measurement rows ``W`` with biases
     ``−scale·offsets``, and a back-projection ``V`` with identical columns (see the module docstring)."""
 
-    def __init__(self, *, measurement: torch.Tensor, offsets: torch.Tensor, input_shape: tuple[int, ...],
-                 scale: float, gain: float, center: float) -> None:
+    def __init__(
+        self,
+        *,
+        measurement: torch.Tensor,
+        offsets: torch.Tensor,
+        input_shape: tuple[int, ...],
+        scale: float,
+        gain: float,
+        center: float,
+    ) -> None:
         super().__init__()
         dim, bins = int(measurement.numel()), int(offsets.numel())
         if dim != math.prod(input_shape):
@@ -176,6 +191,9 @@ class RobbingTheFed(InversionAttack):
 
     malicious_server = True
     needs_public_data = True
+    #: designed for secure aggregation: the imprint rows of the clients' sum are still cumulative bins, so an
+    #: image alone in its bin across the whole cohort is recovered from the aggregate (Fowl et al.)
+    works_on_aggregate = True
 
     def __init__(
         self,
@@ -201,13 +219,18 @@ class RobbingTheFed(InversionAttack):
         self.input_shape: tuple[int, ...] | None = None
         self.center = 0.0
 
-    def prepare(self, public: PublicData | None, *, model: nn.Module, input_shape: tuple[int, ...],
-                num_classes: int) -> None:
+    def prepare(
+        self, public: PublicData | None, *, model: nn.Module, input_shape: tuple[int, ...], num_classes: int
+    ) -> None:
         """Calibrate the bin offsets on the public images (never the victim's)."""
         if public is None or public.x.shape[0] < 2:
-            raise ValueError("robbing_the_fed calibrates its bins on public data: give it at least two images")
+            raise ValueError(
+                "robbing_the_fed calibrates its bins on public data: give it at least two images"
+            )
         if tuple(public.x.shape[1:]) != tuple(input_shape):
-            raise ValueError(f"public images {tuple(public.x.shape[1:])} do not match the input shape {input_shape}")
+            raise ValueError(
+                f"public images {tuple(public.x.shape[1:])} do not match the input shape {input_shape}"
+            )
         dim = math.prod(input_shape)
         w = measurement_vector(dim, kind=self.measurement, seed=self.seed)
         values = public.x.detach().double().flatten(1) @ w
@@ -222,8 +245,14 @@ class RobbingTheFed(InversionAttack):
             raise RuntimeError("call prepare() with public data before server_model()")
         inner = copy.deepcopy(model)
         ref = next(inner.parameters(), None)
-        block = ImprintBlock(measurement=self.vector, offsets=self.offsets, input_shape=self.input_shape,
-                             scale=self.scale, gain=self.gain, center=self.center)
+        block = ImprintBlock(
+            measurement=self.vector,
+            offsets=self.offsets,
+            input_shape=self.input_shape,
+            scale=self.scale,
+            gain=self.gain,
+            center=self.center,
+        )
         if ref is not None:
             block = block.to(device=ref.device, dtype=ref.dtype)
         return ImprintedModel(block, inner)
@@ -236,13 +265,17 @@ class RobbingTheFed(InversionAttack):
         if kind not in ("gradient", "update"):
             raise ValueError(f"unknown protocol kind {kind!r}")
         if kind == "update" and steps != 1 and not self.multi_step:
-            raise ValueError(f"robbing_the_fed is exact for a gradient or a one-step update; this update spans "
-                             f"{'an unknown number of' if steps is None else steps} local steps (set "
-                             "multi_step = true to read it anyway, as an approximation)")
+            raise ValueError(
+                f"robbing_the_fed is exact for a gradient or a one-step update; this update spans "
+                f"{'an unknown number of' if steps is None else steps} local steps (set "
+                "multi_step = true to read it anyway, as an approximation)"
+            )
         layout = layout_of(view.model)
         if ENCODER_WEIGHT not in layout.names or ENCODER_BIAS not in layout.names:
-            raise ValueError(f"the model in the ServerView has no imprint layer ({ENCODER_WEIGHT!r}); a malicious "
-                             "server must send RobbingTheFed.server_model(model)")
+            raise ValueError(
+                f"the model in the ServerView has no imprint layer ({ENCODER_WEIGHT!r}); a malicious "
+                "server must send RobbingTheFed.server_model(model)"
+            )
         parts = unflatten(view.payload.detach().double().cpu(), layout)
         bias = view.model.state_dict()[ENCODER_BIAS].detach().double().cpu()
         order = torch.argsort(bias, descending=True)  # bias = −scale·offset: offsets ascending
@@ -265,12 +298,19 @@ class RobbingTheFed(InversionAttack):
         if self.label_strategy is not None:
             labels = recover_labels(view, strategy=self.label_strategy)
         return Reconstruction(
-            images=images, labels=labels,
-            info={"attack": "robbing_the_fed", "bins": int(gb.numel() - 1), "bins_hit": int(hit.sum()),
-                  "candidates": int(images.shape[0]), "bin_indices": [int(i) for i in idx],
-                  "measurement": self.measurement, "placement": self.placement,
-                  "exact": kind == "gradient" or steps == 1,
-                  "seconds": time.perf_counter() - t0},
+            images=images,
+            labels=labels,
+            info={
+                "attack": "robbing_the_fed",
+                "bins": int(gb.numel() - 1),
+                "bins_hit": int(hit.sum()),
+                "candidates": int(images.shape[0]),
+                "bin_indices": [int(i) for i in idx],
+                "measurement": self.measurement,
+                "placement": self.placement,
+                "exact": kind == "gradient" or steps == 1,
+                "seconds": time.perf_counter() - t0,
+            },
         )
 
     def _dedupe(self, cand: torch.Tensor) -> torch.Tensor:

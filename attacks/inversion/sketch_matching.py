@@ -43,13 +43,18 @@ def round_operator(view: ServerView) -> SketchOperator:
     """The sketch operator R of the view's round, rebuilt from the shared seed like the server does."""
     info = view.sketch
     if info is None:
-        raise ValueError("this attack matches in sketch space: the ServerView carries no sketch "
-                         "(use a scenario with a sketch [compression])")
+        raise ValueError(
+            "this attack matches in sketch space: the ServerView carries no sketch "
+            "(use a scenario with a sketch [compression])"
+        )
     comp = COMPRESSORS.create(info.operator, info.params)
     dim = info.dim or layout_of(view.model).dim
     # a SketchInfo names only is_sketch compressors, and they have operator() (a capability, not a base class)
-    return comp.operator(seed=info.seed, server_round=info.server_round,  # type: ignore[attr-defined]
-                         dim=dim)
+    return comp.operator(  # type: ignore[attr-defined]
+        seed=info.seed,
+        server_round=info.server_round,
+        dim=dim,
+    )
 
 
 @INVERSION_ATTACKS.register("sketch_inverting_gradients")
@@ -82,8 +87,12 @@ class SketchInvertingGradients(InvertingGradients):
         distance, tv = self.distance, self.tv
 
         def flat(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            return torch.cat([parts[where[n]].reshape(-1) if n in where else torch.zeros(size)
-                              for n, size in zip(layout.names, layout.sizes)])
+            return torch.cat(
+                [
+                    parts[where[n]].reshape(-1) if n in where else torch.zeros(size)
+                    for n, size in zip(layout.names, layout.sizes)
+                ]
+            )
 
         def f(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             sketched = op.sketch(flat(sim.simulate(x, y))).reshape(-1)

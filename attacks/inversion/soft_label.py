@@ -61,8 +61,14 @@ from attacks.inversion.inverting_gradients import initial_images
 from attacks.labels import capture_input, last_linear
 from attacks.progress import steps
 
-__all__ = ["SoftLabelAttack", "SoftLabelKind", "SoftLabelResult", "implied_labels", "label_objective",
-           "recover_soft_label"]
+__all__ = [
+    "SoftLabelAttack",
+    "SoftLabelKind",
+    "SoftLabelResult",
+    "implied_labels",
+    "label_objective",
+    "recover_soft_label",
+]
 
 SoftLabelKind = Literal["smoothing", "mixup"]
 _FREE = {"smoothing": 1, "mixup": 2}  # entries of the label that are not all equal
@@ -88,8 +94,15 @@ def label_objective(y_hat: torch.Tensor, kind: SoftLabelKind = "smoothing") -> t
     return low.var(dim=-1, unbiased=False)
 
 
-def implied_labels(lam: torch.Tensor, *, row: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   grad_weight: torch.Tensor, grad_bias: torch.Tensor | None) -> torch.Tensor:
+def implied_labels(
+    lam: torch.Tensor,
+    *,
+    row: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    grad_weight: torch.Tensor,
+    grad_bias: torch.Tensor | None,
+) -> torch.Tensor:
     """``ŷ(λ)`` (N, K) for candidate scalars ``lam`` (N,): ``p(λ) − ∇b`` when ``grad_bias`` is given, else
     ``p(λ) − ∇W[:, j] / (λ r_j)`` with ``j = argmax |r|``."""
     z = lam[:, None] * (weight @ row)[None, :]
@@ -149,7 +162,9 @@ def recover_soft_label(
     b = None if bias is None else bias.detach().double().cpu()
     gb = None if grad_bias is None else grad_bias.detach().double().cpu()
     if gw.ndim != 2 or w.shape != gw.shape:
-        raise ValueError(f"weight and its gradient must both be (K, F); got {tuple(w.shape)} and {tuple(gw.shape)}")
+        raise ValueError(
+            f"weight and its gradient must both be (K, F); got {tuple(w.shape)} and {tuple(gw.shape)}"
+        )
     k = gw.shape[0]
     if kind not in _FREE:
         raise ValueError(f"unknown soft-label kind {kind!r}; known: {', '.join(_FREE)}")
@@ -157,7 +172,9 @@ def recover_soft_label(
         raise ValueError(f"{kind!r} recovery needs at least {_FREE[kind] + 2} classes; this layer has {k}")
     form = ("bias" if gb is not None else "weight") if implied == "auto" else implied
     if form == "bias" and gb is None:
-        raise ValueError("implied='bias' needs the bias gradient; use implied='weight' for a layer without bias")
+        raise ValueError(
+            "implied='bias' needs the bias gradient; use implied='weight' for a layer without bias"
+        )
     if form not in ("bias", "weight"):
         raise ValueError(f"unknown implied-label form {implied!r}; known: auto, bias, weight")
     use_gb = gb if form == "bias" else None
@@ -169,8 +186,14 @@ def recover_soft_label(
     s0 = 1.0 / spread if spread > 0 else 1.0 / float(r.norm())
 
     def f(lam: np.ndarray) -> np.ndarray:
-        y = implied_labels(torch.as_tensor(lam, dtype=torch.float64), row=r, weight=w, bias=b, grad_weight=gw,
-                           grad_bias=use_gb)
+        y = implied_labels(
+            torch.as_tensor(lam, dtype=torch.float64),
+            row=r,
+            weight=w,
+            bias=b,
+            grad_weight=gw,
+            grad_bias=use_gb,
+        )
         out = label_objective(y, kind).numpy()
         return np.where(np.isfinite(out), out, np.inf)
 
@@ -186,22 +209,28 @@ def recover_soft_label(
     # the grid's ends are used only when no interior minimum exists: as |λ| → ∞ the softmax saturates and the
     # "weight" form's ŷ tends to a one-hot vector, a spurious zero of the objective
     candidates = sorted(candidates or ends, key=lambda c: c[0])
-    for val, sign, i in candidates[:max(refine, 1)]:
+    for val, sign, i in candidates[: max(refine, 1)]:
         if val < best[0]:
             best = (val, sign * s0 * 10.0 ** u[i])
         lo, hi = u[max(i - 1, 0)], u[min(i + 1, len(u) - 1)]
-        res = minimize_scalar(lambda t, s=sign: float(f(np.array([s * s0 * 10.0**t]))[0]), bounds=(lo, hi),
-                              method="bounded", options={"xatol": 1e-12, "maxiter": 500})
+        res = minimize_scalar(
+            lambda t, s=sign: float(f(np.array([s * s0 * 10.0**t]))[0]),
+            bounds=(lo, hi),
+            method="bounded",
+            options={"xatol": 1e-12, "maxiter": 500},
+        )
         if float(res.fun) < best[0]:
             best = (float(res.fun), sign * s0 * 10.0 ** float(res.x))
     obj, lam = best
-    label = implied_labels(torch.tensor([lam], dtype=torch.float64), row=r, weight=w, bias=b, grad_weight=gw,
-                           grad_bias=use_gb)[0]
+    label = implied_labels(
+        torch.tensor([lam], dtype=torch.float64), row=r, weight=w, bias=b, grad_weight=gw, grad_bias=use_gb
+    )[0]
     return SoftLabelResult(label=label, feature=lam * r, lam=float(lam), objective=float(obj))
 
 
-def _last_layer(view: ServerView, parts: dict[str, torch.Tensor], scale: float
-                ) -> tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+def _last_layer(
+    view: ServerView, parts: dict[str, torch.Tensor], scale: float
+) -> tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     wname, bname = last_linear(view.model)
     sd = view.model.state_dict()
     module = wname[: -len(".weight")] if wname.endswith(".weight") else ""
@@ -274,12 +303,22 @@ class SoftLabelAttack(InversionAttack):
         if n != 1:
             raise ValueError(f"soft_label recovers one example's label; this payload covers {n} examples")
         if p.kind == "update" and not p.lr:
-            raise ValueError("soft_label needs the public local learning rate to turn a one-step update into the "
-                             "gradient (g = −Δ/η): the implied label p − ∇b is not invariant to the scale of ∇")
+            raise ValueError(
+                "soft_label needs the public local learning rate to turn a one-step update into the "
+                "gradient (g = −Δ/η): the implied label p − ∇b is not invariant to the scale of ∇"
+            )
         parts = payload_parts(view)
         module, gw, gb, w, b = _last_layer(view, parts, scale)
-        res = recover_soft_label(grad_weight=gw, grad_bias=gb, weight=w, bias=b, kind=self.kind,
-                                 implied=self.implied, grid_points=self.grid_points, refine=self.refine)
+        res = recover_soft_label(
+            grad_weight=gw,
+            grad_bias=gb,
+            weight=w,
+            bias=b,
+            kind=self.kind,
+            implied=self.implied,
+            grid_points=self.grid_points,
+            refine=self.refine,
+        )
         label_idx = torch.argmax(res.label).reshape(1)
         method = self.image
         first = None
@@ -304,10 +343,20 @@ class SoftLabelAttack(InversionAttack):
         else:
             images = torch.full((1, *view.input_shape), 0.5, device=device)
         return Reconstruction(
-            images=images, labels=label_idx.to(device), losses=losses,
-            info={"attack": "soft_label", "kind": self.kind, "soft_label": res.label.tolist(), "lam": res.lam,
-                  "feature": res.feature.tolist(), "objective": res.objective, "image_method": method,
-                  "implied": self.implied, "seconds": time.perf_counter() - t0},
+            images=images,
+            labels=label_idx.to(device),
+            losses=losses,
+            info={
+                "attack": "soft_label",
+                "kind": self.kind,
+                "soft_label": res.label.tolist(),
+                "lam": res.lam,
+                "feature": res.feature.tolist(),
+                "objective": res.objective,
+                "image_method": method,
+                "implied": self.implied,
+                "seconds": time.perf_counter() - t0,
+            },
         )
 
     def _optimise(self, view: ServerView, res: SoftLabelResult, module: str) -> tuple[torch.Tensor, float]:

@@ -13,9 +13,20 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["column_chunks", "gram", "sq_distances", "cosine_similarity", "l1_distance_row_sums",
-           "coordinate_median", "lowest", "weighted_sum", "weighted_mean", "gram_with_offset", "row_norms",
-           "DEFAULT_CHUNK_ELEMENTS"]
+__all__ = [
+    "DEFAULT_CHUNK_ELEMENTS",
+    "column_chunks",
+    "coordinate_median",
+    "cosine_similarity",
+    "gram",
+    "gram_with_offset",
+    "l1_distance_row_sums",
+    "lowest",
+    "row_norms",
+    "sq_distances",
+    "weighted_mean",
+    "weighted_sum",
+]
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
 """Elements (rows × columns) per chunk: 16M float64 values = 128 MiB of temporaries."""
@@ -61,8 +72,9 @@ def cosine_similarity(g: torch.Tensor, *, eps: float = 1e-30) -> torch.Tensor:
     return cs.fill_diagonal_(1.0)
 
 
-def l1_distance_row_sums(updates: torch.Tensor, *,
-                         max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+def l1_distance_row_sums(
+    updates: torch.Tensor, *, max_elements: int = DEFAULT_CHUNK_ELEMENTS
+) -> torch.Tensor:
     """``r_i = Σ_j ‖u_i − u_j‖₁`` for every row, in O(n log n · d) instead of O(n² · d).
 
     Per coordinate, with the column sorted ascending as ``s_0 ≤ … ≤ s_{n−1}``, inclusive prefix
@@ -107,9 +119,10 @@ def lowest(scores: torch.Tensor, k: int, ids: Sequence[int]) -> list[int]:
     [2, 1]
     """
     vals = scores.detach().to(torch.float64).cpu().tolist()
-    order = sorted(range(len(vals)),
-                   key=lambda i: (vals[i] != vals[i], vals[i] if vals[i] == vals[i] else 0.0, ids[i]))
-    return order[:max(0, k)]
+    order = sorted(
+        range(len(vals)), key=lambda i: (vals[i] != vals[i], vals[i] if vals[i] == vals[i] else 0.0, ids[i])
+    )
+    return order[: max(0, k)]
 
 
 def weighted_sum(updates: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:

@@ -8,17 +8,29 @@ from typing import Literal
 
 import torch
 
-from defenses.aggregation._linalg import DEFAULT_CHUNK_ELEMENTS, column_chunks, coordinate_median, gram, \
-    lowest, sq_distances
+from defenses.aggregation._linalg import (
+    DEFAULT_CHUNK_ELEMENTS,
+    column_chunks,
+    coordinate_median,
+    gram,
+    lowest,
+    sq_distances,
+)
 from defenses.aggregation.krum import krum_scores
 from defenses.base import AGGREGATORS, AggregationResult, Aggregator
 from simulator.context import RoundContext
 
-__all__ = ["bulyan_select", "closest_to_median_mean", "Bulyan"]
+__all__ = ["Bulyan", "bulyan_select", "closest_to_median_mean"]
 
 
-def bulyan_select(sq_dists: torch.Tensor, *, f: int, theta: int, ids: Sequence[int],
-                  selection: Literal["iterative_krum", "multi_krum"] = "iterative_krum") -> list[int]:
+def bulyan_select(
+    sq_dists: torch.Tensor,
+    *,
+    f: int,
+    theta: int,
+    ids: Sequence[int],
+    selection: Literal["iterative_krum", "multi_krum"] = "iterative_krum",
+) -> list[int]:
     """Step 1 of Bulyan: choose ``θ`` rows with a Krum-based rule.
 
     ``"iterative_krum"`` is the paper's rule (El Mhamdi et al., 2018, Algorithm 1): run Krum on the
@@ -38,8 +50,9 @@ def bulyan_select(sq_dists: torch.Tensor, *, f: int, theta: int, ids: Sequence[i
     return chosen
 
 
-def closest_to_median_mean(selected: torch.Tensor, *, beta: int,
-                           max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+def closest_to_median_mean(
+    selected: torch.Tensor, *, beta: int, max_elements: int = DEFAULT_CHUNK_ELEMENTS
+) -> torch.Tensor:
     """Step 2 of Bulyan: per coordinate, the mean of the ``β`` values closest to the coordinate's
     median over the ``θ`` selected updates.
 
@@ -76,8 +89,9 @@ class Bulyan(Aggregator):
         ``"iterative_krum"`` (paper) or ``"multi_krum"`` (one Krum pass, Flower's default).
     """
 
-    def __init__(self, num_malicious: int = 1,
-                 selection: Literal["iterative_krum", "multi_krum"] = "iterative_krum") -> None:
+    def __init__(
+        self, num_malicious: int = 1, selection: Literal["iterative_krum", "multi_krum"] = "iterative_krum"
+    ) -> None:
         if num_malicious < 0:
             raise ValueError("num_malicious must be >= 0")
         self.num_malicious = num_malicious
@@ -92,5 +106,6 @@ class Bulyan(Aggregator):
         rows = bulyan_select(d2, f=f, theta=theta, ids=ids, selection=self.selection)
         update = closest_to_median_mean(updates[rows], beta=beta)
         scores = krum_scores(d2, f)
-        return AggregationResult(update, tuple(ids[r] for r in rows),
-                                 {cid: float(s) for cid, s in zip(ids, scores.tolist())})
+        return AggregationResult(
+            update, tuple(ids[r] for r in rows), {cid: float(s) for cid, s in zip(ids, scores.tolist())}
+        )

@@ -18,8 +18,7 @@ __all__ = ["CenteredClipping", "centered_clip"]
 Start = Literal["zero", "previous"]
 
 
-def centered_clip(updates: torch.Tensor, start: torch.Tensor, *, tau: float,
-                  iterations: int) -> torch.Tensor:
+def centered_clip(updates: torch.Tensor, start: torch.Tensor, *, tau: float, iterations: int) -> torch.Tensor:
     """``iterations`` steps of ``v ← v + (1/n) Σ_i (x_i − v)·min(1, τ/‖x_i − v‖)`` from ``v = start``
     (Karimireddy et al., 2021, Eq. (CC)), with uniform weights ``1/n``.
 
@@ -92,9 +91,13 @@ class CenteredClipping(Aggregator):
         ``"previous"`` (the last round's aggregate; zero in the first round) or ``"zero"``.
     """
 
-    def __init__(self, *, tau: Annotated[float, Field(gt=0)] = 10.0,
-                 iterations: Annotated[int, Field(ge=1)] = 1,
-                 start: Start = "previous") -> None:
+    def __init__(
+        self,
+        *,
+        tau: Annotated[float, Field(gt=0)] = 10.0,
+        iterations: Annotated[int, Field(ge=1)] = 1,
+        start: Start = "previous",
+    ) -> None:
         if not tau > 0 or iterations < 1 or start not in ("zero", "previous"):
             raise ValueError("need tau > 0, iterations >= 1, start in {'zero', 'previous'}")
         self.tau, self.iterations = float(tau), int(iterations)
@@ -114,5 +117,6 @@ class CenteredClipping(Aggregator):
             self.previous = v.clone()
         update = v.to(updates.dtype)
         dist = distance_scores(updates, v)
-        return AggregationResult(update, tuple(ctx.client_ids),
-                                 {cid: float(s) for cid, s in zip(ctx.client_ids, dist.tolist())})
+        return AggregationResult(
+            update, tuple(ctx.client_ids), {cid: float(s) for cid, s in zip(ctx.client_ids, dist.tolist())}
+        )

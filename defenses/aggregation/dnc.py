@@ -33,8 +33,15 @@ def dnc_outlier_scores(sub: torch.Tensor) -> torch.Tensor:
     return evals[-1].clamp_min(0.0) * evecs[:, -1].square()
 
 
-def dnc_filter(updates: torch.Tensor, *, ids: Sequence[int], num_remove: int, niters: int,
-               subsample_dim: int, generator: torch.Generator) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+def dnc_filter(
+    updates: torch.Tensor,
+    *,
+    ids: Sequence[int],
+    num_remove: int,
+    niters: int,
+    subsample_dim: int,
+    generator: torch.Generator,
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """The good set of DnC (Shejwalkar & Houmansadr, 2021, Algorithm 2).
 
     ``niters`` times: draw ``b = min(subsample_dim, d)`` distinct coordinates (sorted) from
@@ -102,12 +109,18 @@ class DnC(Aggregator):
         ``b``, coordinates sampled per iteration (paper: 10 000), capped at the model dimension.
     """
 
-    def __init__(self, *, num_malicious: Annotated[int, Field(ge=0)] = 1,
-                 filtering_fraction: Annotated[float, Field(ge=0)] = 1.0,
-                 niters: Annotated[int, Field(ge=1)] = 5,
-                 subsample_dim: Annotated[int, Field(ge=1)] = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        num_malicious: Annotated[int, Field(ge=0)] = 1,
+        filtering_fraction: Annotated[float, Field(ge=0)] = 1.0,
+        niters: Annotated[int, Field(ge=1)] = 5,
+        subsample_dim: Annotated[int, Field(ge=1)] = 10_000,
+    ) -> None:
         if num_malicious < 0 or not filtering_fraction >= 0 or niters < 1 or subsample_dim < 1:
-            raise ValueError("need num_malicious >= 0, filtering_fraction >= 0, niters >= 1, subsample_dim >= 1")
+            raise ValueError(
+                "need num_malicious >= 0, filtering_fraction >= 0, niters >= 1, subsample_dim >= 1"
+            )
         self.num_malicious, self.filtering_fraction = num_malicious, float(filtering_fraction)
         self.niters, self.subsample_dim = niters, subsample_dim
 
@@ -115,13 +128,19 @@ class DnC(Aggregator):
         ids = list(ctx.client_ids)
         n = len(ids)
         good, flagged, max_score = dnc_filter(
-            updates, ids=ids, num_remove=int(self.filtering_fraction * self.num_malicious), niters=self.niters,
-            subsample_dim=self.subsample_dim, generator=ctx.generator("dnc"))
+            updates,
+            ids=ids,
+            num_remove=int(self.filtering_fraction * self.num_malicious),
+            niters=self.niters,
+            subsample_dim=self.subsample_dim,
+            generator=ctx.generator("dnc"),
+        )
         if not good:
             fewest = float(flagged.min())
             good = [i for i in range(n) if flagged[i] == fewest]
         coeffs = torch.zeros(n, dtype=torch.float64)
         coeffs[good] = 1.0 / len(good)
         update = weighted_sum(updates, coeffs)
-        return AggregationResult(update, tuple(ids[i] for i in good),
-                                 {cid: float(s) for cid, s in zip(ids, max_score.tolist())})
+        return AggregationResult(
+            update, tuple(ids[i] for i in good), {cid: float(s) for cid, s in zip(ids, max_score.tolist())}
+        )

@@ -19,5 +19,6 @@ class FedAvg(Aggregator):
     """Example-weighted mean of all updates (McMahan et al., 2017); no defense."""
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregationResult:
-        return AggregationResult(weighted_mean(updates, weights), tuple(ctx.client_ids),
-                                 {cid: 0.0 for cid in ctx.client_ids})
+        return AggregationResult(
+            weighted_mean(updates, weights), tuple(ctx.client_ids), {cid: 0.0 for cid in ctx.client_ids}
+        )

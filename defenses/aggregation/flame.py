@@ -10,13 +10,19 @@ import numpy as np
 import torch
 from sklearn.cluster import HDBSCAN
 
-from defenses.aggregation._linalg import coordinate_median, cosine_similarity, gram, gram_with_offset, \
-    row_norms, weighted_sum
+from defenses.aggregation._linalg import (
+    coordinate_median,
+    cosine_similarity,
+    gram,
+    gram_with_offset,
+    row_norms,
+    weighted_sum,
+)
 from defenses.aggregation.norm_clipping import clip_factors, gaussian_noise
 from defenses.base import AGGREGATORS, AggregationResult, Aggregator
 from simulator.context import RoundContext
 
-__all__ = ["flame_cluster", "Flame"]
+__all__ = ["Flame", "flame_cluster"]
 
 
 def flame_cluster(cos_dist: np.ndarray) -> np.ndarray:
@@ -32,8 +38,9 @@ def flame_cluster(cos_dist: np.ndarray) -> np.ndarray:
     n = cos_dist.shape[0]
     if n < 3:
         return np.ones(n, dtype=bool)
-    labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed",
-                     allow_single_cluster=True, copy=True).fit_predict(cos_dist)
+    labels = HDBSCAN(
+        min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", allow_single_cluster=True, copy=True
+    ).fit_predict(cos_dist)
     clustered = labels[labels >= 0]
     if clustered.size == 0:
         return np.ones(n, dtype=bool)
@@ -70,8 +77,9 @@ class Flame(Aggregator):
         ``"updates"`` or ``"weights"``.
     """
 
-    def __init__(self, noise_lambda: float = 0.001,
-                 cluster_on: Literal["updates", "weights"] = "updates") -> None:
+    def __init__(
+        self, noise_lambda: float = 0.001, cluster_on: Literal["updates", "weights"] = "updates"
+    ) -> None:
         if noise_lambda < 0:
             raise ValueError("noise_lambda must be >= 0")
         self.noise_lambda = noise_lambda
@@ -92,8 +100,8 @@ class Flame(Aggregator):
         factors = clip_factors(norms, s) if s > 0 else torch.ones_like(norms)
         update = weighted_sum(updates[rows], factors[rows] / len(rows))
         if self.noise_lambda > 0 and s > 0:
-            update = update + gaussian_noise(update.numel(), self.noise_lambda * s,
-                                             generator=ctx.generator("flame"), like=update)
+            update = update + gaussian_noise(
+                update.numel(), self.noise_lambda * s, generator=ctx.generator("flame"), like=update
+            )
         scores = dist[:, rows].mean(dim=1).tolist()
         return AggregationResult(update, tuple(ids[r] for r in rows), dict(zip(ids, scores)))
-

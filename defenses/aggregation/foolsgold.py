@@ -9,7 +9,7 @@ from defenses.aggregation._linalg import cosine_similarity, gram, weighted_sum
 from defenses.base import AGGREGATORS, AggregationResult, Aggregator
 from simulator.context import RoundContext
 
-__all__ = ["foolsgold_weights", "FoolsGold"]
+__all__ = ["FoolsGold", "foolsgold_weights"]
 
 
 def foolsgold_weights(cs: torch.Tensor, *, kappa: float = 1.0, eps: float = 1e-5) -> torch.Tensor:

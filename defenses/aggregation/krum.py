@@ -14,7 +14,7 @@ from defenses.aggregation._linalg import gram, lowest, sq_distances, weighted_me
 from defenses.base import AGGREGATORS, AggregationResult, Aggregator
 from simulator.context import RoundContext
 
-__all__ = ["krum_scores", "select_multikrum", "Krum", "MultiKrum"]
+__all__ = ["Krum", "MultiKrum", "krum_scores", "select_multikrum"]
 
 
 def krum_scores(sq_dists: torch.Tensor, f: int) -> torch.Tensor:
@@ -42,8 +42,9 @@ def krum_scores(sq_dists: torch.Tensor, f: int) -> torch.Tensor:
     return torch.topk(off, k, dim=1, largest=False).values.sum(dim=1)
 
 
-def select_multikrum(updates: torch.Tensor, *, f: int, m: int,
-                     ids: Sequence[int] | None = None) -> tuple[list[int], torch.Tensor]:
+def select_multikrum(
+    updates: torch.Tensor, *, f: int, m: int, ids: Sequence[int] | None = None
+) -> tuple[list[int], torch.Tensor]:
     """Row indices of the ``m`` updates with the lowest Krum scores (Blanchard et al., 2017).
 
     Parameters
@@ -83,8 +84,9 @@ class _KrumBase(Aggregator):
         ids = list(ctx.client_ids)
         rows, scores = select_multikrum(updates, f=self.num_malicious, m=self._m(len(ids)), ids=ids)
         update = weighted_mean(updates[rows], weights[rows])
-        return AggregationResult(update, tuple(ids[r] for r in rows),
-                                 {cid: float(s) for cid, s in zip(ids, scores.tolist())})
+        return AggregationResult(
+            update, tuple(ids[r] for r in rows), {cid: float(s) for cid, s in zip(ids, scores.tolist())}
+        )
 
 
 @AGGREGATORS.register("krum")

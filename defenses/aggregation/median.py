@@ -8,11 +8,12 @@ from defenses.aggregation._linalg import DEFAULT_CHUNK_ELEMENTS, column_chunks, 
 from defenses.base import AGGREGATORS, AggregationResult, Aggregator
 from simulator.context import RoundContext
 
-__all__ = ["coordinatewise_median", "distance_scores", "Median"]
+__all__ = ["Median", "coordinatewise_median", "distance_scores"]
 
 
-def coordinatewise_median(updates: torch.Tensor, *,
-                          max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+def coordinatewise_median(
+    updates: torch.Tensor, *, max_elements: int = DEFAULT_CHUNK_ELEMENTS
+) -> torch.Tensor:
     """Median of each coordinate over the ``n`` updates (Yin et al., 2018, "coordinate-wise median").
 
     For an even ``n`` the two middle values are averaged, as ``numpy.median`` (and so Flower's
@@ -48,5 +49,6 @@ class Median(Aggregator):
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         med = coordinatewise_median(updates)
         scores = distance_scores(updates, med)
-        return AggregationResult(med, tuple(ctx.client_ids),
-                                 {cid: float(s) for cid, s in zip(ctx.client_ids, scores.tolist())})
+        return AggregationResult(
+            med, tuple(ctx.client_ids), {cid: float(s) for cid, s in zip(ctx.client_ids, scores.tolist())}
+        )

@@ -8,18 +8,26 @@ from typing import Literal
 
 import torch
 
-from defenses.aggregation._linalg import cosine_similarity, gram, gram_with_offset, l1_distance_row_sums, \
-    lowest, sq_distances, weighted_mean
+from defenses.aggregation._linalg import (
+    cosine_similarity,
+    gram,
+    gram_with_offset,
+    l1_distance_row_sums,
+    lowest,
+    sq_distances,
+    weighted_mean,
+)
 from defenses.base import AGGREGATORS, AggregationResult, Aggregator
 from simulator.context import RoundContext
 
-__all__ = ["multi_metrics_features", "mahalanobis_scores", "multi_metrics_select", "MultiMetrics"]
+__all__ = ["MultiMetrics", "mahalanobis_scores", "multi_metrics_features", "multi_metrics_select"]
 
 Variant = Literal["paper", "official-code"]
 
 
-def multi_metrics_features(updates: torch.Tensor, *, variant: Variant = "paper",
-                           offset: torch.Tensor | None = None) -> torch.Tensor:
+def multi_metrics_features(
+    updates: torch.Tensor, *, variant: Variant = "paper", offset: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-client 3-vectors ``x_i = (Σ_j cos-dist, Σ_j Manhattan, Σ_j Euclidean)`` over ``j ≠ i``.
 
     ``"paper"`` (Huang et al., 2023, Sec. 3): on the updates ``Δ_i``, cosine distance
@@ -86,9 +94,14 @@ def mahalanobis_scores(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,jk,ik->i", z, inv, z)
 
 
-def multi_metrics_select(updates: torch.Tensor, *, keep_fraction: float, ids: list[int] | None = None,
-                         variant: Variant = "paper",
-                         offset: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor]:
+def multi_metrics_select(
+    updates: torch.Tensor,
+    *,
+    keep_fraction: float,
+    ids: list[int] | None = None,
+    variant: Variant = "paper",
+    offset: torch.Tensor | None = None,
+) -> tuple[list[int], torch.Tensor]:
     """Rows kept by Multi-metrics: the ``max(1, ⌊keep_fraction · n⌋)`` lowest scores.
 
     Returns
@@ -145,8 +158,10 @@ class MultiMetrics(Aggregator):
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         ids = list(ctx.client_ids)
-        rows, scores = multi_metrics_select(updates, keep_fraction=self.keep_fraction, ids=ids,
-                                            variant=self.variant, offset=ctx.global_vector)
+        rows, scores = multi_metrics_select(
+            updates, keep_fraction=self.keep_fraction, ids=ids, variant=self.variant, offset=ctx.global_vector
+        )
         update = weighted_mean(updates[rows], weights[rows])
-        return AggregationResult(update, tuple(ids[r] for r in rows),
-                                 {cid: float(s) for cid, s in zip(ids, scores.tolist())})
+        return AggregationResult(
+            update, tuple(ids[r] for r in rows), {cid: float(s) for cid, s in zip(ids, scores.tolist())}
+        )

@@ -9,7 +9,7 @@ from defenses.aggregation._linalg import row_norms, weighted_sum
 from defenses.base import AGGREGATORS, AggregationResult, Aggregator
 from simulator.context import RoundContext
 
-__all__ = ["clip_factors", "gaussian_noise", "NormClipping"]
+__all__ = ["NormClipping", "clip_factors", "gaussian_noise"]
 
 
 def clip_factors(norms: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -56,7 +56,8 @@ class NormClipping(Aggregator):
         w = weights.to(device=updates.device, dtype=torch.float64)
         update = weighted_sum(updates, w * factors / w.sum())  # Σ w_i f_i u_i / Σ w_i
         if self.noise_std > 0:
-            update = update + gaussian_noise(update.numel(), self.noise_std,
-                                             generator=ctx.generator("norm_clipping"), like=update)
+            update = update + gaussian_noise(
+                update.numel(), self.noise_std, generator=ctx.generator("norm_clipping"), like=update
+            )
         scores = (norms / self.max_norm).tolist()
         return AggregationResult(update, tuple(ctx.client_ids), dict(zip(ctx.client_ids, scores)))

@@ -9,11 +9,12 @@ from defenses.aggregation._linalg import gram, weighted_mean
 from defenses.base import AGGREGATORS, AggregationResult, Aggregator
 from simulator.context import RoundContext
 
-__all__ = ["smoothed_weiszfeld", "RFA"]
+__all__ = ["RFA", "smoothed_weiszfeld"]
 
 
-def smoothed_weiszfeld(g: torch.Tensor, alphas: torch.Tensor, *, nu: float = 1e-6, max_iter: int = 100,
-                       ftol: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+def smoothed_weiszfeld(
+    g: torch.Tensor, alphas: torch.Tensor, *, nu: float = 1e-6, max_iter: int = 100, ftol: float = 1e-8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothed Weiszfeld iterations for the weighted geometric median (Pillutla et al., 2022, Alg. 2).
 
     Minimises ``Σ_i α_i max(ν, ‖v − u_i‖)`` (the ν-smoothed objective) with the updates
@@ -81,8 +82,10 @@ class RFA(Aggregator):
         self.max_iter, self.nu, self.ftol = max_iter, nu, ftol
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregationResult:
-        c, dist = smoothed_weiszfeld(gram(updates), weights, nu=self.nu, max_iter=self.max_iter,
-                                     ftol=self.ftol)
+        c, dist = smoothed_weiszfeld(
+            gram(updates), weights, nu=self.nu, max_iter=self.max_iter, ftol=self.ftol
+        )
         update = weighted_mean(updates, c)
-        return AggregationResult(update, tuple(ctx.client_ids),
-                                 {cid: float(s) for cid, s in zip(ctx.client_ids, dist.tolist())})
+        return AggregationResult(
+            update, tuple(ctx.client_ids), {cid: float(s) for cid, s in zip(ctx.client_ids, dist.tolist())}
+        )

@@ -9,11 +9,12 @@ from defenses.aggregation._linalg import DEFAULT_CHUNK_ELEMENTS, column_chunks, 
 from defenses.base import AGGREGATORS, AggregationResult, Aggregator
 from simulator.context import RoundContext
 
-__all__ = ["rlr_sign", "RLR"]
+__all__ = ["RLR", "rlr_sign"]
 
 
-def rlr_sign(updates: torch.Tensor, *, threshold: float,
-             max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+def rlr_sign(
+    updates: torch.Tensor, *, threshold: float, max_elements: int = DEFAULT_CHUNK_ELEMENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-coordinate learning-rate sign of RLR (Ozdayi et al., 2021, Eq. 4).
 
     With sign agreement ``A_k = |Σ_i sgn(Δ_{i,k})|`` the server learning rate of coordinate ``k`` is
@@ -61,5 +62,8 @@ class RLR(Aggregator):
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         sign, disagree = rlr_sign(updates, threshold=self.threshold)
         update = sign * weighted_mean(updates, weights)
-        return AggregationResult(update, tuple(ctx.client_ids),
-                                 {cid: float(s) for cid, s in zip(ctx.client_ids, disagree.tolist())})
+        return AggregationResult(
+            update,
+            tuple(ctx.client_ids),
+            {cid: float(s) for cid, s in zip(ctx.client_ids, disagree.tolist())},
+        )

@@ -115,9 +115,13 @@ class SignGuard(Aggregator):
         Fraction of the coordinates whose signs are counted, in ``(0, 1]`` (paper: 10 %).
     """
 
-    def __init__(self, *, lower: Annotated[float, Field(ge=0)] = 0.1,
-                 upper: Annotated[float, Field(gt=0)] = 3.0,
-                 coord_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        lower: Annotated[float, Field(ge=0)] = 0.1,
+        upper: Annotated[float, Field(gt=0)] = 3.0,
+        coord_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1,
+    ) -> None:
         if not (0 <= lower <= upper and upper > 0 and 0 < coord_fraction <= 1):
             raise ValueError("need 0 <= lower <= upper, upper > 0 and 0 < coord_fraction <= 1")
         self.lower, self.upper, self.coord_fraction = float(lower), float(upper), float(coord_fraction)
@@ -148,5 +152,6 @@ class SignGuard(Aggregator):
             coeffs[rows] = factors[rows] / len(rows)
         update = weighted_sum(updates, coeffs)
         failed = (~in_norm.cpu().numpy()).astype(float) + (~in_cluster).astype(float)
-        return AggregationResult(update, tuple(ids[i] for i in rows),
-                                 {cid: float(s) for cid, s in zip(ids, failed.tolist())})
+        return AggregationResult(
+            update, tuple(ids[i] for i in rows), {cid: float(s) for cid, s in zip(ids, failed.tolist())}
+        )

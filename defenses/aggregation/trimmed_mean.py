@@ -8,7 +8,7 @@ from defenses.aggregation._linalg import DEFAULT_CHUNK_ELEMENTS, column_chunks
 from defenses.base import AGGREGATORS, AggregationResult, Aggregator
 from simulator.context import RoundContext
 
-__all__ = ["trim_count", "trimmed_mean", "TrimmedMean"]
+__all__ = ["TrimmedMean", "trim_count", "trimmed_mean"]
 
 
 def trim_count(n: int, beta: float) -> int:
@@ -23,8 +23,9 @@ def trim_count(n: int, beta: float) -> int:
     return int(beta * n)
 
 
-def trimmed_mean(updates: torch.Tensor, *, beta: float,
-                 max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+def trimmed_mean(
+    updates: torch.Tensor, *, beta: float, max_elements: int = DEFAULT_CHUNK_ELEMENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinate-wise β-trimmed mean (Yin et al., 2018, Definition 2).
 
     Per coordinate the ``k = ⌊β·n⌋`` largest and ``k`` smallest values are dropped and the rest
@@ -46,9 +47,9 @@ def trimmed_mean(updates: torch.Tensor, *, beta: float,
     trimmed = torch.zeros(n, dtype=torch.float64, device=updates.device)
     for sl in column_chunks(d, n, max_elements=max_elements):
         s, idx = torch.sort(updates[:, sl], dim=0)
-        out[sl] = s[k:n - k].to(torch.float64).mean(dim=0).to(updates.dtype)
+        out[sl] = s[k : n - k].to(torch.float64).mean(dim=0).to(updates.dtype)
         if k:
-            cut = torch.cat([idx[:k], idx[n - k:]]).flatten()
+            cut = torch.cat([idx[:k], idx[n - k :]]).flatten()
             trimmed += torch.bincount(cut, minlength=n).to(torch.float64)
     return out, trimmed / max(d, 1)
 
@@ -72,5 +73,6 @@ class TrimmedMean(Aggregator):
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         agg, frac = trimmed_mean(updates, beta=self.beta)
-        return AggregationResult(agg, tuple(ctx.client_ids),
-                                 {cid: float(s) for cid, s in zip(ctx.client_ids, frac.tolist())})
+        return AggregationResult(
+            agg, tuple(ctx.client_ids), {cid: float(s) for cid, s in zip(ctx.client_ids, frac.tolist())}
+        )

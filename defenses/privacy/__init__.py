@@ -1,3 +1,3 @@
 """Privacy defenses applied on the client (clipping, noise, pruning ...); importing registers them."""
 
-from defenses.privacy import clip, gaussian_noise, model_inspection, prune, soteria  # noqa: F401,E402
+from defenses.privacy import clip, gaussian_noise, model_inspection, prune, soteria  # noqa: F401

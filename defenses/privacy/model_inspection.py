@@ -52,7 +52,9 @@ def architecture_problems(received: Layout, agreed: Layout, *, limit: int = 4) -
     got, want = dict(zip(received.names, received.shapes)), dict(zip(agreed.names, agreed.shapes))
     extra = [n for n in received.names if n not in want]
     missing = [n for n in agreed.names if n not in got]
-    reshaped = [f"{n} {want[n]} → {got[n]}" for n in agreed.names if n in got and tuple(got[n]) != tuple(want[n])]
+    reshaped = [
+        f"{n} {want[n]} → {got[n]}" for n in agreed.names if n in got and tuple(got[n]) != tuple(want[n])
+    ]
     out = []
     prefix = _wrapping_prefix(received, agreed)
     if prefix is not None:  # the agreed model, whole, inside a wrapper that adds parameters of its own
@@ -102,15 +104,16 @@ def parallel_row_fraction(weight: torch.Tensor, *, threshold: float, chunk: int 
     u = torch.where(live[:, None], w / norms.clamp_min(1e-300)[:, None], torch.zeros_like(w))
     flagged = torch.zeros(n, dtype=torch.bool)
     for start in range(0, n, chunk):
-        c = (u[start:start + chunk] @ u.T).abs()
+        c = (u[start : start + chunk] @ u.T).abs()
         rows = torch.arange(start, min(start + chunk, n))
         c[rows - start, rows] = 0.0  # a row is parallel to itself
         flagged[rows] = (c > threshold).any(dim=1)
     return float((flagged & live).sum()) / n
 
 
-def parallel_layers(model: nn.Module, *, threshold: float, max_fraction: float,
-                    min_rows: int) -> list[tuple[str, float]]:
+def parallel_layers(
+    model: nn.Module, *, threshold: float, max_fraction: float, min_rows: int
+) -> list[tuple[str, float]]:
     """Linear layers of ``model`` with more than ``max_fraction`` of (near-)parallel rows, and that share."""
     out = []
     for name, mod in model.named_modules():
@@ -150,8 +153,11 @@ class ModelInspection(ClientDefense):
         min_rows: Annotated[int, Field(ge=2)] = 4,
     ) -> None:
         self.architecture, self.parameters = architecture, parameters
-        self.cosine_threshold, self.max_parallel_fraction, self.min_rows = (cosine_threshold, max_parallel_fraction,
-                                                                             min_rows)
+        self.cosine_threshold, self.max_parallel_fraction, self.min_rows = (
+            cosine_threshold,
+            max_parallel_fraction,
+            min_rows,
+        )
 
     def inspect(self, model: nn.Module, ctx: ClientContext) -> str | None:
         reasons = []
@@ -160,11 +166,17 @@ class ModelInspection(ClientDefense):
             if arch:
                 reasons.append("architecture differs from the agreed one: " + "; ".join(arch))
         if self.parameters:
-            bad = parallel_layers(model, threshold=self.cosine_threshold, max_fraction=self.max_parallel_fraction,
-                                  min_rows=self.min_rows)
+            bad = parallel_layers(
+                model,
+                threshold=self.cosine_threshold,
+                max_fraction=self.max_parallel_fraction,
+                min_rows=self.min_rows,
+            )
             if bad:
-                reasons.append("imprint-like linear layers (share of rows with a parallel partner, |cos| > "
-                               f"{self.cosine_threshold:g}): " + ", ".join(f"{n} {f:.0%}" for n, f in bad))
+                reasons.append(
+                    "imprint-like linear layers (share of rows with a parallel partner, |cos| > "
+                    f"{self.cosine_threshold:g}): " + ", ".join(f"{n} {f:.0%}" for n, f in bad)
+                )
         return "; ".join(reasons) or None
 
     def apply(self, delta: torch.Tensor, ctx: ClientContext) -> torch.Tensor:

@@ -58,6 +58,7 @@ def representation_ratios(model: nn.Module, x: torch.Tensor, layer: str | None =
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     handle = lin.register_forward_pre_hook(grab)
     try:
+
         def rep(inp: torch.Tensor) -> torch.Tensor:
             captured.clear()
             functional_call(model, {**params, **buffers}, (inp,))
@@ -80,7 +81,9 @@ class Soteria(ClientDefense):
 
     needs_client_data = True
 
-    def __init__(self, *, fraction: Annotated[float, Field(gt=0, lt=1)] = 0.4, layer: str | None = None) -> None:
+    def __init__(
+        self, *, fraction: Annotated[float, Field(gt=0, lt=1)] = 0.4, layer: str | None = None
+    ) -> None:
         self.fraction, self.layer = fraction, layer
 
     def mask(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -67,8 +67,14 @@ class CanaryClients:
         self.participations[take] += 1
         return take, self.directions[torch.as_tensor(take, dtype=torch.long)] * float(norm)
 
-    def observe(self, released: torch.Tensor, *, noisy_sum: torch.Tensor | None = None, noise_std: float = 0.0,
-                norm: float = 0.0) -> None:
+    def observe(
+        self,
+        released: torch.Tensor,
+        *,
+        noisy_sum: torch.Tensor | None = None,
+        noise_std: float = 0.0,
+        norm: float = 0.0,
+    ) -> None:
         """Score every canary against one released aggregate (all-iterates threat); with the noisy sum, its noise
         std and the canaries' norm this round, also accumulate the likelihood-ratio statistic."""
         cos = self.cosines(released)
@@ -77,7 +83,9 @@ class CanaryClients:
         if noisy_sum is None or noise_std <= 0 or norm <= 0:
             self.known_noise = False
             return
-        s = (self.directions @ noisy_sum.detach().reshape(-1).to(torch.float32).cpu()).to(torch.float64) / noise_std
+        s = (self.directions @ noisy_sum.detach().reshape(-1).to(torch.float32).cpu()).to(
+            torch.float64
+        ) / noise_std
         a = norm / noise_std
         q = min(max(self.rate, 1e-12), 1.0)
         # log(1 − q + q·e^{a·s − a²/2}), stably

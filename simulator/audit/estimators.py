@@ -123,8 +123,9 @@ def _k_grid(m: int) -> NDArray[np.int64]:
     return np.array(sorted(ks), dtype=np.int64)
 
 
-def _guess_pairs(m: int, *, k_plus: int | None,
-                 k_minus: int | None) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def _guess_pairs(
+    m: int, *, k_plus: int | None, k_minus: int | None
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """The (k₊, k₋) pairs to try: the given values, or the :func:`_k_grid` for the ``None`` ones."""
     for name, k in (("k_plus", k_plus), ("k_minus", k_minus)):
         if k is not None and not (isinstance(k, (int, np.integer)) and 0 <= k <= m):
@@ -139,8 +140,13 @@ def _guess_pairs(m: int, *, k_plus: int | None,
     return a[keep], b[keep]
 
 
-def _correct_counts(s_in: NDArray[np.float64], s_out: NDArray[np.float64], *, k_plus: NDArray[np.int64],
-                    k_minus: NDArray[np.int64]) -> NDArray[np.int64]:
+def _correct_counts(
+    s_in: NDArray[np.float64],
+    s_out: NDArray[np.float64],
+    *,
+    k_plus: NDArray[np.int64],
+    k_minus: NDArray[np.int64],
+) -> NDArray[np.int64]:
     """Correct guesses v for each (k₊, k₋) when the top k₊ are guessed in and the bottom k₋ out.
 
     Ties in the score are broken *against* the auditor (among equal scores, excluded canaries count as
@@ -157,8 +163,9 @@ def _correct_counts(s_in: NDArray[np.float64], s_out: NDArray[np.float64], *, k_
     return (top_in + bottom_out).astype(np.int64)
 
 
-def _tail_pure(eps: NDArray[np.float64], *, r: NDArray[np.int64],
-               v: NDArray[np.int64]) -> NDArray[np.float64]:
+def _tail_pure(
+    eps: NDArray[np.float64], *, r: NDArray[np.int64], v: NDArray[np.int64]
+) -> NDArray[np.float64]:
     """P[Binomial(r, e^ε / (1 + e^ε)) ≥ v], computed as P[Binomial(r, 1/(1 + e^ε)) ≤ r − v].
 
     Working with the probability of a *wrong* guess, ``expit(-ε)``, keeps it exact for large ε where
@@ -201,8 +208,9 @@ def _bisect_pure(r: NDArray[np.int64], v: NDArray[np.int64], *, beta: float) -> 
     return np.where(ok_max, EPS_MAX, np.where(ok0, lo, 0.0))
 
 
-def _last_grid_index_below_crossing(p_value: Callable[[NDArray[np.float64]], NDArray[np.float64]], *,
-                                    beta: float, n: int, block: int) -> int:
+def _last_grid_index_below_crossing(
+    p_value: Callable[[NDArray[np.float64]], NDArray[np.float64]], *, beta: float, n: int, block: int
+) -> int:
     """Largest j < n with p(g_i) ≤ β for *every* i ≤ j, where g_i = i / _DELTA_GRID_PER_UNIT; −1 if none.
 
     This needs no monotonicity of p in ε and is valid because the grid is fixed in advance: if the true

@@ -35,11 +35,17 @@ class _BrokenDP(ClientLevelDP):
         super().__init__(*args, **kwargs)
         self.noise_scale = noise_scale
 
-    def server_aggregate(self, update: torch.Tensor, client_metrics: list[dict[str, float]],
-                         ctx: RoundContext) -> torch.Tensor:
+    def server_aggregate(
+        self, update: torch.Tensor, client_metrics: list[dict[str, float]], ctx: RoundContext
+    ) -> torch.Tensor:
         n = len(client_metrics)
-        out = noisy_sum_average(update, num_received=n, noise_std=self.noise_std_on_sum(n) * self.noise_scale,
-                                expected_clients=self.m, generator=self._generator(ctx.server_round, "dp"))
+        out = noisy_sum_average(
+            update,
+            num_received=n,
+            noise_std=self.noise_std_on_sum(n) * self.noise_scale,
+            expected_clients=self.m,
+            generator=self._generator(ctx.server_round, "dp"),
+        )
         self._record_round(ctx.server_round, ctx.client_ids, self.total_noise_std(n), self.clip_norm)
         return out
 
@@ -50,23 +56,48 @@ class MechanismAudit:
     block: dict[str, Any]
 
 
-def audit_dp_fedavg(*, noise_multiplier: float, rounds: int = 20, sampling_rate: float = 0.25,
-                    num_clients: int = 200, canaries: int = 1000, dim: int = 25_450, clip_norm: float = 1.0,
-                    delta: float = 1e-5, confidence: float = 0.95, seed: int = 0,
-                    noise_scale: float = 1.0) -> MechanismAudit:
+def audit_dp_fedavg(
+    *,
+    noise_multiplier: float,
+    rounds: int = 20,
+    sampling_rate: float = 0.25,
+    num_clients: int = 200,
+    canaries: int = 1000,
+    dim: int = 25_450,
+    clip_norm: float = 1.0,
+    delta: float = 1e-5,
+    confidence: float = 0.95,
+    seed: int = 0,
+    noise_scale: float = 1.0,
+) -> MechanismAudit:
     """Run ``rounds`` of DP-FedAvg's release with canary clients and audit it.
 
     ``noise_scale`` multiplies the noise actually added while the ledger still accounts the full noise (1.0: a
     correct mechanism; 0.25: the broken one of the issue's test).
     """
     m = sampling_rate * num_clients
-    plan = ClientLevelAccounting(noise_multiplier=noise_multiplier, sampling="poisson", sampling_rate=sampling_rate,
-                                 num_clients=num_clients, sample_size=int(round(m)), delta=delta)
-    mech = ClientLevelDP(ClientDPConfig(clip_norm=clip_norm, noise_multiplier=noise_multiplier), plan,
-                         expected_clients=m, secret=derive_seed(seed, "audit-noise"))
+    plan = ClientLevelAccounting(
+        noise_multiplier=noise_multiplier,
+        sampling="poisson",
+        sampling_rate=sampling_rate,
+        num_clients=num_clients,
+        sample_size=int(round(m)),
+        delta=delta,
+    )
+    mech = ClientLevelDP(
+        ClientDPConfig(clip_norm=clip_norm, noise_multiplier=noise_multiplier),
+        plan,
+        expected_clients=m,
+        secret=derive_seed(seed, "audit-noise"),
+    )
     if noise_scale != 1.0:
-        mech = _BrokenDP(ClientDPConfig(clip_norm=clip_norm, noise_multiplier=noise_multiplier), plan,
-                         expected_clients=m, secret=derive_seed(seed, "audit-noise"), noise_scale=noise_scale)
+        mech = _BrokenDP(
+            ClientDPConfig(clip_norm=clip_norm, noise_multiplier=noise_multiplier),
+            plan,
+            expected_clients=m,
+            secret=derive_seed(seed, "audit-noise"),
+            noise_scale=noise_scale,
+        )
     canary = CanaryClients(num=canaries, dim=dim, rate=sampling_rate, seed=seed)
     rng = np.random.default_rng(derive_seed(seed, "audit-cohort"))
     layout = Layout(("w",), ((dim,),))
@@ -80,16 +111,33 @@ def audit_dp_fedavg(*, noise_multiplier: float, rounds: int = 20, sampling_rate:
         rows = torch.cat([real, ups]) if len(ups) else real
         n = int(rows.shape[0])
         mean = rows.mean(0) if n else torch.zeros(dim)
-        ctx = RoundContext(server_round=rnd, seed=seed, global_vector=torch.zeros(dim), layout=layout,
-                           client_ids=tuple(range(n)), num_examples=(1,) * n, num_clients=num_clients,
-                           expected_clients_per_round=m)
+        ctx = RoundContext(
+            server_round=rnd,
+            seed=seed,
+            global_vector=torch.zeros(dim),
+            layout=layout,
+            client_ids=tuple(range(n)),
+            num_examples=(1,) * n,
+            num_clients=num_clients,
+            expected_clients_per_round=m,
+        )
         released = mech.server_aggregate(mean, [{}] * n, ctx)
         # the auditor knows the mechanism as documented: the noise std the ledger accounts, the canary norm, q
         canary.observe(released, noisy_sum=released * m, noise_std=mech.total_noise_std(n), norm=clip_norm)
         total += released
     eps = mech.ledger.epsilon("aggregate")
-    block = audit_block(canary.scores(total), delta=delta, confidence=confidence, epsilon_upper=eps,
-                        method="canary clients (Andrew et al. 2024), mechanism only", canaries=canaries,
-                        extra={"noise_multiplier": noise_multiplier, "noise_scale": noise_scale, "rounds": rounds,
-                               "sampling_rate": sampling_rate})
+    block = audit_block(
+        canary.scores(total),
+        delta=delta,
+        confidence=confidence,
+        epsilon_upper=eps,
+        method="canary clients (Andrew et al. 2024), mechanism only",
+        canaries=canaries,
+        extra={
+            "noise_multiplier": noise_multiplier,
+            "noise_scale": noise_scale,
+            "rounds": rounds,
+            "sampling_rate": sampling_rate,
+        },
+    )
     return MechanismAudit(eps, block)

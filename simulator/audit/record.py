@@ -59,6 +59,11 @@ class RecordCanaries:
         model.eval()
         dev = next(model.parameters()).device
         with torch.no_grad():
-            loss = F.cross_entropy(model(self.x.to(dev)), self.y.to(dev), reduction="none").double().cpu().numpy()
+            loss = (
+                F.cross_entropy(model(self.x.to(dev)), self.y.to(dev), reduction="none")
+                .double()
+                .cpu()
+                .numpy()
+            )
         s = -loss
         return {"final_model_loss": (s[self.inserted], s[~self.inserted])}

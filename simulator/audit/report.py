@@ -21,7 +21,7 @@ import numpy as np
 from simulator.audit.estimators import auc, epsilon_from_mu, gaussian_dp_mu, one_run_epsilon_lower_bound
 from simulator.plots import pyplot
 
-__all__ = ["audit_block", "plot_scores", "headline_statistic"]
+__all__ = ["audit_block", "headline_statistic", "plot_scores"]
 
 
 def _one(s_in: np.ndarray, s_out: np.ndarray, *, delta: float, confidence: float) -> dict[str, Any]:
@@ -31,8 +31,16 @@ def _one(s_in: np.ndarray, s_out: np.ndarray, *, delta: float, confidence: float
         est = epsilon_from_mu(mu, delta) if mu > 0 else 0.0
     except (ValueError, FloatingPointError):
         mu, est = math.nan, math.nan
-    return {"epsilon_lower": b.epsilon_lower, "epsilon_gaussian_estimate": est, "mu": mu, "auc": auc(s_in, s_out),
-            "guesses": b.guesses, "correct": b.correct, "in": int(len(s_in)), "out": int(len(s_out))}
+    return {
+        "epsilon_lower": b.epsilon_lower,
+        "epsilon_gaussian_estimate": est,
+        "mu": mu,
+        "auc": auc(s_in, s_out),
+        "guesses": b.guesses,
+        "correct": b.correct,
+        "in": len(s_in),
+        "out": len(s_out),
+    }
 
 
 def headline_statistic(scores: dict[str, Any]) -> str:
@@ -44,19 +52,35 @@ def headline_statistic(scores: dict[str, Any]) -> str:
     return next(iter(scores))
 
 
-def audit_block(scores: dict[str, tuple[np.ndarray, np.ndarray]], *, delta: float, confidence: float,
-                epsilon_upper: float, method: str, canaries: int, extra: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
+def audit_block(
+    scores: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    delta: float,
+    confidence: float,
+    epsilon_upper: float,
+    method: str,
+    canaries: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The ``audit`` block of summary.json (see the module docstring)."""
-    per = {name: _one(s_in, s_out, delta=delta, confidence=confidence) for name, (s_in, s_out) in scores.items()}
+    per = {
+        name: _one(s_in, s_out, delta=delta, confidence=confidence) for name, (s_in, s_out) in scores.items()
+    }
     head = headline_statistic(scores)
     h = per.get(head, {})
     block: dict[str, Any] = {
-        "method": method, "canaries": canaries, "confidence": confidence, "delta": delta,
-        "threat": "all_iterates" if head.startswith("all_iterates") else "final_model", "statistic": head,
-        "epsilon_lower": h.get("epsilon_lower", 0.0), "epsilon_upper": epsilon_upper,
-        "epsilon_gaussian_estimate": h.get("epsilon_gaussian_estimate"), "auc": h.get("auc"),
-        "final_model": per.get("final_model"), "statistics": per,
+        "method": method,
+        "canaries": canaries,
+        "confidence": confidence,
+        "delta": delta,
+        "threat": "all_iterates" if head.startswith("all_iterates") else "final_model",
+        "statistic": head,
+        "epsilon_lower": h.get("epsilon_lower", 0.0),
+        "epsilon_upper": epsilon_upper,
+        "epsilon_gaussian_estimate": h.get("epsilon_gaussian_estimate"),
+        "auc": h.get("auc"),
+        "final_model": per.get("final_model"),
+        "statistics": per,
     }
     if extra:
         block.update(extra)

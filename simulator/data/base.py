@@ -13,7 +13,7 @@ import torch
 
 from simulator.registry import Registry
 
-__all__ = ["ArrayDataset", "DATASETS", "from_numpy"]
+__all__ = ["DATASETS", "ArrayDataset", "from_numpy"]
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,20 @@ class ArrayDataset:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.x.shape[1:])  # type: ignore[return-value]
 
-    def subset(self, idx: np.ndarray | torch.Tensor) -> "ArrayDataset":
+    def subset(self, idx: np.ndarray | torch.Tensor) -> ArrayDataset:
         i = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         return ArrayDataset(self.x[i], self.y[i], self.num_classes, self.name, self.class_names)
 
 
-def from_numpy(x: np.ndarray, y: np.ndarray, *, name: str, num_classes: int | None = None,
-               scale: float | None = None, class_names: tuple[str, ...] = ()) -> ArrayDataset:
+def from_numpy(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    name: str,
+    num_classes: int | None = None,
+    scale: float | None = None,
+    class_names: tuple[str, ...] = (),
+) -> ArrayDataset:
     """Build an ArrayDataset from (N, H, W), (N, H, W, C) or (N, C, H, W) arrays."""
     x = np.asarray(x)
     if x.ndim == 3:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from simulator.data.base import DATASETS, ArrayDataset, from_numpy
 
-__all__ = ["mnist5k", "digits", "lfw_faces", "photos", "PHOTO_SOURCES"]
+__all__ = ["PHOTO_SOURCES", "digits", "lfw_faces", "mnist5k", "photos"]
 
 
 @DATASETS.register("mnist5k")
@@ -45,7 +45,9 @@ def digits() -> ArrayDataset:
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(
+        0, 1
+    )
 
 
 @DATASETS.register("lfw_faces")
@@ -61,8 +63,17 @@ def lfw_faces(size: int = 32) -> ArrayDataset:
 
 
 #: Colour photos bundled with scikit-image / scikit-learn that load offline.
-PHOTO_SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "colorwheel",
-                 "hubble_deep_field", "sklearn:china", "sklearn:flower")
+PHOTO_SOURCES = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "colorwheel",
+    "hubble_deep_field",
+    "sklearn:china",
+    "sklearn:flower",
+)
 
 
 def _load_photo(name: str) -> np.ndarray:
@@ -78,7 +89,9 @@ def _load_photo(name: str) -> np.ndarray:
 
 
 @DATASETS.register("photos")
-def photos(size: int = 32, crops_per_image: int = 64, crop_fraction: float = 0.25, seed: int = 0) -> ArrayDataset:
+def photos(
+    size: int = 32, crops_per_image: int = 64, crop_fraction: float = 0.25, seed: int = 0
+) -> ArrayDataset:
     """Natural-image crops (RGB, ``size``×``size``) from the photos scikit-image and scikit-learn ship.
 
     Each source photo is one class; crops are square, ``crop_fraction`` of the shorter side, at
@@ -93,6 +106,6 @@ def photos(size: int = 32, crops_per_image: int = 64, crop_fraction: float = 0.2
         t = torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1)
         for _ in range(crops_per_image):
             r, c = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-            xs.append(_resize(t[None, :, r:r + side, c:c + side], size)[0])
+            xs.append(_resize(t[None, :, r : r + side, c : c + side], size)[0])
             ys.append(label)
     return ArrayDataset(torch.stack(xs), torch.tensor(ys), len(PHOTO_SOURCES), "photos", PHOTO_SOURCES)

@@ -56,10 +56,19 @@ class FederatedData:
         return self.train.x[idx], self.train.y[idx]
 
 
-def build_federated_data(*, dataset: str, dataset_params: dict, num_clients: int, partitioner: str,
-                         partitioner_params: dict, test_fraction: float, client_test_fraction: float,
-                         seed: int, max_examples: int | None = None,
-                         reserve=None) -> FederatedData:
+def build_federated_data(
+    *,
+    dataset: str,
+    dataset_params: dict,
+    num_clients: int,
+    partitioner: str,
+    partitioner_params: dict,
+    test_fraction: float,
+    client_test_fraction: float,
+    seed: int,
+    max_examples: int | None = None,
+    reserve=None,
+) -> FederatedData:
     """Load, split and partition deterministically from ``seed``.
 
     ``reserve(train_dataset) -> indices`` names training-pool examples that no client may hold

@@ -24,9 +24,15 @@ def _to_array(img: Any) -> np.ndarray:  # a PIL image (converted to RGB unless L
 
 
 @DATASETS.register("huggingface")
-def huggingface(name: str, split: str = "train", subset: str | None = None, data_files: dict[str, str] | str | None = None,
-                image_key: str | None = None, label_key: str | None = None,
-                max_examples: int | None = None) -> ArrayDataset:
+def huggingface(
+    name: str,
+    split: str = "train",
+    subset: str | None = None,
+    data_files: dict[str, str] | str | None = None,
+    image_key: str | None = None,
+    label_key: str | None = None,
+    max_examples: int | None = None,
+) -> ArrayDataset:
     """A Hugging Face data set by hub name (e.g. ``uoft-cs/cifar10``, ``ylecun/mnist``,
     ``flwrlabs/femnist``) or a local builder (``parquet``/``imagefolder`` with ``data_files``)."""
     # deferred: Hugging Face datasets (pyarrow) load only when a hub or partitioned set is used
@@ -50,15 +56,22 @@ def huggingface(name: str, split: str = "train", subset: str | None = None, data
 
 
 @DATASETS.register("torchvision")
-def torchvision_dataset(name: str = "CIFAR10", root: str = "~/.cache/privsim/torchvision", train: bool = True,
-                        download: bool = True, max_examples: int | None = None) -> ArrayDataset:
+def torchvision_dataset(
+    name: str = "CIFAR10",
+    root: str = "~/.cache/privsim/torchvision",
+    train: bool = True,
+    download: bool = True,
+    max_examples: int | None = None,
+) -> ArrayDataset:
     """A torchvision data set class by name (CIFAR10, CIFAR100, MNIST, FashionMNIST, EMNIST ...).
     Needs the optional ``vision`` extra (torchvision) and the network for the first download."""
     try:
         # deferred: torchvision is optional
         import torchvision.datasets as tvd
     except ImportError as e:  # pragma: no cover - depends on the optional extra
-        raise RuntimeError("the 'torchvision' data set needs torchvision: pip install 'privsim[vision]'") from e
+        raise RuntimeError(
+            "the 'torchvision' data set needs torchvision: pip install 'privsim[vision]'"
+        ) from e
     cls = getattr(tvd, name, None)
     if cls is None:
         raise ValueError(f"torchvision.datasets has no {name!r}")
@@ -69,5 +82,6 @@ def torchvision_dataset(name: str = "CIFAR10", root: str = "~/.cache/privsim/tor
     if max_examples is not None:
         x, y = x[:max_examples], y[:max_examples]
     names = tuple(getattr(ds, "classes", ()) or ())
-    return from_numpy(x, y, name=f"torchvision:{name}", num_classes=len(names) or int(y.max()) + 1,
-                      class_names=names)
+    return from_numpy(
+        x, y, name=f"torchvision:{name}", num_classes=len(names) or int(y.max()) + 1, class_names=names
+    )

@@ -31,26 +31,45 @@ def iid(num_partitions: int, seed: int):
 
 
 @PARTITIONERS.register("dirichlet", context=_CTX)
-def dirichlet(num_partitions: int, seed: int, alpha: float = 0.5, min_partition_size: int = 10,
-              self_balancing: bool = False):
+def dirichlet(
+    num_partitions: int,
+    seed: int,
+    alpha: float = 0.5,
+    min_partition_size: int = 10,
+    self_balancing: bool = False,
+):
     """Label skew: class proportions per client ~ Dirichlet(α) (flwr-datasets DirichletPartitioner)."""
     # deferred: flwr-datasets pulls in datasets/pyarrow; loaded only to partition
     from flwr_datasets.partitioner import DirichletPartitioner
 
-    return DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha,
-                                min_partition_size=min_partition_size, self_balancing=self_balancing, seed=seed)
+    return DirichletPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        alpha=alpha,
+        min_partition_size=min_partition_size,
+        self_balancing=self_balancing,
+        seed=seed,
+    )
 
 
 @PARTITIONERS.register("pathological", context=_CTX)
-def pathological(num_partitions: int, seed: int, num_classes_per_partition: int = 2,
-                 class_assignment_mode: str = "first-deterministic"):
+def pathological(
+    num_partitions: int,
+    seed: int,
+    num_classes_per_partition: int = 2,
+    class_assignment_mode: str = "first-deterministic",
+):
     """Each client holds k classes (flwr-datasets PathologicalPartitioner)."""
     # deferred: flwr-datasets pulls in datasets/pyarrow; loaded only to partition
     from flwr_datasets.partitioner import PathologicalPartitioner
 
-    return PathologicalPartitioner(num_partitions=num_partitions, partition_by="label",
-                                   num_classes_per_partition=num_classes_per_partition,
-                                   class_assignment_mode=class_assignment_mode, seed=seed)
+    return PathologicalPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        num_classes_per_partition=num_classes_per_partition,
+        class_assignment_mode=class_assignment_mode,
+        seed=seed,
+    )
 
 
 @PARTITIONERS.register("shard", context=_CTX)
@@ -59,11 +78,18 @@ def shard(num_partitions: int, seed: int, num_shards_per_partition: int = 2, sha
     # deferred: flwr-datasets pulls in datasets/pyarrow; loaded only to partition
     from flwr_datasets.partitioner import ShardPartitioner
 
-    return ShardPartitioner(num_partitions=num_partitions, partition_by="label",
-                            num_shards_per_partition=num_shards_per_partition, shard_size=shard_size, seed=seed)
+    return ShardPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        num_shards_per_partition=num_shards_per_partition,
+        shard_size=shard_size,
+        seed=seed,
+    )
 
 
-def partition_indices(labels: np.ndarray, name: str, params: dict, num_partitions: int, seed: int) -> list[np.ndarray]:
+def partition_indices(
+    labels: np.ndarray, name: str, params: dict, num_partitions: int, seed: int
+) -> list[np.ndarray]:
     """Indices into ``labels`` for each of ``num_partitions`` clients."""
     # deferred: Hugging Face datasets (pyarrow) load only when a hub or partitioned set is used
     import datasets

@@ -27,8 +27,13 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.privacy_accountant import NeighboringRelation
 from dp_accounting.rdp import RdpAccountant
 
-__all__ = ["ClientLevelAccounting", "epsilon_pld", "epsilon_rdp", "calibrate_noise_multiplier",
-           "client_level_accounting"]
+__all__ = [
+    "ClientLevelAccounting",
+    "calibrate_noise_multiplier",
+    "client_level_accounting",
+    "epsilon_pld",
+    "epsilon_rdp",
+]
 
 Sampling = Literal["poisson", "fixed", "none"]
 
@@ -45,8 +50,13 @@ def epsilon_pld(event: E.DpEvent, count: int, delta: float, *, interval: float =
     return float(acc.get_epsilon(delta))
 
 
-def epsilon_rdp(event: E.DpEvent, count: int, delta: float, *,
-                relation: NeighboringRelation = NeighboringRelation.ADD_OR_REMOVE_ONE) -> float:
+def epsilon_rdp(
+    event: E.DpEvent,
+    count: int,
+    delta: float,
+    *,
+    relation: NeighboringRelation = NeighboringRelation.ADD_OR_REMOVE_ONE,
+) -> float:
     """ε(δ) of ``count`` self-compositions of ``event`` (RDP)."""
     if count <= 0:
         return 0.0
@@ -86,12 +96,18 @@ class ClientLevelAccounting:
 
     def __post_init__(self) -> None:
         if self.sampling == "fixed" and self.accountant == "pld":
-            raise ValueError("dp-accounting's PLD accountant cannot analyse fixed-size sampling without "
-                             "replacement; use accountant='rdp' (replace-one) or Poisson sampling")
+            raise ValueError(
+                "dp-accounting's PLD accountant cannot analyse fixed-size sampling without "
+                "replacement; use accountant='rdp' (replace-one) or Poisson sampling"
+            )
 
     @property
     def neighboring_relation(self) -> NeighboringRelation:
-        return NeighboringRelation.REPLACE_ONE if self.sampling == "fixed" else NeighboringRelation.ADD_OR_REMOVE_ONE
+        return (
+            NeighboringRelation.REPLACE_ONE
+            if self.sampling == "fixed"
+            else NeighboringRelation.ADD_OR_REMOVE_ONE
+        )
 
     def event(self) -> E.DpEvent:
         """The DP event of one round."""
@@ -99,8 +115,9 @@ class ClientLevelAccounting:
         if self.sampling == "poisson":
             return E.PoissonSampledDpEvent(self.sampling_rate, g)
         if self.sampling == "fixed":  # replace-one: sensitivity 2C
-            return E.SampledWithoutReplacementDpEvent(self.num_clients, self.sample_size,
-                                                      E.GaussianDpEvent(self.noise_multiplier / 2.0))
+            return E.SampledWithoutReplacementDpEvent(
+                self.num_clients, self.sample_size, E.GaussianDpEvent(self.noise_multiplier / 2.0)
+            )
         return g
 
     def epsilon(self, rounds: int, accountant: str | None = None) -> float:
@@ -111,7 +128,9 @@ class ClientLevelAccounting:
             if acc == "pld":
                 self._cache[key] = epsilon_pld(self.event(), rounds, self.delta)
             else:
-                self._cache[key] = epsilon_rdp(self.event(), rounds, self.delta, relation=self.neighboring_relation)
+                self._cache[key] = epsilon_rdp(
+                    self.event(), rounds, self.delta, relation=self.neighboring_relation
+                )
         return self._cache[key]
 
     @property
@@ -121,7 +140,9 @@ class ClientLevelAccounting:
             return "rdp"
         return "pld" if self.sampling != "fixed" else None
 
-    def privacy_block(self, *, rounds: int, level: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def privacy_block(
+        self, *, rounds: int, level: str, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The ``privacy`` block of summary.json: ε and everything needed to recompute it."""
         block: dict[str, Any] = {
             "level": level,
@@ -131,8 +152,11 @@ class ClientLevelAccounting:
             "noise_multiplier": self.noise_multiplier,
             "sampling_rate": self.sampling_rate,
             "steps": int(rounds),
-            "sampling": {"poisson": "poisson", "fixed": "fixed-size without replacement",
-                         "none": "none (no amplification)"}[self.sampling],
+            "sampling": {
+                "poisson": "poisson",
+                "fixed": "fixed-size without replacement",
+                "none": "none (no amplification)",
+            }[self.sampling],
             "neighboring_relation": self.neighboring_relation.name.lower(),
         }
         if self.sampling == "fixed":
@@ -145,8 +169,15 @@ class ClientLevelAccounting:
         return block
 
 
-def calibrate_noise_multiplier(*, target_epsilon: float, rounds: int, make: Any, tol: float = 0.01,
-                               z_low: float = 0.05, z_high: float = 200.0) -> float:
+def calibrate_noise_multiplier(
+    *,
+    target_epsilon: float,
+    rounds: int,
+    make: Any,
+    tol: float = 0.01,
+    z_low: float = 0.05,
+    z_high: float = 200.0,
+) -> float:
     """The smallest ``z`` (to ``tol`` relative ε) whose ε after ``rounds`` is at most ``target_epsilon``.
 
     ε is decreasing in ``z``. A cheap RDP bisection first brackets the answer (RDP's ε is an upper bound on
@@ -197,7 +228,9 @@ def calibrate_noise_multiplier(*, target_epsilon: float, rounds: int, make: Any,
         f_rdp = lambda z: eps(z, "rdp")  # noqa: E731
         e_hi = f_rdp(hi)
         if e_hi > target_epsilon:
-            raise ValueError(f"target ε={target_epsilon} is not reachable in {rounds} rounds even with z={z_high}")
+            raise ValueError(
+                f"target ε={target_epsilon} is not reachable in {rounds} rounds even with z={z_high}"
+            )
         e_lo = f_rdp(lo)
         if e_lo <= target_epsilon:
             return lo
@@ -209,20 +242,30 @@ def calibrate_noise_multiplier(*, target_epsilon: float, rounds: int, make: Any,
             return lo
     else:
         if eps(hi) > target_epsilon:
-            raise ValueError(f"target ε={target_epsilon} is not reachable in {rounds} rounds even with z={z_high}")
+            raise ValueError(
+                f"target ε={target_epsilon} is not reachable in {rounds} rounds even with z={z_high}"
+            )
         if eps(lo) <= target_epsilon:
             return lo
     _, hi = bisect(eps, lo, hi, eps(lo), eps(hi), 60)
     return hi
 
 
-def client_level_accounting(scenario: Any, noise_multiplier: float | None = None, *,
-                            accountant: Literal["pld", "rdp"] | None = None) -> ClientLevelAccounting:
+def client_level_accounting(
+    scenario: Any, noise_multiplier: float | None = None, *, accountant: Literal["pld", "rdp"] | None = None
+) -> ClientLevelAccounting:
     """The plan of the aggregate view (the scenario's sampling and ``z``): used to calibrate ``z`` and to check
     a budget at load time; a run's ε comes from its ledger. ``accountant`` overrides ``privacy.accountant``."""
     p, f, n = scenario.privacy, scenario.federation, scenario.data.num_clients
     m = scenario.num_sampled_expected
     z = p.client.noise_multiplier if noise_multiplier is None else noise_multiplier
     sampling: Sampling = f.sampling if p.amplification else "none"
-    return ClientLevelAccounting(noise_multiplier=z, sampling=sampling, sampling_rate=m / n, num_clients=n,
-                                 sample_size=int(round(m)), delta=p.delta, accountant=accountant or p.accountant)
+    return ClientLevelAccounting(
+        noise_multiplier=z,
+        sampling=sampling,
+        sampling_rate=m / n,
+        num_clients=n,
+        sample_size=int(round(m)),
+        delta=p.delta,
+        accountant=accountant or p.accountant,
+    )

@@ -16,17 +16,23 @@ __all__ = ["build_privacy", "randomness_note"]
 
 def randomness_note(scenario: Any) -> str:
     if scenario.privacy.noise_seed is not None:
-        return ("privacy.noise_seed: reproducible, but anyone holding the scenario can regenerate the noise "
-                "(experiments only)")
-    return "fresh OS entropy per process: not derivable from the scenario, the seed, the round or the client id"
+        return (
+            "privacy.noise_seed: reproducible, but anyone holding the scenario can regenerate the noise "
+            "(experiments only)"
+        )
+    return (
+        "fresh OS entropy per process: not derivable from the scenario, the seed, the round or the client id"
+    )
 
 
 def _assumptions(scenario: Any, mech: PrivacyMechanism) -> PrivacyMechanism:
     ledger = mech.ledger
     ws = scenario.model.warm_start
     if ledger is not None and ws is not None and ws.checkpoint is not None:
-        ledger.notes.append(f"warm start from {ws.checkpoint!r}: ε assumes that checkpoint saw none of the clients' "
-                            f"data (a checkpoint trained on them voids it)")
+        ledger.notes.append(
+            f"warm start from {ws.checkpoint!r}: ε assumes that checkpoint saw none of the clients' "
+            f"data (a checkpoint trained on them voids it)"
+        )
     return mech
 
 
@@ -46,20 +52,42 @@ def _build(scenario: Any, compressor: Any = None, *, secret: int | None = None) 
         params = getattr(compressor, "privacy_params", lambda: None)()
         if params is not None:
             z, c = params
-            return SketchDP(sketch_accounting(scenario, z), c, scenario.compression.name,
-                            sum_aggregator=scenario.defenses.aggregator.name == "fedavg", randomness=note)
+            return SketchDP(
+                sketch_accounting(scenario, z),
+                c,
+                scenario.compression.name,
+                sum_aggregator=scenario.defenses.aggregator.name == "fedavg",
+                randomness=note,
+            )
         return NoPrivacy()
     if p.level == "record":
-        return RecordLevelDP(p.record, delta=p.record.delta or p.delta, rounds=scenario.federation.rounds,
-                             target_epsilon=p.target_epsilon, on_budget=p.on_budget, randomness=note)
+        return RecordLevelDP(
+            p.record,
+            delta=p.record.delta or p.delta,
+            rounds=scenario.federation.rounds,
+            target_epsilon=p.target_epsilon,
+            on_budget=p.on_budget,
+            randomness=note,
+        )
     acc = client_level_accounting(scenario)
     if p.target_epsilon is not None and p.on_budget == "calibrate":
-        z = calibrate_noise_multiplier(target_epsilon=p.target_epsilon, rounds=scenario.federation.rounds,
-                                       make=lambda z: client_level_accounting(scenario, z))
+        z = calibrate_noise_multiplier(
+            target_epsilon=p.target_epsilon,
+            rounds=scenario.federation.rounds,
+            make=lambda z: client_level_accounting(scenario, z),
+        )
         acc = client_level_accounting(scenario, z)
     inv = scenario.attacks.inversion
     forced = {r: tuple(inv.targets) for r in inv.rounds} if inv is not None and inv.force_sampled else {}
     observed = tuple(inv.rounds) if inv is not None else ()
-    return ClientLevelDP(p.client, acc, expected_clients=scenario.num_sampled_expected,
-                         target_epsilon=p.target_epsilon, on_budget=p.on_budget, forced=forced,
-                         observed_rounds=observed, secret=secret, randomness=note)
+    return ClientLevelDP(
+        p.client,
+        acc,
+        expected_clients=scenario.num_sampled_expected,
+        target_epsilon=p.target_epsilon,
+        on_budget=p.on_budget,
+        forced=forced,
+        observed_rounds=observed,
+        secret=secret,
+        randomness=note,
+    )

@@ -22,8 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["clip_update", "update_noise_multiplier", "AdaptiveClipState", "noisy_sum_average",
-           "local_noise_std"]
+__all__ = [
+    "AdaptiveClipState",
+    "clip_update",
+    "local_noise_std",
+    "noisy_sum_average",
+    "update_noise_multiplier",
+]
 
 
 def clip_update(delta: torch.Tensor, clip_norm: float) -> tuple[torch.Tensor, float]:
@@ -46,7 +51,7 @@ def update_noise_multiplier(z: float, count_stddev: float | None) -> float:
     """
     if count_stddev is None or z == 0:
         return z
-    inv = z ** -2 - (2.0 * count_stddev) ** -2
+    inv = z**-2 - (2.0 * count_stddev) ** -2
     if inv <= 0:
         raise ValueError(f"clipped_count_stddev={count_stddev} must exceed noise_multiplier/2 = {z / 2}")
     return 1.0 / math.sqrt(inv)
@@ -76,8 +81,14 @@ class AdaptiveClipState:
         return frac
 
 
-def noisy_sum_average(mean: torch.Tensor, *, num_received: int, noise_std: float, expected_clients: float,
-                      generator: torch.Generator) -> torch.Tensor:
+def noisy_sum_average(
+    mean: torch.Tensor,
+    *,
+    num_received: int,
+    noise_std: float,
+    expected_clients: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """``(num_received · mean + N(0, noise_std² I)) / expected_clients``.
 
     ``mean`` is the uniform mean of the received clipped updates, so ``num_received · mean`` is their sum.

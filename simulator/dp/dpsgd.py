@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from simulator.training import LocalTrainConfig, TrainStats, make_optimizer
 
-__all__ = ["DPSGDResult", "train_dpsgd", "opacus_epsilon", "per_layer_norms"]
+__all__ = ["DPSGDResult", "opacus_epsilon", "per_layer_norms", "train_dpsgd"]
 
 History = list[tuple[float, float, int]]
 
@@ -100,18 +100,30 @@ def train_dpsgd(
     """
     work = ModuleValidator.fix(copy.deepcopy(model))
     if set(work.state_dict()) != set(model.state_dict()):
-        raise ValueError("ModuleValidator.fix changed the model's layers (BatchNorm?); build the model with "
-                         "Opacus-compatible normalisation (GroupNorm) so DP-SGD weights map back")
+        raise ValueError(
+            "ModuleValidator.fix changed the model's layers (BatchNorm?); build the model with "
+            "Opacus-compatible normalisation (GroupNorm) so DP-SGD weights map back"
+        )
     work.train()
     opt = make_optimizer(work, cfg)
     loader = DataLoader(TensorDataset(x, y), batch_size=cfg.batch_size, shuffle=True, generator=generator)
     engine = PrivacyEngine(accountant=accountant)
-    clip: float | list[float] = per_layer_norms(work, max_grad_norm) if clipping == "per_layer" else max_grad_norm
+    clip: float | list[float] = (
+        per_layer_norms(work, max_grad_norm) if clipping == "per_layer" else max_grad_norm
+    )
     crit_in = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    out = engine.make_private(module=work, optimizer=opt, criterion=crit_in, data_loader=loader,
-                              noise_multiplier=noise_multiplier, max_grad_norm=clip, clipping=clipping,
-                              poisson_sampling=poisson_sampling, grad_sample_mode=grad_sample_mode,
-                              noise_generator=noise_generator)
+    out = engine.make_private(
+        module=work,
+        optimizer=opt,
+        criterion=crit_in,
+        data_loader=loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=clip,
+        clipping=clipping,
+        poisson_sampling=poisson_sampling,
+        grad_sample_mode=grad_sample_mode,
+        noise_generator=noise_generator,
+    )
     if grad_sample_mode == "ghost":
         dp_model, dp_opt, criterion, dp_loader = out
     else:
@@ -143,5 +155,11 @@ def train_dpsgd(
     with torch.no_grad():
         trained = dp_model._module.state_dict()
         model.load_state_dict(trained)
-    return DPSGDResult(stats=TrainStats(loss=total / max(steps, 1), steps=steps, num_examples=int(x.shape[0])),
-                       epsilon=eps, history=new_history, rows=rows, sample_rate=sample_rate, noise_multiplier=noise_multiplier)
+    return DPSGDResult(
+        stats=TrainStats(loss=total / max(steps, 1), steps=steps, num_examples=int(x.shape[0])),
+        epsilon=eps,
+        history=new_history,
+        rows=rows,
+        sample_rate=sample_rate,
+        noise_multiplier=noise_multiplier,
+    )

@@ -35,8 +35,14 @@ from torch import nn
 
 from simulator.dp.input_perturbation import clip_rows
 
-__all__ = ["FeatureTransform", "private_feature_transform", "first_linear", "to_transformed_space",
-           "to_raw_space", "NUM_BINS"]
+__all__ = [
+    "NUM_BINS",
+    "FeatureTransform",
+    "first_linear",
+    "private_feature_transform",
+    "to_raw_space",
+    "to_transformed_space",
+]
 
 NUM_BINS = 24
 
@@ -55,26 +61,33 @@ class FeatureTransform:
         return {"dpsgdf-mean": self.mean.numpy().astype(np.float64), "dpsgdf-radius": np.array([self.radius])}
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "FeatureTransform | None":
+    def from_state(cls, state: dict[str, np.ndarray]) -> FeatureTransform | None:
         if "dpsgdf-mean" not in state:
             return None
-        return cls(torch.as_tensor(np.asarray(state["dpsgdf-mean"]), dtype=torch.float64),
-                   float(np.asarray(state["dpsgdf-radius"]).reshape(-1)[0]))
+        return cls(
+            torch.as_tensor(np.asarray(state["dpsgdf-mean"]), dtype=torch.float64),
+            float(np.asarray(state["dpsgdf-radius"]).reshape(-1)[0]),
+        )
 
 
-def private_feature_transform(x: torch.Tensor, *, bound: float, noise_multiplier: float, quantile: float,
-                              generator: torch.Generator) -> tuple[FeatureTransform, list[tuple[float, float, int]]]:
+def private_feature_transform(
+    x: torch.Tensor, *, bound: float, noise_multiplier: float, quantile: float, generator: torch.Generator
+) -> tuple[FeatureTransform, list[tuple[float, float, int]]]:
     """The private (μ̃, r̃) and the accountant rows of the two releases."""
     flat = clip_rows(x.reshape(x.shape[0], -1), bound).to(torch.float64)
     n, d = flat.shape
     noise = torch.normal(0.0, noise_multiplier * bound, (d,), generator=generator, dtype=torch.float64)
     mean = (flat.sum(0) + noise) / max(n, 1)
     norms = torch.linalg.vector_norm(flat - mean, dim=1)
-    edges = 2.0 * bound * torch.pow(2.0, -torch.arange(NUM_BINS - 1, -1, -1, dtype=torch.float64))  # ascending
+    edges = (
+        2.0 * bound * torch.pow(2.0, -torch.arange(NUM_BINS - 1, -1, -1, dtype=torch.float64))
+    )  # ascending
     # bin k holds norms in (edges[k-1], edges[k]]; the last bin also takes everything above the top edge
     idx = torch.bucketize(norms, edges).clamp(max=NUM_BINS - 1)
     counts = torch.bincount(idx, minlength=NUM_BINS).to(torch.float64)
-    counts = counts + torch.normal(0.0, noise_multiplier, (NUM_BINS,), generator=generator, dtype=torch.float64)
+    counts = counts + torch.normal(
+        0.0, noise_multiplier, (NUM_BINS,), generator=generator, dtype=torch.float64
+    )
     cum = torch.cumsum(counts, 0)
     hit = torch.nonzero(cum >= quantile * n)
     radius = float(edges[int(hit[0])]) if hit.numel() else float(edges[-1])

@@ -20,7 +20,7 @@ from dp_accounting import dp_event as E
 
 from simulator.dp.accounting import epsilon_pld
 
-__all__ = ["clip_rows", "perturb_inputs", "input_perturbation_epsilon"]
+__all__ = ["clip_rows", "input_perturbation_epsilon", "perturb_inputs"]
 
 
 def clip_rows(x: torch.Tensor, bound: float) -> torch.Tensor:
@@ -31,8 +31,9 @@ def clip_rows(x: torch.Tensor, bound: float) -> torch.Tensor:
     return (flat * scale).to(x.dtype).reshape(x.shape)
 
 
-def perturb_inputs(x: torch.Tensor, *, bound: float, noise_multiplier: float,
-                   generator: torch.Generator) -> torch.Tensor:
+def perturb_inputs(
+    x: torch.Tensor, *, bound: float, noise_multiplier: float, generator: torch.Generator
+) -> torch.Tensor:
     """``clip(x, B) + N(0, (z·2B)²)`` elementwise."""
     std = noise_multiplier * 2.0 * bound
     noise = torch.normal(0.0, std, x.shape, generator=generator, dtype=torch.float64).to(x.dtype)

@@ -49,11 +49,23 @@ from dp_accounting.pld import privacy_loss_mechanism as M
 from dp_accounting.privacy_accountant import NeighboringRelation
 from dp_accounting.rdp import RdpAccountant
 
-__all__ = ["PrivacyLedger", "LedgerView", "event_to_dict", "event_from_dict", "compose_epsilon",
-           "gaussian_multiplier", "gaussian", "sampled", "computation_relation", "gaussian_epsilon"]
+__all__ = [
+    "LedgerView",
+    "PrivacyLedger",
+    "compose_epsilon",
+    "computation_relation",
+    "event_from_dict",
+    "event_to_dict",
+    "gaussian",
+    "gaussian_epsilon",
+    "gaussian_multiplier",
+    "sampled",
+]
 
-RELATIONS = {"add_or_remove_one": NeighboringRelation.ADD_OR_REMOVE_ONE,
-             "replace_one": NeighboringRelation.REPLACE_ONE}
+RELATIONS = {
+    "add_or_remove_one": NeighboringRelation.ADD_OR_REMOVE_ONE,
+    "replace_one": NeighboringRelation.REPLACE_ONE,
+}
 
 #: PLD discretisation: dp-accounting's default; a coarser one gives a larger (still valid) ε.
 PLD_INTERVAL = 1e-4
@@ -86,8 +98,9 @@ def sampled(event: E.DpEvent, *, sampling: str, rate: float, num_clients: int, s
     """``event`` under the round's client sampling: Poisson (rate q), fixed-size without replacement, or none.
 
     A Gaussian without noise is a :class:`~dp_accounting.dp_event.NonPrivateDpEvent`, sampled or not."""
-    if isinstance(event, E.NonPrivateDpEvent) or (isinstance(event, E.GaussianDpEvent)
-                                                   and event.noise_multiplier == 0):
+    if isinstance(event, E.NonPrivateDpEvent) or (
+        isinstance(event, E.GaussianDpEvent) and event.noise_multiplier == 0
+    ):
         return E.NonPrivateDpEvent()
     if sampling == "poisson":
         return E.PoissonSampledDpEvent(rate, event)
@@ -187,12 +200,20 @@ def _pld(event: E.DpEvent, relation: str) -> Any:
     event is not one of the kinds the ledger records (the accountant then does it all)."""
     rel = RELATIONS[relation]
     if isinstance(event, E.GaussianDpEvent) and event.noise_multiplier > 0:
-        return P.from_gaussian_mechanism(event.noise_multiplier, value_discretization_interval=PLD_INTERVAL,
-                                         neighboring_relation=rel)
-    if (isinstance(event, E.PoissonSampledDpEvent) and isinstance(event.event, E.GaussianDpEvent)
-            and event.event.noise_multiplier > 0 and rel == NeighboringRelation.ADD_OR_REMOVE_ONE):
-        return P.from_gaussian_mechanism(event.event.noise_multiplier, sampling_prob=event.sampling_probability,
-                                         value_discretization_interval=PLD_INTERVAL)
+        return P.from_gaussian_mechanism(
+            event.noise_multiplier, value_discretization_interval=PLD_INTERVAL, neighboring_relation=rel
+        )
+    if (
+        isinstance(event, E.PoissonSampledDpEvent)
+        and isinstance(event.event, E.GaussianDpEvent)
+        and event.event.noise_multiplier > 0
+        and rel == NeighboringRelation.ADD_OR_REMOVE_ONE
+    ):
+        return P.from_gaussian_mechanism(
+            event.event.noise_multiplier,
+            sampling_prob=event.sampling_probability,
+            value_discretization_interval=PLD_INTERVAL,
+        )
     if isinstance(event, E.SelfComposedDpEvent):
         inner = event.event
         if isinstance(inner, E.GaussianDpEvent) and inner.noise_multiplier > 0:  # k Gaussians are one: z/√k
@@ -203,7 +224,9 @@ def _pld(event: E.DpEvent, relation: str) -> Any:
 
 
 @functools.lru_cache(maxsize=4096)
-def _epsilon_cached(groups: tuple[tuple[E.DpEvent, int], ...], relation: str, delta: float, accountant: str) -> float:
+def _epsilon_cached(
+    groups: tuple[tuple[E.DpEvent, int], ...], relation: str, delta: float, accountant: str
+) -> float:
     eps: float | None = None
     if accountant == "pld":
         parts = [_pld(E.SelfComposedDpEvent(e, k) if k > 1 else e, relation) for e, k in groups]
@@ -215,7 +238,9 @@ def _epsilon_cached(groups: tuple[tuple[E.DpEvent, int], ...], relation: str, de
     if eps is None:
         acc = _accountant(accountant, relation)
         previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)  # RDP's "failed to converge ... excluding this order" lines: not actionable
+        logging.disable(
+            logging.WARNING
+        )  # RDP's "failed to converge ... excluding this order" lines: not actionable
         try:
             acc.compose(_composed(groups))
             eps = float(acc.get_epsilon(delta))
@@ -247,8 +272,9 @@ def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
     return hi
 
 
-def compose_epsilon(events: list[E.DpEvent], *, relation: str, delta: float,
-                    accountant: str | None = None) -> tuple[float, str]:
+def compose_epsilon(
+    events: list[E.DpEvent], *, relation: str, delta: float, accountant: str | None = None
+) -> tuple[float, str]:
     """ε(δ) of the composition of ``events`` and the accountant used: ``gaussian`` (exact) when every event is an
     unsampled Gaussian, else dp-accounting's PLD when it can, else its RDP."""
     if not events:
@@ -256,9 +282,10 @@ def compose_epsilon(events: list[E.DpEvent], *, relation: str, delta: float,
     groups = _grouped(events)
     if any(isinstance(e, E.NonPrivateDpEvent) for e, _ in groups):
         return math.inf, accountant or "pld"
-    if accountant in (None, "gaussian") and all(isinstance(e, E.GaussianDpEvent) and e.noise_multiplier > 0
-                                                for e, _ in groups):
-        z = 1.0 / math.sqrt(sum(k / e.noise_multiplier ** 2 for e, k in groups))
+    if accountant in (None, "gaussian") and all(
+        isinstance(e, E.GaussianDpEvent) and e.noise_multiplier > 0 for e, _ in groups
+    ):
+        z = 1.0 / math.sqrt(sum(k / e.noise_multiplier**2 for e, k in groups))
         return gaussian_epsilon(z, delta), "gaussian"
     rel = computation_relation(_composed(groups), relation)
     usable = accountants_for(_composed(groups), rel)
@@ -303,7 +330,9 @@ class PrivacyLedger:
             raise ValueError(f"relation {relation!r}; allowed: {sorted(RELATIONS)}")
         self.views[name] = LedgerView(name, description, relation, per_subject)
 
-    def record(self, view: str, event: E.DpEvent, *, round: int, what: str, subject: Hashable | None = None) -> None:
+    def record(
+        self, view: str, event: E.DpEvent, *, round: int, what: str, subject: Hashable | None = None
+    ) -> None:
         """Append one release to ``view`` (to ``subject``'s list when the view is per subject)."""
         v = self.views[view]
         entry = _Entry(int(round), what, event)
@@ -315,8 +344,9 @@ class PrivacyLedger:
             v.entries.append(entry)
 
     # ---- ε ----
-    def _worst_sequence(self, v: LedgerView,
-                        extra: Sequence[E.DpEvent] = ()) -> tuple[float, str, Hashable | None]:
+    def _worst_sequence(
+        self, v: LedgerView, extra: Sequence[E.DpEvent] = ()
+    ) -> tuple[float, str, Hashable | None]:
         seqs: dict[Hashable | None, list[_Entry]] = dict(v.sequences()) or {None: []}
         cache: dict[tuple[Any, ...], tuple[float, str]] = {}
         best: tuple[float, str, Hashable | None] | None = None
@@ -359,23 +389,36 @@ class PrivacyLedger:
                     groups[-1]["count"] += 1
                     groups[-1]["rounds"][1] = e.round
                 else:
-                    groups.append({"rounds": [e.round, e.round], "count": 1, "what": e.what, "_event": e.event})
+                    groups.append(
+                        {"rounds": [e.round, e.round], "count": 1, "what": e.what, "_event": e.event}
+                    )
             for g in groups:
                 g["event"] = event_to_dict(g.pop("_event"))
             all_events = _composed(_grouped([e.event for e in entries])) if entries else E.NoOpDpEvent()
-            block: dict[str, Any] = {"description": v.description, "neighboring_relation": v.relation,
-                                     "accountant": acc,
-                                     "dp_accounting_relation": computation_relation(all_events, v.relation),
-                                     "epsilon": eps, "events": groups}
+            block: dict[str, Any] = {
+                "description": v.description,
+                "neighboring_relation": v.relation,
+                "accountant": acc,
+                "dp_accounting_relation": computation_relation(all_events, v.relation),
+                "epsilon": eps,
+                "events": groups,
+            }
             other = [a for a in ("pld", "rdp") if a != acc][:1]
             if entries and other and not math.isinf(eps):
                 evs = [e.event for e in entries]
                 rel = computation_relation(_composed(_grouped(evs)), v.relation)
                 if other[0] in accountants_for(_composed(_grouped(evs)), rel):
-                    block[f"epsilon_{other[0]}"] = compose_epsilon(evs, relation=v.relation, delta=self.delta,
-                                                                   accountant=other[0])[0]
+                    block[f"epsilon_{other[0]}"] = compose_epsilon(
+                        evs, relation=v.relation, delta=self.delta, accountant=other[0]
+                    )[0]
             if v.per_subject:
                 block.update(subjects=len(v.subjects), worst_subject=subject)
             views[name] = block
         worst, eps = self.worst()
-        return {"delta": self.delta, "worst_view": worst, "epsilon": eps, "views": views, "notes": list(self.notes)}
+        return {
+            "delta": self.delta,
+            "worst_view": worst,
+            "epsilon": eps,
+            "views": views,
+            "notes": list(self.notes),
+        }

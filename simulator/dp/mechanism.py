@@ -62,7 +62,7 @@ from simulator.dp.input_perturbation import input_perturbation_epsilon, perturb_
 from simulator.dp.ledger import PrivacyLedger, gaussian, gaussian_multiplier, sampled
 from simulator.training import TrainHooks, TrainStats, train_local
 
-__all__ = ["PrivacyMechanism", "NoPrivacy", "RecordLevelDP", "ClientLevelDP"]
+__all__ = ["ClientLevelDP", "NoPrivacy", "PrivacyMechanism", "RecordLevelDP"]
 
 HISTORY_KEY = "dp-history"
 
@@ -84,16 +84,25 @@ class PrivacyMechanism:
     def server_config(self, server_round: int) -> dict[str, float | int | str]:
         return {}
 
-    def client_train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext,
-                     config: dict[str, Any], hooks: TrainHooks | None) -> tuple[TrainStats, dict[str, float]] | None:
+    def client_train(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        ctx: ClientContext,
+        config: dict[str, Any],
+        hooks: TrainHooks | None,
+    ) -> tuple[TrainStats, dict[str, float]] | None:
         return None
 
-    def client_update(self, delta: torch.Tensor, ctx: ClientContext,
-                      config: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def client_update(
+        self, delta: torch.Tensor, ctx: ClientContext, config: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         return delta, {}
 
-    def server_aggregate(self, update: torch.Tensor, client_metrics: list[dict[str, float]],
-                         ctx: RoundContext) -> torch.Tensor:
+    def server_aggregate(
+        self, update: torch.Tensor, client_metrics: list[dict[str, float]], ctx: RoundContext
+    ) -> torch.Tensor:
         return update
 
     def round_report(self, server_round: int, client_metrics: list[dict[str, float]]) -> dict[str, float]:
@@ -141,18 +150,30 @@ class RecordLevelDP(PrivacyMechanism):
 
     ledger: PrivacyLedger  # always present: this mechanism claims an ε
 
-    def __init__(self, cfg: Any, *, delta: float, rounds: int, target_epsilon: float | None = None,
-                 on_budget: str = "stop", randomness: str = "fresh OS entropy") -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        *,
+        delta: float,
+        rounds: int,
+        target_epsilon: float | None = None,
+        on_budget: str = "stop",
+        randomness: str = "fresh OS entropy",
+    ) -> None:
         self.cfg, self.delta, self.rounds = cfg, delta, rounds
         self.target_epsilon, self.on_budget = target_epsilon, on_budget
         self.randomness = randomness
         self._z_cache: dict[tuple[int, int, int | None, int], float] = {}
         self.ledger = PrivacyLedger(delta=delta)
         self.ledger.add_view(
-            "records", "one record of a client: every DP-SGD step (and DPSGD-F release) that client ran, composed; "
-            "the worst client" if cfg.mechanism == "gradient" else
-            "one example's features (replace-one; labels are released as is): the client's one noisy copy",
-            relation="add_or_remove_one" if cfg.mechanism == "gradient" else "replace_one", per_subject=True)
+            "records",
+            "one record of a client: every DP-SGD step (and DPSGD-F release) that client ran, composed; "
+            "the worst client"
+            if cfg.mechanism == "gradient"
+            else "one example's features (replace-one; labels are released as is): the client's one noisy copy",
+            relation="add_or_remove_one" if cfg.mechanism == "gradient" else "replace_one",
+            per_subject=True,
+        )
         self.worst_opacus = 0.0
         self.worst_epsilon = 0.0
         self.worst_metrics: dict[str, float] = {}
@@ -168,23 +189,39 @@ class RecordLevelDP(PrivacyMechanism):
         if key not in self._z_cache:
             if self.cfg.mechanism == "input":
                 make = _gaussian_accounting(self.delta)
-                self._z_cache[key] = calibrate_noise_multiplier(target_epsilon=self.target_epsilon, rounds=1,
-                                                                make=make)
+                self._z_cache[key] = calibrate_noise_multiplier(
+                    target_epsilon=self.target_epsilon, rounds=1, make=make
+                )
             else:
                 # deferred: Opacus loads only when a record-level noise multiplier is calibrated
                 from opacus.accountants.utils import get_noise_multiplier
 
                 per_epoch = math.ceil(n / t.batch_size)
-                steps = t.epochs * per_epoch if t.max_steps is None else min(t.max_steps, t.epochs * per_epoch)
+                steps = (
+                    t.epochs * per_epoch if t.max_steps is None else min(t.max_steps, t.epochs * per_epoch)
+                )
                 q, count = (1.0 / per_epoch, steps) if self.cfg.poisson_sampling else (1.0, t.epochs)
-                self._z_cache[key] = float(get_noise_multiplier(
-                    target_epsilon=self.target_epsilon, target_delta=self.delta, sample_rate=q,
-                    steps=count * self.rounds, accountant=self.cfg.accountant))
+                self._z_cache[key] = float(
+                    get_noise_multiplier(
+                        target_epsilon=self.target_epsilon,
+                        target_delta=self.delta,
+                        sample_rate=q,
+                        steps=count * self.rounds,
+                        accountant=self.cfg.accountant,
+                    )
+                )
         return self._z_cache[key]
 
     # ---- CLIENT SIDE ----
-    def client_train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext,
-                     config: dict[str, Any], hooks: TrainHooks | None) -> tuple[TrainStats, dict[str, Any]] | None:
+    def client_train(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        ctx: ClientContext,
+        config: dict[str, Any],
+        hooks: TrainHooks | None,
+    ) -> tuple[TrainStats, dict[str, Any]] | None:
         if hooks is not None:
             return None  # an attacker with training hooks deviates from the protocol: plain SGD, no ε claimed
         z = self.noise_multiplier(int(x.shape[0]), ctx)
@@ -194,8 +231,12 @@ class RecordLevelDP(PrivacyMechanism):
             if INPUT_KEY in ctx.state and ctx.state[INPUT_KEY].shape == tuple(x.shape):
                 xn = torch.as_tensor(ctx.state[INPUT_KEY]).to(x.dtype)
             else:
-                xn = perturb_inputs(x, bound=self.cfg.feature_clip_norm, noise_multiplier=z,
-                                    generator=ctx.private_generator("dp-input-perturbation"))
+                xn = perturb_inputs(
+                    x,
+                    bound=self.cfg.feature_clip_norm,
+                    noise_multiplier=z,
+                    generator=ctx.private_generator("dp-input-perturbation"),
+                )
                 ctx.state[INPUT_KEY] = xn.detach().cpu().numpy()
                 rows = [(float(z), 1.0, 1)]
             stats = train_local(model, xn, y, ctx.train, generator=ctx.generator("train"))
@@ -208,27 +249,47 @@ class RecordLevelDP(PrivacyMechanism):
             transform = FeatureTransform.from_state(ctx.state)
             if transform is None:  # paid once per client and run
                 transform, pre_rows = private_feature_transform(
-                    x, bound=self.cfg.feature_clip_norm, noise_multiplier=self.cfg.preprocessing_noise_multiplier,
-                    quantile=self.cfg.preprocessing_quantile, generator=ctx.private_generator("dpsgdf"))
+                    x,
+                    bound=self.cfg.feature_clip_norm,
+                    noise_multiplier=self.cfg.preprocessing_noise_multiplier,
+                    quantile=self.cfg.preprocessing_quantile,
+                    generator=ctx.private_generator("dpsgdf"),
+                )
                 history += pre_rows
                 new_rows += pre_rows
                 ctx.state.update(transform.to_state())
             x = transform.apply(x)
             to_transformed_space(model, transform)
-        res = train_dpsgd(model, x, y, ctx.train, noise_multiplier=z, max_grad_norm=self.cfg.max_grad_norm,
-                          delta=self.delta, generator=ctx.private_generator("dp-batches"),
-                          noise_generator=ctx.private_generator("dp-noise"), clipping=self.cfg.clipping,
-                          grad_sample_mode=self.cfg.grad_sample_mode, poisson_sampling=self.cfg.poisson_sampling,
-                          accountant=self.cfg.accountant, history=history)
+        res = train_dpsgd(
+            model,
+            x,
+            y,
+            ctx.train,
+            noise_multiplier=z,
+            max_grad_norm=self.cfg.max_grad_norm,
+            delta=self.delta,
+            generator=ctx.private_generator("dp-batches"),
+            noise_generator=ctx.private_generator("dp-noise"),
+            clipping=self.cfg.clipping,
+            grad_sample_mode=self.cfg.grad_sample_mode,
+            poisson_sampling=self.cfg.poisson_sampling,
+            accountant=self.cfg.accountant,
+            history=history,
+        )
         if transform is not None:
             to_raw_space(model, transform)
         ctx.state[HISTORY_KEY] = np.asarray(res.history, dtype=np.float64).reshape(-1, 3)
-        metrics: dict[str, Any] = {"epsilon": res.epsilon, "dp-noise-multiplier": z,
-                                   "dp-sample-rate": res.sample_rate, "dp-steps": float(res.stats.steps),
-                                   "dp-rows": _flat_rows(new_rows + list(res.rows))}
+        metrics: dict[str, Any] = {
+            "epsilon": res.epsilon,
+            "dp-noise-multiplier": z,
+            "dp-sample-rate": res.sample_rate,
+            "dp-steps": float(res.stats.steps),
+            "dp-rows": _flat_rows(new_rows + list(res.rows)),
+        }
         if self.target_epsilon is not None and self.on_budget == "stop":
-            metrics["epsilon-next"] = opacus_epsilon(res.history + res.rows, accountant=self.cfg.accountant,
-                                                     delta=self.delta)
+            metrics["epsilon-next"] = opacus_epsilon(
+                res.history + res.rows, accountant=self.cfg.accountant, delta=self.delta
+            )
         return res.stats, metrics
 
     # ---- SERVER SIDE ----
@@ -237,9 +298,15 @@ class RecordLevelDP(PrivacyMechanism):
         for m in client_metrics:  # each client's new releases this round, into its own ledger list
             pid = int(m.get("partition-id", -1))
             for z, q, steps in _rows_of(m.get("dp-rows", [])):
-                self.ledger.record("records", _row_event(z, q, steps), round=server_round, subject=pid,
-                                   what="input perturbation (one noisy copy of the features)"
-                                   if self.cfg.mechanism == "input" else f"DP-SGD: {steps} steps, q = {q:.4g}")
+                self.ledger.record(
+                    "records",
+                    _row_event(z, q, steps),
+                    round=server_round,
+                    subject=pid,
+                    what="input perturbation (one noisy copy of the features)"
+                    if self.cfg.mechanism == "input"
+                    else f"DP-SGD: {steps} steps, q = {q:.4g}",
+                )
         eps = [float(m["epsilon"]) for m in client_metrics if "epsilon" in m]
         out: dict[str, float] = {"delta": self.delta}
         if eps:
@@ -253,7 +320,8 @@ class RecordLevelDP(PrivacyMechanism):
         if self.target_epsilon is not None and self.on_budget == "stop":
             nxt = [float(m["epsilon-next"]) for m in client_metrics if "epsilon-next" in m]
             if max(self.worst_epsilon, self.worst_opacus) > self.target_epsilon or (
-                    nxt and max(nxt) > self.target_epsilon):
+                nxt and max(nxt) > self.target_epsilon
+            ):
                 self._exhausted = True
         return out
 
@@ -263,29 +331,48 @@ class RecordLevelDP(PrivacyMechanism):
     def summary(self) -> dict[str, Any]:
         c = self.cfg
         block: dict[str, Any] = {
-            "level": "record", "mechanism": c.mechanism, "epsilon": self.worst_epsilon, "delta": self.delta,
+            "level": "record",
+            "mechanism": c.mechanism,
+            "epsilon": self.worst_epsilon,
+            "delta": self.delta,
             "epsilon_view": "records",
             "epsilon_is": "the worst client's cumulative record-level ε from the ledger (not user-level DP)",
             "noise_multiplier": self.worst_metrics.get("dp-noise-multiplier", c.noise_multiplier),
-            "neighboring_relation": "add_or_remove_one" if c.mechanism == "gradient" else "replace_one_features",
-            "rounds": self.rounds_done, "target_epsilon": self.target_epsilon, "on_budget": self.on_budget,
-            "noise_randomness": self.randomness, "ledger": self.ledger.to_dict(),
+            "neighboring_relation": "add_or_remove_one"
+            if c.mechanism == "gradient"
+            else "replace_one_features",
+            "rounds": self.rounds_done,
+            "target_epsilon": self.target_epsilon,
+            "on_budget": self.on_budget,
+            "noise_randomness": self.randomness,
+            "ledger": self.ledger.to_dict(),
         }
         if c.mechanism == "gradient":
-            block.update(accountant="dp-accounting (ledger)", epsilon_opacus=self.worst_opacus,
-                         opacus_accountant=c.accountant, max_grad_norm=c.max_grad_norm, clipping=c.clipping,
-                         grad_sample_mode=c.grad_sample_mode,
-                         sampling="poisson (local batches)" if c.poisson_sampling
-                         else "shuffled fixed batches, no amplification (z, q=1, one step per epoch)",
-                         sampling_rate=self.worst_metrics.get("dp-sample-rate"),
-                         steps=self.worst_metrics.get("dp-steps"),
-                         feature_preprocessing=c.feature_preprocessing)
+            block.update(
+                accountant="dp-accounting (ledger)",
+                epsilon_opacus=self.worst_opacus,
+                opacus_accountant=c.accountant,
+                max_grad_norm=c.max_grad_norm,
+                clipping=c.clipping,
+                grad_sample_mode=c.grad_sample_mode,
+                sampling="poisson (local batches)"
+                if c.poisson_sampling
+                else "shuffled fixed batches, no amplification (z, q=1, one step per epoch)",
+                sampling_rate=self.worst_metrics.get("dp-sample-rate"),
+                steps=self.worst_metrics.get("dp-steps"),
+                feature_preprocessing=c.feature_preprocessing,
+            )
             if c.feature_preprocessing == "dpsgd_f":
                 block["preprocessing_noise_multiplier"] = c.preprocessing_noise_multiplier
         else:
-            block.update(accountant="pld", sampling="none (one release of the noisy features)", steps=1,
-                         sampling_rate=1.0, feature_clip_norm=c.feature_clip_norm,
-                         labels="not protected (released as is)")
+            block.update(
+                accountant="pld",
+                sampling="none (one release of the noisy features)",
+                steps=1,
+                sampling_rate=1.0,
+                feature_clip_norm=c.feature_clip_norm,
+                labels="not protected (released as is)",
+            )
         return block
 
 
@@ -349,10 +436,19 @@ class ClientLevelDP(PrivacyMechanism):
     releases_without_replies = True  # the noisy sum is released whatever the count (a skip would reveal it)
     secret_sampling = True
 
-    def __init__(self, cfg: Any, plan: ClientLevelAccounting, *, expected_clients: float,
-                 target_epsilon: float | None = None, on_budget: str = "stop",
-                 forced: Mapping[int, tuple[int, ...]] | None = None, observed_rounds: tuple[int, ...] = (),
-                 secret: int | None = None, randomness: str = "fresh OS entropy") -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        plan: ClientLevelAccounting,
+        *,
+        expected_clients: float,
+        target_epsilon: float | None = None,
+        on_budget: str = "stop",
+        forced: Mapping[int, tuple[int, ...]] | None = None,
+        observed_rounds: tuple[int, ...] = (),
+        secret: int | None = None,
+        randomness: str = "fresh OS entropy",
+    ) -> None:
         self.cfg, self.plan, self.m = cfg, plan, float(expected_clients)
         self.target_epsilon, self.on_budget = target_epsilon, on_budget
         self.forced = dict(forced or {})
@@ -382,24 +478,42 @@ class ClientLevelDP(PrivacyMechanism):
     def _make_ledger(self, delta: float) -> PrivacyLedger:
         led = PrivacyLedger(delta=delta)
         rel = "replace_one" if self.replace_one else "add_or_remove_one"
-        sampling = {"poisson": f"Poisson client sampling (q = {self.plan.sampling_rate:.4g})",
-                    "fixed": f"{self.plan.sample_size} of {self.plan.num_clients} clients without replacement",
-                    "none": "no amplification"}[self.plan.sampling]
+        sampling = {
+            "poisson": f"Poisson client sampling (q = {self.plan.sampling_rate:.4g})",
+            "fixed": f"{self.plan.sample_size} of {self.plan.num_clients} clients without replacement",
+            "none": "no amplification",
+        }[self.plan.sampling]
         if self.cfg.noise == "central":
             led.add_view("aggregate", f"the released noisy sums, {sampling}", relation=rel)
         else:
-            led.add_view("aggregate", f"the sum of the noisy updates, {sampling}: holds only if the server sees the "
-                                      f"sum alone (secure aggregation), which this run does not simulate",
-                         relation=rel)
-            led.add_view("update_in_clear", "each client's noisy update read by the server (local DP, replace-one: "
-                                            "sensitivity 2C; no amplification, the server knows who replied)",
-                         relation="replace_one", per_subject=True)
+            led.add_view(
+                "aggregate",
+                f"the sum of the noisy updates, {sampling}: holds only if the server sees the "
+                f"sum alone (secure aggregation), which this run does not simulate",
+                relation=rel,
+            )
+            led.add_view(
+                "update_in_clear",
+                "each client's noisy update read by the server (local DP, replace-one: "
+                "sensitivity 2C; no amplification, the server knows who replied)",
+                relation="replace_one",
+                per_subject=True,
+            )
         if self.forced and self.plan.sampling != "none":
-            led.add_view("forced_target", "a client the server forces into rounds (attacks.inversion.force_sampled): "
-                                          "no sampling amplification in those rounds", relation=rel, per_subject=True)
+            led.add_view(
+                "forced_target",
+                "a client the server forces into rounds (attacks.inversion.force_sampled): "
+                "no sampling amplification in those rounds",
+                relation=rel,
+                per_subject=True,
+            )
         if self.observed_rounds and self.cfg.noise == "central":
-            led.add_view("update_in_clear", "the curious in-run server (attacks.inversion) reads each clipped update "
-                                            "before the central noise: a release without noise", relation=rel)
+            led.add_view(
+                "update_in_clear",
+                "the curious in-run server (attacks.inversion) reads each clipped update "
+                "before the central noise: a release without noise",
+                relation=rel,
+            )
         return led
 
     def _round_multiplier(self, noise_std_on_sum: float, clip_norm: float) -> float:
@@ -412,39 +526,67 @@ class ClientLevelDP(PrivacyMechanism):
 
     def _sampled(self, event: E.DpEvent) -> E.DpEvent:
         p = self.plan
-        return sampled(event, sampling=p.sampling, rate=p.sampling_rate, num_clients=p.num_clients,
-                       sample_size=p.sample_size)
+        return sampled(
+            event,
+            sampling=p.sampling,
+            rate=p.sampling_rate,
+            num_clients=p.num_clients,
+            sample_size=p.sample_size,
+        )
 
-    def _record_round(self, server_round: int, client_ids: tuple[int, ...], total_std: float, c: float) -> None:
+    def _record_round(
+        self, server_round: int, client_ids: tuple[int, ...], total_std: float, c: float
+    ) -> None:
         g = gaussian(self._round_multiplier(total_std, c))
         led = self.ledger
         led.record("aggregate", self._sampled(g), round=server_round, what=f"noisy sum (C = {c:.4g})")
         if "forced_target" in led.views:
             forced = set(self.forced.get(server_round, ()))
             for t in sorted({t for ts in self.forced.values() for t in ts}):
-                led.record("forced_target", g if t in forced else self._sampled(g), round=server_round, subject=t,
-                           what="forced into the round" if t in forced else "sampled like any client")
+                led.record(
+                    "forced_target",
+                    g if t in forced else self._sampled(g),
+                    round=server_round,
+                    subject=t,
+                    what="forced into the round" if t in forced else "sampled like any client",
+                )
         if self.cfg.noise == "local":
             local = gaussian(local_noise_std(self.update_z, c, self.m) / (2.0 * c))
             for pid in client_ids:
-                led.record("update_in_clear", local, round=server_round, subject=pid, what="noisy update in the clear")
+                led.record(
+                    "update_in_clear",
+                    local,
+                    round=server_round,
+                    subject=pid,
+                    what="noisy update in the clear",
+                )
         elif server_round in self.observed_rounds and "update_in_clear" in led.views:
-            led.record("update_in_clear", E.NonPrivateDpEvent(), round=server_round,
-                       what="clipped updates read before the central noise")
+            led.record(
+                "update_in_clear",
+                E.NonPrivateDpEvent(),
+                round=server_round,
+                what="clipped updates read before the central noise",
+            )
 
     # ---- SAMPLING + TRAINING INSTRUCTIONS ----
     def server_config(self, server_round: int) -> dict[str, float | int | str]:
         return {"dp-clip-norm": float(self.clip_norm)}
 
     # ---- CLIENT SIDE ----
-    def client_update(self, delta: torch.Tensor, ctx: ClientContext,
-                      config: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def client_update(
+        self, delta: torch.Tensor, ctx: ClientContext, config: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         c = float(config.get("dp-clip-norm", self.cfg.clip_norm))
         clipped, norm = clip_update(delta, c)
         if self.cfg.noise == "local":
             std = local_noise_std(self.update_z, c, self.m)
-            clipped = clipped + torch.normal(0.0, std, clipped.shape, generator=ctx.private_generator("dp-local-noise"),
-                                             dtype=torch.float64).to(clipped.dtype)
+            clipped = clipped + torch.normal(
+                0.0,
+                std,
+                clipped.shape,
+                generator=ctx.private_generator("dp-local-noise"),
+                dtype=torch.float64,
+            ).to(clipped.dtype)
         if self.adaptive is None:
             return clipped, {}
         return clipped, {"dp-clip-bit": 0.5 if norm <= c else -0.5}
@@ -463,24 +605,31 @@ class ClientLevelDP(PrivacyMechanism):
         if self.cfg.noise == "central":
             return server
         local = local_noise_std(self.update_z, self.clip_norm, self.m)
-        return math.sqrt(server ** 2 + num_received * local ** 2)
+        return math.sqrt(server**2 + num_received * local**2)
 
     def _generator(self, server_round: int, purpose: str) -> torch.Generator:
         return private_generator(self.server_key, server_round, purpose)
 
-    def server_aggregate(self, update: torch.Tensor, client_metrics: list[dict[str, float]],
-                         ctx: RoundContext) -> torch.Tensor:
+    def server_aggregate(
+        self, update: torch.Tensor, client_metrics: list[dict[str, float]], ctx: RoundContext
+    ) -> torch.Tensor:
         n = len(client_metrics)
         rnd = ctx.server_round
-        out = noisy_sum_average(update, num_received=n, noise_std=self.noise_std_on_sum(n),
-                                expected_clients=self.m, generator=self._generator(rnd, "dp-central-noise"))
+        out = noisy_sum_average(
+            update,
+            num_received=n,
+            noise_std=self.noise_std_on_sum(n),
+            expected_clients=self.m,
+            generator=self._generator(rnd, "dp-central-noise"),
+        )
         self._record_round(rnd, ctx.client_ids, self.total_noise_std(n), self.clip_norm)
         self.clip_history.append(self.clip_norm)
         if self.adaptive is not None:
             # clients' shifted bits; rows without one (an audit's canary clients) do not vote on the clip norm
             bits = [float(mt["dp-clip-bit"]) for mt in client_metrics if "dp-clip-bit" in mt]
-            self.noisy_fraction = self.adaptive.update(bits, expected_clients=self.m,
-                                                       generator=self._generator(rnd, "dp-clip-count"))
+            self.noisy_fraction = self.adaptive.update(
+                bits, expected_clients=self.m, generator=self._generator(rnd, "dp-clip-count")
+            )
             self.clip_norm = self.adaptive.clip_norm
         return out
 
@@ -490,8 +639,11 @@ class ClientLevelDP(PrivacyMechanism):
     def round_report(self, server_round: int, client_metrics: list[dict[str, float]]) -> dict[str, float]:
         self.rounds_done += 1
         eps = self.epsilons()
-        out: dict[str, Any] = {"epsilon": max(eps.values()), "delta": self.ledger.delta,
-                               "clip_norm": self.clip_history[-1] if self.clip_history else self.clip_norm}
+        out: dict[str, Any] = {
+            "epsilon": max(eps.values()),
+            "delta": self.ledger.delta,
+            "clip_norm": self.clip_history[-1] if self.clip_history else self.clip_norm,
+        }
         for view, e in eps.items():
             out[f"epsilon_{view}"] = e
         if self.noisy_fraction is not None:
@@ -499,7 +651,9 @@ class ClientLevelDP(PrivacyMechanism):
         return out
 
     def _next_round_events(self) -> E.DpEvent:
-        return self._sampled(gaussian(self._round_multiplier(self.total_noise_std(int(self.m)), self.clip_norm)))
+        return self._sampled(
+            gaussian(self._round_multiplier(self.total_noise_std(int(self.m)), self.clip_norm))
+        )
 
     def budget_exhausted(self) -> bool:
         """True once one more round would take ε above ``target_epsilon`` (``on_budget = "stop"``)."""
@@ -516,24 +670,43 @@ class ClientLevelDP(PrivacyMechanism):
         view, eps = self.ledger.worst()
         ledger = self.ledger.to_dict()
         extra: dict[str, Any] = {
-            "clip_norm": self.cfg.clip_norm, "adaptive_clipping": self.adaptive is not None,
-            "noise": self.cfg.noise, "update_noise_multiplier": self.update_z,
-            "expected_clients_per_round": self.m, "aggregate": "uniform sum of clipped updates / expected m",
-            "target_epsilon": self.target_epsilon, "on_budget": self.on_budget,
-            "epsilon": eps, "epsilon_view": view, "epsilons": self.ledger.epsilons(),
-            "noise_randomness": self.randomness, "ledger": ledger,
+            "clip_norm": self.cfg.clip_norm,
+            "adaptive_clipping": self.adaptive is not None,
+            "noise": self.cfg.noise,
+            "update_noise_multiplier": self.update_z,
+            "expected_clients_per_round": self.m,
+            "aggregate": "uniform sum of clipped updates / expected m",
+            "target_epsilon": self.target_epsilon,
+            "on_budget": self.on_budget,
+            "epsilon": eps,
+            "epsilon_view": view,
+            "epsilons": self.ledger.epsilons(),
+            "noise_randomness": self.randomness,
+            "ledger": ledger,
         }
         if self.adaptive is not None:
-            extra.update(clipped_count_stddev=self.count_stddev, final_clip_norm=self.clip_norm,
-                         target_quantile=self.adaptive.target_quantile, clip_norm_lr=self.adaptive.lr,
-                         clip_bits="shifted to ±½ (sensitivity ½), as TF Privacy's quantile estimator")
+            extra.update(
+                clipped_count_stddev=self.count_stddev,
+                final_clip_norm=self.clip_norm,
+                target_quantile=self.adaptive.target_quantile,
+                clip_norm_lr=self.adaptive.lr,
+                clip_bits="shifted to ±½ (sensitivity ½), as TF Privacy's quantile estimator",
+            )
         p = self.plan
         block: dict[str, Any] = {
-            "level": "client", "delta": self.ledger.delta, "accountant": ledger["views"]["aggregate"]["accountant"],
-            "noise_multiplier": p.noise_multiplier, "sampling_rate": p.sampling_rate,
-            "steps": self.rounds_done, "neighboring_relation": "replace_one" if self.replace_one else "add_or_remove_one",
-            "sampling": {"poisson": "poisson", "fixed": "fixed-size without replacement",
-                         "none": "none (no amplification)"}[p.sampling]}
+            "level": "client",
+            "delta": self.ledger.delta,
+            "accountant": ledger["views"]["aggregate"]["accountant"],
+            "noise_multiplier": p.noise_multiplier,
+            "sampling_rate": p.sampling_rate,
+            "steps": self.rounds_done,
+            "neighboring_relation": "replace_one" if self.replace_one else "add_or_remove_one",
+            "sampling": {
+                "poisson": "poisson",
+                "fixed": "fixed-size without replacement",
+                "none": "none (no amplification)",
+            }[p.sampling],
+        }
         if p.sampling == "fixed":
             block.update(num_clients=p.num_clients, sample_size=p.sample_size)
         block.update(extra)

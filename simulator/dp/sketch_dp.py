@@ -34,7 +34,8 @@ def sketch_accounting(scenario: Any, noise_multiplier: float) -> ClientLevelAcco
     fixed-size cohorts use RDP (PLD cannot analyse sampling without replacement)."""
     fixed = scenario.privacy.amplification and scenario.federation.sampling == "fixed"
     accountant: Literal["pld", "rdp"] | None = (
-        "rdp" if fixed and scenario.privacy.accountant == "pld" else None)
+        "rdp" if fixed and scenario.privacy.accountant == "pld" else None
+    )
     return client_level_accounting(scenario, noise_multiplier, accountant=accountant)
 
 
@@ -45,19 +46,33 @@ class SketchDP(PrivacyMechanism):
 
     secret_sampling = True
 
-    def __init__(self, accounting: ClientLevelAccounting, clip_norm: float, compressor: str, *,
-                 sum_aggregator: bool = True, randomness: str = "fresh OS entropy") -> None:
+    def __init__(
+        self,
+        accounting: ClientLevelAccounting,
+        clip_norm: float,
+        compressor: str,
+        *,
+        sum_aggregator: bool = True,
+        randomness: str = "fresh OS entropy",
+    ) -> None:
         self.acc, self.clip_norm, self.compressor = accounting, float(clip_norm), compressor
         self.randomness = randomness
         self.rounds_done = 0
         self.ledger = PrivacyLedger(delta=accounting.delta)
-        self.ledger.add_view("update_in_clear", "each client's noisy sketch read by the server (local DP, "
-                                                "replace-one: sensitivity 2·g·C; no amplification)",
-                             relation="replace_one", per_subject=True)
+        self.ledger.add_view(
+            "update_in_clear",
+            "each client's noisy sketch read by the server (local DP, "
+            "replace-one: sensitivity 2·g·C; no amplification)",
+            relation="replace_one",
+            per_subject=True,
+        )
         if sum_aggregator:
-            self.ledger.add_view("aggregate", "the sum of the cohort's noisy sketches: holds only behind a secure "
-                                              "aggregation, which this run does not simulate",
-                                 relation="replace_one" if accounting.sampling == "fixed" else "add_or_remove_one")
+            self.ledger.add_view(
+                "aggregate",
+                "the sum of the cohort's noisy sketches: holds only behind a secure "
+                "aggregation, which this run does not simulate",
+                relation="replace_one" if accounting.sampling == "fixed" else "add_or_remove_one",
+            )
         else:
             self.ledger.notes.append("no aggregate view: the aggregator is not a sum of the sketches")
 
@@ -65,13 +80,23 @@ class SketchDP(PrivacyMechanism):
         self.rounds_done += 1
         z = self.acc.noise_multiplier
         for m in client_metrics:
-            self.ledger.record("update_in_clear", gaussian(z / 2.0), round=server_round,
-                               subject=int(m.get("partition-id", -1)), what="noisy sketch in the clear")
+            self.ledger.record(
+                "update_in_clear",
+                gaussian(z / 2.0),
+                round=server_round,
+                subject=int(m.get("partition-id", -1)),
+                what="noisy sketch in the clear",
+            )
         if "aggregate" in self.ledger.views:
             a = self.acc
             if client_metrics:
-                ev = sampled(gaussian(z / 2.0 if a.sampling == "fixed" else z), sampling=a.sampling,
-                             rate=a.sampling_rate, num_clients=a.num_clients, sample_size=a.sample_size)
+                ev = sampled(
+                    gaussian(z / 2.0 if a.sampling == "fixed" else z),
+                    sampling=a.sampling,
+                    rate=a.sampling_rate,
+                    num_clients=a.num_clients,
+                    sample_size=a.sample_size,
+                )
             else:  # nothing released: no sketch, no sum
                 ev = E.NoOpDpEvent()
             self.ledger.record("aggregate", ev, round=server_round, what="sum of noisy sketches")
@@ -83,9 +108,16 @@ class SketchDP(PrivacyMechanism):
     def summary(self) -> dict[str, Any]:
         view, eps = self.ledger.worst()
         return {
-            "level": "client (sketch)", "mechanism": f"Gaussian noise on each client's sketch ({self.compressor})",
-            "epsilon": eps, "epsilon_view": view, "epsilons": self.ledger.epsilons(), "delta": self.acc.delta,
-            "noise_multiplier": self.acc.noise_multiplier, "clip_norm": self.clip_norm, "steps": self.rounds_done,
-            "sampling_rate": self.acc.sampling_rate, "noise_randomness": self.randomness,
+            "level": "client (sketch)",
+            "mechanism": f"Gaussian noise on each client's sketch ({self.compressor})",
+            "epsilon": eps,
+            "epsilon_view": view,
+            "epsilons": self.ledger.epsilons(),
+            "delta": self.acc.delta,
+            "noise_multiplier": self.acc.noise_multiplier,
+            "clip_norm": self.clip_norm,
+            "steps": self.rounds_done,
+            "sampling_rate": self.acc.sampling_rate,
+            "noise_randomness": self.randomness,
             "ledger": self.ledger.to_dict(),
         }

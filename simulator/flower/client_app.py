@@ -21,7 +21,7 @@ from simulator.round import ClientPlugins, ModelRefused, client_step
 if TYPE_CHECKING:
     from flwr.app import MetricRecordValues
 
-__all__ = ["make_client_app", "client_train", "STATE_KEY", "ModelRefused"]
+__all__ = ["STATE_KEY", "ModelRefused", "client_train", "make_client_app"]
 
 STATE_KEY = "privsim-state"
 
@@ -57,20 +57,35 @@ def client_train(scenario_json: str, msg: Message, context: Context) -> Message:
     acting = pid in rt.schedule.acting(rnd)
     state = _load_state(context)
     ctx = ClientContext(
-        partition_id=pid, server_round=rnd, seed=s.seed, num_examples=int(x.shape[0]),
+        partition_id=pid,
+        server_round=rnd,
+        seed=s.seed,
+        num_examples=int(x.shape[0]),
         global_vector=flatten(global_sd, rt.layout).to(s.simulation.device),
-        layout=rt.layout, train=rt.train, num_clients=s.data.num_clients,
-        expected_clients_per_round=rt.sampler.expected_size, malicious=acting,
-        colluders=rt.schedule.colluders(pid, rnd), state=state, noise_key=rt.noise_key(pid))
-    plugins = ClientPlugins(privacy=rt.privacy, defenses=tuple(rt.client_defenses), compressor=rt.compressor,
-                            attack=rt.attack if acting else None)
+        layout=rt.layout,
+        train=rt.train,
+        num_clients=s.data.num_clients,
+        expected_clients_per_round=rt.sampler.expected_size,
+        malicious=acting,
+        colluders=rt.schedule.colluders(pid, rnd),
+        state=state,
+        noise_key=rt.noise_key(pid),
+    )
+    plugins = ClientPlugins(
+        privacy=rt.privacy,
+        defenses=tuple(rt.client_defenses),
+        compressor=rt.compressor,
+        attack=rt.attack if acting else None,
+    )
     reply = client_step(model, x, y, ctx, plugins, config=config)
     _save_state(context, state)
-    content = RecordDict({
-        "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in reply.payload.items()}),
-        # cast: the stub asks for an invariant dict of every metric value type; a dict of floats is one
-        "metrics": MetricRecord(cast("dict[str, MetricRecordValues]", reply.metrics)),
-    })
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in reply.payload.items()}),
+            # cast: the stub asks for an invariant dict of every metric value type; a dict of floats is one
+            "metrics": MetricRecord(cast("dict[str, MetricRecordValues]", reply.metrics)),
+        }
+    )
     return Message(content=content, reply_to=msg)
 
 

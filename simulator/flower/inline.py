@@ -20,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 if TYPE_CHECKING:
     from flwr.supercore.run import Run
 
-__all__ = ["InlineGrid", "run_inline", "FLWR_VERSION"]
+__all__ = ["FLWR_VERSION", "InlineGrid", "run_inline"]
 
 FLWR_VERSION = "1.41.0"  # the version whose internals this module was written against
 _SERVER_NODE_ID = 1  # flwr.common.constant.SUPERLINK_NODE_ID
@@ -44,9 +44,13 @@ class InlineGrid(Grid):
         self.contexts: dict[int, Context] = {}
         for pid in range(num_nodes):
             nid = first_node_id + pid
-            self.contexts[nid] = Context(run_id=_RUN_ID, node_id=nid,
-                                         node_config={"partition-id": pid, "num-partitions": num_nodes},
-                                         state=RecordDict(), run_config={})
+            self.contexts[nid] = Context(
+                run_id=_RUN_ID,
+                node_id=nid,
+                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
         self._replies: dict[str, Message] = {}
 
     def set_run(self, run: Run) -> None:  # the inline engine has exactly one run
@@ -56,8 +60,14 @@ class InlineGrid(Grid):
     def run(self) -> Run | None:  # type: ignore[override]  # None: run_inline never calls set_run
         return getattr(self, "_run", None)
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:  # deprecated in Flower; kept for the ABC
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:  # deprecated in Flower; kept for the ABC
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -73,7 +83,7 @@ class InlineGrid(Grid):
                 raise ValueError(f"no node {nid}")
             try:
                 reply = self.client_app(msg, self.contexts[nid])
-            except Exception as e:  # noqa: BLE001 - a failing client is a reply with an error, as in Flower
+            except Exception as e:
                 reply = Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
             self._replies[mid] = reply
             ids.append(mid)
@@ -82,7 +92,9 @@ class InlineGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(m) for m in list(message_ids) if m in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         return list(self.pull_messages(self.push_messages(messages)))
 
 

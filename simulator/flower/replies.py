@@ -23,6 +23,6 @@ def unpack(msg: Message, partition_of: dict[int, int]) -> Candidate:
         # untrusted: a record that is not an ArrayRecord fails here and is rejected
         arrays = {k: v.numpy() for k, v in rec.items()}  # type: ignore[union-attr]
         metrics = dict(content["metrics"])
-    except Exception as e:  # noqa: BLE001 - any malformed reply is a rejection, not a crash
+    except Exception as e:
         return Candidate(pid, malformed=str(e))
     return Candidate(pid, arrays=arrays, metrics=metrics)

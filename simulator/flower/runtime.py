@@ -26,7 +26,7 @@ from simulator.scenario import Scenario
 from simulator.sketching.base import COMPRESSORS, Compressor
 from simulator.training import LocalTrainConfig
 
-__all__ = ["Runtime", "runtime_for", "build_runtime"]
+__all__ = ["Runtime", "build_runtime", "runtime_for"]
 
 
 @dataclass
@@ -52,41 +52,87 @@ class Runtime:
 
 def build_runtime(s: Scenario) -> Runtime:
     import_plugins()
-    attack = CLIENT_ATTACKS.create(s.attacks.backdoor.name, s.attacks.backdoor.params) if s.attacks.backdoor else None
+    attack = (
+        CLIENT_ATTACKS.create(s.attacks.backdoor.name, s.attacks.backdoor.params)
+        if s.attacks.backdoor
+        else None
+    )
     data = build_federated_data(
-        dataset=s.data.dataset, dataset_params=s.data.params, num_clients=s.data.num_clients,
-        partitioner=s.data.partitioner.name, partitioner_params=s.data.partitioner.params,
-        test_fraction=s.data.test_fraction, client_test_fraction=s.data.client_test_fraction, seed=s.seed,
-        max_examples=s.data.max_examples, reserve=attack.reserve if attack is not None else None)
-    model = build_model(s.model.name, s.model.params, input_shape=data.input_shape, num_classes=data.num_classes,
-                        seed=s.seed).to(s.simulation.device)
-    schedule = AttackerSchedule.from_plan(s.attacks.plan, num_clients=s.data.num_clients, seed=s.seed,
-                                          rounds=s.federation.rounds, active=attack is not None)
+        dataset=s.data.dataset,
+        dataset_params=s.data.params,
+        num_clients=s.data.num_clients,
+        partitioner=s.data.partitioner.name,
+        partitioner_params=s.data.partitioner.params,
+        test_fraction=s.data.test_fraction,
+        client_test_fraction=s.data.client_test_fraction,
+        seed=s.seed,
+        max_examples=s.data.max_examples,
+        reserve=attack.reserve if attack is not None else None,
+    )
+    model = build_model(
+        s.model.name, s.model.params, input_shape=data.input_shape, num_classes=data.num_classes, seed=s.seed
+    ).to(s.simulation.device)
+    schedule = AttackerSchedule.from_plan(
+        s.attacks.plan,
+        num_clients=s.data.num_clients,
+        seed=s.seed,
+        rounds=s.federation.rounds,
+        active=attack is not None,
+    )
     f = s.federation
     secret = run_secret(s.privacy.noise_seed)
     compressor = COMPRESSORS.create(s.compression.name, s.compression.params)
     privacy = build_privacy(s, compressor, secret=secret)
     # amplification by sampling needs a cohort the adversary cannot recompute from the scenario
     sample_seed = derive_seed(secret, "cohort") if privacy.secret_sampling else s.seed
-    sampler = ClientSampler(num_clients=s.data.num_clients, sampling=f.sampling, clients_per_round=f.clients_per_round,
-                            sampling_rate=f.sampling_rate, dropout=f.dropout, seed=sample_seed, schedule=schedule,
-                            forced=_inversion_targets(s))
-    train = LocalTrainConfig(epochs=f.local_epochs, batch_size=f.batch_size, lr=f.lr, optimizer=f.optimizer,
-                             momentum=f.momentum, weight_decay=f.weight_decay, max_steps=f.local_steps,
-                             label_smoothing=f.label_smoothing, mixup_alpha=f.mixup_alpha)
+    sampler = ClientSampler(
+        num_clients=s.data.num_clients,
+        sampling=f.sampling,
+        clients_per_round=f.clients_per_round,
+        sampling_rate=f.sampling_rate,
+        dropout=f.dropout,
+        seed=sample_seed,
+        schedule=schedule,
+        forced=_inversion_targets(s),
+    )
+    train = LocalTrainConfig(
+        epochs=f.local_epochs,
+        batch_size=f.batch_size,
+        lr=f.lr,
+        optimizer=f.optimizer,
+        momentum=f.momentum,
+        weight_decay=f.weight_decay,
+        max_steps=f.local_steps,
+        label_smoothing=f.label_smoothing,
+        mixup_alpha=f.mixup_alpha,
+    )
     canaries = None
     if s.audit is not None and s.audit.level == "record":
         tx = data.train.x
-        canaries = RecordCanaries(num=s.audit.canaries, num_clients=s.data.num_clients,
-                                  input_shape=tuple(data.input_shape), num_classes=data.num_classes,
-                                  low=float(tx.min()), high=float(tx.max()),
-                                  seed=s.audit.seed if s.audit.seed is not None else derive_seed(s.seed, "audit"))
+        canaries = RecordCanaries(
+            num=s.audit.canaries,
+            num_clients=s.data.num_clients,
+            input_shape=tuple(data.input_shape),
+            num_classes=data.num_classes,
+            low=float(tx.min()),
+            high=float(tx.max()),
+            seed=s.audit.seed if s.audit.seed is not None else derive_seed(s.seed, "audit"),
+        )
     return Runtime(
-        scenario=s, data=data, model=model, layout=layout_of(model), attack=attack, schedule=schedule,
+        scenario=s,
+        data=data,
+        model=model,
+        layout=layout_of(model),
+        attack=attack,
+        schedule=schedule,
         sampler=sampler,
         client_defenses=[CLIENT_DEFENSES.create(d.name, d.params) for d in s.defenses.client],
-        compressor=compressor, privacy=privacy, train=train, secret=secret,
-        record_canaries=canaries)
+        compressor=compressor,
+        privacy=privacy,
+        train=train,
+        secret=secret,
+        record_canaries=canaries,
+    )
 
 
 def _inversion_targets(s: Scenario) -> dict[int, tuple[int, ...]]:

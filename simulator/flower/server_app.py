@@ -29,7 +29,7 @@ from simulator.scenario import Scenario
 from simulator.training import evaluate
 from simulator.warm_start import apply_warm_start
 
-__all__ = ["RoundSink", "ServerOutcome", "server_main", "make_server_app", "discover_partitions"]
+__all__ = ["RoundSink", "ServerOutcome", "discover_partitions", "make_server_app", "server_main"]
 
 
 class RoundSink(Protocol):
@@ -49,7 +49,9 @@ class ServerOutcome:
     attack: dict[str, Any] | None = None
     error: BaseException | None = None
     attacked: list[Any] = field(default_factory=list)  # in-run inversion results (images for the grids)
-    audit_scores: dict[str, Any] = field(default_factory=dict)  # canary scores (in, out) per statistic, for the plot
+    audit_scores: dict[str, Any] = field(
+        default_factory=dict
+    )  # canary scores (in, out) per statistic, for the plot
 
 
 def discover_partitions(grid: Grid, num_nodes: int, *, timeout: float = 300.0) -> dict[int, int]:
@@ -66,13 +68,21 @@ def discover_partitions(grid: Grid, num_nodes: int, *, timeout: float = 300.0) -
         if time.time() > deadline:
             raise RuntimeError(f"only {len(nodes)} of {num_nodes} nodes connected after {timeout:.0f} s")
         time.sleep(0.05)
-    msgs = [Message(RecordDict({"query": ConfigRecord({"want": "partition-id"})}), dst_node_id=n,
-                    message_type=MessageType.QUERY) for n in nodes]
+    msgs = [
+        Message(
+            RecordDict({"query": ConfigRecord({"want": "partition-id"})}),
+            dst_node_id=n,
+            message_type=MessageType.QUERY,
+        )
+        for n in nodes
+    ]
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
     out: dict[int, int] = {}
     for r in replies:
         if r.has_error():
-            raise RuntimeError(f"node {r.metadata.src_node_id} failed to report its partition: {r.error.reason}")
+            raise RuntimeError(
+                f"node {r.metadata.src_node_id} failed to report its partition: {r.error.reason}"
+            )
         pid = r.content["info"]["partition-id"]
         assert isinstance(pid, int)  # client_query sends it as an int
         out[r.metadata.src_node_id] = int(pid)
@@ -104,9 +114,11 @@ def _nanmean(xs: list[float | None]) -> float | None:
 
 def _defense_block(s: Scenario, records: list[RoundRecord]) -> dict[str, Any]:
     """Mean detection rates over the rounds where they are defined (TPR: rounds with attackers)."""
-    return {"aggregator": s.defenses.aggregator.name,
-            "tpr": _nanmean([r.defense_tpr for r in records]),
-            "fpr": _nanmean([r.defense_fpr for r in records])}
+    return {
+        "aggregator": s.defenses.aggregator.name,
+        "tpr": _nanmean([r.defense_tpr for r in records]),
+        "fpr": _nanmean([r.defense_fpr for r in records]),
+    }
 
 
 def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: ServerOutcome) -> None:
@@ -121,13 +133,22 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
         observer = InversionObserver(rt, model)
     audit = None
     if s.audit is not None and s.audit.level == "client":
-        audit = ClientAudit(s.audit, rt.privacy, dim=rt.layout.dim, rate=rt.sampler.expected_size / s.data.num_clients,
-                            expected_clients=rt.sampler.expected_size, scenario_seed=s.seed)
+        audit = ClientAudit(
+            s.audit,
+            rt.privacy,
+            dim=rt.layout.dim,
+            rate=rt.sampler.expected_size / s.data.num_clients,
+            expected_clients=rt.sampler.expected_size,
+            scenario_seed=s.seed,
+        )
     strategy = PrivsimStrategy(
-        runtime=rt, model=model,
+        runtime=rt,
+        model=model,
         aggregator=AGGREGATORS.create(s.defenses.aggregator.name, s.defenses.aggregator.params),
-        server_defenses=[SERVER_DEFENSES.create(d.name, d.params) for d in s.defenses.server], observer=observer,
-        audit=audit)
+        server_defenses=[SERVER_DEFENSES.create(d.name, d.params) for d in s.defenses.server],
+        observer=observer,
+        audit=audit,
+    )
     initial = flatten(model.state_dict(), rt.layout).clone()
     evaluate_model = _evaluator(rt)
     sink.on_start(s, rt)
@@ -168,24 +189,29 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
     outcome.privacy = rt.privacy.summary()
     if audit is not None:
         scores = audit.scores(flatten(model.state_dict(), rt.layout) - initial)
-        outcome.audit = audit.block(scores, delta=s.privacy.delta,
-                                             epsilon_upper=rt.privacy.epsilon_of_view("aggregate"))
+        outcome.audit = audit.block(
+            scores, delta=s.privacy.delta, epsilon_upper=rt.privacy.epsilon_of_view("aggregate")
+        )
         outcome.audit_scores = scores
     if rt.record_canaries is not None and s.audit is not None:
         outcome.audit, outcome.audit_scores = record_audit_block(
-            rt.record_canaries, model, s.audit, rt.privacy, s.privacy.delta)
+            rt.record_canaries, model, s.audit, rt.privacy, s.privacy.delta
+        )
     outcome.defense = _defense_block(s, outcome.records)
     if observer is not None:
         outcome.inversion = observer.summary()
         outcome.attacked = observer.attacked
     if rt.attack is not None:
         acting = rt.schedule.acting_rounds()
-        outcome.attack = {"name": s.attacks.backdoor.name if s.attacks.backdoor else None,
-                                   "malicious_ids": list(rt.schedule.malicious_ids),
-                                   "acting_rounds": acting,
-                                   "lifespan": backdoor_lifespan(
-                                       [(r.round, r.backdoor_accuracy) for r in outcome.records],
-                                       [a for a in acting if a <= (outcome.records[-1].round if outcome.records else 0)])}
+        outcome.attack = {
+            "name": s.attacks.backdoor.name if s.attacks.backdoor else None,
+            "malicious_ids": list(rt.schedule.malicious_ids),
+            "acting_rounds": acting,
+            "lifespan": backdoor_lifespan(
+                [(r.round, r.backdoor_accuracy) for r in outcome.records],
+                [a for a in acting if a <= (outcome.records[-1].round if outcome.records else 0)],
+            ),
+        }
 
 
 def make_server_app(scenario: Scenario, sink: RoundSink, outcome: ServerOutcome) -> ServerApp:

@@ -33,15 +33,34 @@ __all__ = ["PrivsimStrategy"]
 class PrivsimStrategy(FedAvg):
     """FedAvg whose sampling and aggregation are privsim's (see the module docstring)."""
 
-    def __init__(self, *, runtime: Runtime, model: nn.Module, aggregator: Aggregator,
-                 server_defenses: list[ServerDefense], observer: Observer | None = None,
-                 audit: ClientAudit | None = None) -> None:
-        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=0,
-                         min_available_nodes=1, weighted_by_key="num-examples")
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        model: nn.Module,
+        aggregator: Aggregator,
+        server_defenses: list[ServerDefense],
+        observer: Observer | None = None,
+        audit: ClientAudit | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=1,
+            min_evaluate_nodes=0,
+            min_available_nodes=1,
+            weighted_by_key="num-examples",
+        )
         self.rt = runtime
         self.model = model  # the server's own copy of the global model
-        self.plugins = ServerPlugins(compressor=runtime.compressor, aggregator=aggregator, privacy=runtime.privacy,
-                                     defenses=tuple(server_defenses), observer=observer, audit=audit)
+        self.plugins = ServerPlugins(
+            compressor=runtime.compressor,
+            aggregator=aggregator,
+            privacy=runtime.privacy,
+            defenses=tuple(server_defenses),
+            observer=observer,
+            audit=audit,
+        )
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.partition_of: dict[int, int] = {}  # node id -> partition id
         self.cohort: Cohort | None = None
@@ -54,31 +73,47 @@ class PrivsimStrategy(FedAvg):
         self.node_of = {p: n for n, p in partition_of.items()}
 
     # ---- SAMPLING + TRAINING INSTRUCTIONS (SERVER → CLIENTAPP) ----
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         cohort = self.rt.sampler.sample(server_round)
         self.cohort = cohort
         self.client_metrics = []
         self.valid_ids = ()
-        self.record = RoundRecord(round=server_round, clients_sampled=len(cohort.sampled),
-                                  sampled=list(cohort.sampled), dropped=list(cohort.dropped),
-                                  malicious=list(cohort.malicious))
-        cfg = ConfigRecord({**dict(config), **self.rt.privacy.server_config(server_round),
-                            "server-round": server_round})
-        msgs = [Message(RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=self.node_of[p],
-                        message_type=MessageType.TRAIN) for p in cohort.live]
+        self.record = RoundRecord(
+            round=server_round,
+            clients_sampled=len(cohort.sampled),
+            sampled=list(cohort.sampled),
+            dropped=list(cohort.dropped),
+            malicious=list(cohort.malicious),
+        )
+        cfg = ConfigRecord(
+            {**dict(config), **self.rt.privacy.server_config(server_round), "server-round": server_round}
+        )
+        msgs = [
+            Message(
+                RecordDict({"arrays": arrays, "config": cfg}),
+                dst_node_id=self.node_of[p],
+                message_type=MessageType.TRAIN,
+            )
+            for p in cohort.live
+        ]
         self.record.bytes_down = int(arrays.count_bytes()) * len(msgs)
         return msgs
 
     # ---- AGGREGATION (SERVER SIDE): steps 7-12 of the round core ----
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self.record is not None and self.cohort is not None
         rec, rt = self.record, self.rt
         replies = list(replies)
         # 7. validate
-        v = validate_replies([unpack(m, self.partition_of) for m in replies],
-                             spec=rt.compressor.spec(rt.layout, server_round), expected=set(self.cohort.live))
+        v = validate_replies(
+            [unpack(m, self.partition_of) for m in replies],
+            spec=rt.compressor.spec(rt.layout, server_round),
+            expected=set(self.cohort.live),
+        )
         rec.clients_replied = len(replies)
         rec.rejected, rec.failed, rec.bytes_up = v.rejected, v.failed, v.bytes_up
         valid = v.valid
@@ -88,12 +123,24 @@ class PrivsimStrategy(FedAvg):
             losses = [r.metrics.get("train-loss", math.nan) for r in valid]
             rec.train_loss = float(sum(losses) / len(losses))
         gvec = flatten(self.model.state_dict(), rt.layout)
-        ctx = RoundContext(server_round=server_round, seed=rt.scenario.seed, global_vector=gvec, layout=rt.layout,
-                           client_ids=self.valid_ids, num_examples=tuple(r.num_examples for r in valid),
-                           num_clients=rt.scenario.data.num_clients, expected_clients_per_round=rt.sampler.expected_size)
+        ctx = RoundContext(
+            server_round=server_round,
+            seed=rt.scenario.seed,
+            global_vector=gvec,
+            layout=rt.layout,
+            client_ids=self.valid_ids,
+            num_examples=tuple(r.num_examples for r in valid),
+            num_clients=rt.scenario.data.num_clients,
+            expected_clients_per_round=rt.sampler.expected_size,
+        )
         # 8-12
-        out = server_step(valid, ctx, self.plugins, server_lr=rt.scenario.federation.server_lr,
-                          min_replies=rt.scenario.federation.min_replies)
+        out = server_step(
+            valid,
+            ctx,
+            self.plugins,
+            server_lr=rt.scenario.federation.server_lr,
+            min_replies=rt.scenario.federation.min_replies,
+        )
         rec.inversion = out.observed
         rec.accepted = out.accepted
         rec.clients_aggregated = len(out.accepted)
@@ -103,11 +150,14 @@ class PrivsimStrategy(FedAvg):
             rec.skipped = out.skipped
             return None, None
         load_vector(self.model, out.new_global, rt.layout)
-        return ArrayRecord(self.model.state_dict()), MetricRecord({"clients-aggregated": rec.clients_aggregated})
+        return ArrayRecord(self.model.state_dict()), MetricRecord(
+            {"clients-aggregated": rec.clients_aggregated}
+        )
 
     # ---- EVALUATION: centralised on the server's test split (see server_app) ----
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return []
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

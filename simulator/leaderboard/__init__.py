@@ -9,6 +9,20 @@ from simulator.leaderboard.grid import AxisEntry, Cell, Grid, GridError, expand,
 from simulator.leaderboard.report import cell_metrics, ranking_scores, write_reports
 from simulator.leaderboard.runner import CellOutcome, GridRun, default_out_dir, default_store, run_grid
 
-__all__ = ["AxisEntry", "Cell", "Grid", "GridError", "expand", "grid_from_dict", "load_grid", "cell_metrics",
-           "ranking_scores", "write_reports", "CellOutcome", "GridRun", "default_out_dir", "default_store",
-           "run_grid"]
+__all__ = [
+    "AxisEntry",
+    "Cell",
+    "CellOutcome",
+    "Grid",
+    "GridError",
+    "GridRun",
+    "cell_metrics",
+    "default_out_dir",
+    "default_store",
+    "expand",
+    "grid_from_dict",
+    "load_grid",
+    "ranking_scores",
+    "run_grid",
+    "write_reports",
+]

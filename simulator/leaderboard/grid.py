@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 from simulator.scenario import Problem, Scenario, ScenarioError, apply_overrides, scenario_from_dict
 
-__all__ = ["AxisEntry", "Cell", "Grid", "GridError", "load_grid", "grid_from_dict", "expand"]
+__all__ = ["AxisEntry", "Cell", "Grid", "GridError", "expand", "grid_from_dict", "load_grid"]
 
 _TOP_KEYS = {"name", "description", "track", "base", "overrides", "axes", "rows", "columns", "baseline"}
 _ENTRY_KEYS = {"label", "set"}
@@ -137,8 +137,10 @@ def _parse_entry(axis: str, i: int, raw: Any, problems: list[str]) -> AxisEntry 
     if not isinstance(raw, dict):
         if axis == "seed" and isinstance(raw, int) and not isinstance(raw, bool):
             return AxisEntry(label=str(raw), set=(f"seed={raw}",))
-        problems.append(f"{where}: expected a table {{label = ..., set = [...]}}, got {raw!r}"
-                        + ("" if axis != "seed" else " (bare values on the 'seed' axis must be integers)"))
+        problems.append(
+            f"{where}: expected a table {{label = ..., set = [...]}}, got {raw!r}"
+            + ("" if axis != "seed" else " (bare values on the 'seed' axis must be integers)")
+        )
         return None
     unknown = sorted(set(raw) - _ENTRY_KEYS)
     if unknown:
@@ -179,7 +181,9 @@ def grid_from_dict(raw: dict[str, Any], *, source: str | None = None, root: Path
     problems: list[str] = []
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
-        problems.append(f"unknown top-level key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+        problems.append(
+            f"unknown top-level key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}"
+        )
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         problems.append("'name' must be a non-empty string")
@@ -227,9 +231,19 @@ def grid_from_dict(raw: dict[str, Any], *, source: str | None = None, root: Path
     if problems:
         raise GridError(source, problems)
 
-    grid = Grid(name=name, track=track, base=base_path, base_data=base_data, overrides=list(overrides),
-                axes=axes, description=raw.get("description", ""), rows=raw.get("rows", "defense"),
-                columns=raw.get("columns", "attack"), baseline=raw.get("baseline", "fedavg"), source=source)
+    grid = Grid(
+        name=name,
+        track=track,
+        base=base_path,
+        base_data=base_data,
+        overrides=list(overrides),
+        axes=axes,
+        description=raw.get("description", ""),
+        rows=raw.get("rows", "defense"),
+        columns=raw.get("columns", "attack"),
+        baseline=raw.get("baseline", "fedavg"),
+        source=source,
+    )
     grid.cells = expand(grid)
     return grid
 
@@ -304,8 +318,11 @@ def expand(grid: Grid) -> list[Cell]:
         same = s.model_copy(update={"name": grid.name}).digest()  # the cell name aside, what does it run?
         if same in by_digest:
             other = by_digest[same]
-            seen_problems.setdefault(f"cells {other.label_path!r} and {cell.label_path!r} resolve to the same "
-                                     f"scenario; an axis entry sets nothing new", None)
+            seen_problems.setdefault(
+                f"cells {other.label_path!r} and {cell.label_path!r} resolve to the same "
+                f"scenario; an axis entry sets nothing new",
+                None,
+            )
             continue
         by_digest[same] = cell
         cells.append(cell)

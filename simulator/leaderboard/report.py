@@ -38,6 +38,7 @@ import csv
 import html
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,10 +51,25 @@ from simulator.leaderboard.grid import Grid
 from simulator.plots import pyplot
 from simulator.results import ResultsStore
 
-__all__ = ["MISSING", "Metric", "INTEGRITY_METRICS", "PRIVACY_METRICS", "cell_metrics", "ranking_scores", "Table",
-           "leaderboard_table", "cell_records", "render_markdown", "write_csv", "write_heatmaps", "write_curves",
-           "render_html",
-           "write_reports", "outcomes_from_store", "print_tables"]
+__all__ = [
+    "INTEGRITY_METRICS",
+    "MISSING",
+    "PRIVACY_METRICS",
+    "Metric",
+    "Table",
+    "cell_metrics",
+    "cell_records",
+    "leaderboard_table",
+    "outcomes_from_store",
+    "print_tables",
+    "ranking_scores",
+    "render_html",
+    "render_markdown",
+    "write_csv",
+    "write_curves",
+    "write_heatmaps",
+    "write_reports",
+]
 
 MISSING = "–"
 
@@ -67,13 +83,33 @@ class Metric:
     better: Literal["max", "min"]
 
 
-INTEGRITY_METRICS = (Metric("main_accuracy", "MA", "max"), Metric("backdoor_accuracy", "BA", "min"),
-                     Metric("tpr", "TPR", "max"), Metric("fpr", "FPR", "min"))
-PRIVACY_METRICS = (Metric("main_accuracy", "MA", "max"), Metric("psnr", "PSNR", "min"),
-                   Metric("ssim", "SSIM", "min"), Metric("label_accuracy", "label acc", "min"),
-                   Metric("epsilon", "ε", "min"), Metric("epsilon_lower", "ε̂ (audit)", "min"))
-ALL_KEYS = ("main_accuracy", "backdoor_accuracy", "tpr", "fpr", "psnr", "ssim", "label_accuracy", "epsilon",
-            "epsilon_lower", "bytes_up_per_round", "wall_time_s")
+INTEGRITY_METRICS = (
+    Metric("main_accuracy", "MA", "max"),
+    Metric("backdoor_accuracy", "BA", "min"),
+    Metric("tpr", "TPR", "max"),
+    Metric("fpr", "FPR", "min"),
+)
+PRIVACY_METRICS = (
+    Metric("main_accuracy", "MA", "max"),
+    Metric("psnr", "PSNR", "min"),
+    Metric("ssim", "SSIM", "min"),
+    Metric("label_accuracy", "label acc", "min"),
+    Metric("epsilon", "ε", "min"),
+    Metric("epsilon_lower", "ε̂ (audit)", "min"),
+)
+ALL_KEYS = (
+    "main_accuracy",
+    "backdoor_accuracy",
+    "tpr",
+    "fpr",
+    "psnr",
+    "ssim",
+    "label_accuracy",
+    "epsilon",
+    "epsilon_lower",
+    "bytes_up_per_round",
+    "wall_time_s",
+)
 
 
 def _num(x: Any) -> float | None:
@@ -90,7 +126,9 @@ def _block(summary: dict[str, Any], key: str) -> dict[str, Any]:
 def cell_metrics(summary: dict[str, Any] | None) -> dict[str, float | None]:
     """All leaderboard metrics of one run summary (``None`` for anything missing or non-numeric)."""
     s = summary if isinstance(summary, dict) else {}
-    final, defense, inv, priv, audit = (_block(s, k) for k in ("final", "defense", "inversion", "privacy", "audit"))
+    final, defense, inv, priv, audit = (
+        _block(s, k) for k in ("final", "defense", "inversion", "privacy", "audit")
+    )
     return {
         "main_accuracy": _num(final.get("main_accuracy")),
         "backdoor_accuracy": _num(final.get("backdoor_accuracy")),
@@ -188,9 +226,20 @@ def cell_records(grid: Grid, outcomes: list[Any]) -> list[dict[str, Any]]:
         m = cell_metrics(o.summary)
         others = tuple((a, v) for a, v in c.labels.items() if a not in (grid.rows, grid.columns))
         out_dir = (o.summary or {}).get("out_dir") if isinstance(o.summary, dict) else None
-        recs.append({**c.labels, "row": c.labels.get(grid.rows, "all"), "col": c.labels.get(grid.columns, "all"),
-                     "others": others, "label_path": c.label_path, "digest": c.digest, "status": o.status,
-                     "reason": o.reason, "out_dir": out_dir, **m})
+        recs.append(
+            {
+                **c.labels,
+                "row": c.labels.get(grid.rows, "all"),
+                "col": c.labels.get(grid.columns, "all"),
+                "others": others,
+                "label_path": c.label_path,
+                "digest": c.digest,
+                "status": o.status,
+                "reason": o.reason,
+                "out_dir": out_dir,
+                **m,
+            }
+        )
     return recs
 
 
@@ -206,7 +255,9 @@ def leaderboard_table(grid: Grid, records: list[dict[str, Any]]) -> Table:
     ok = [r for r in records if r["status"] != "failed"]
 
     def mean(row: str, col: str | None, key: str) -> float | None:
-        vals = [r[key] for r in ok if r["row"] == row and (col is None or r["col"] == col) and r[key] is not None]
+        vals = [
+            r[key] for r in ok if r["row"] == row and (col is None or r["col"] == col) and r[key] is not None
+        ]
         return sum(vals) / len(vals) if vals else None
 
     if grid.track == "integrity":
@@ -244,19 +295,27 @@ def render_markdown(grid: Grid, table: Table, records: list[dict[str, Any]]) -> 
     lines.append("| " + " | ".join([table.label_header, *table.headers]) + " |")
     lines.append("|" + "---|" * (len(table.headers) + 1))
     for label, vals in table.rows:
-        cells = [f"**{_fmt(v)}**" if v is not None and best[j] is not None and v == best[j] else _fmt(v)
-                 for j, v in enumerate(vals)]
+        cells = [
+            f"**{_fmt(v)}**" if v is not None and best[j] is not None and v == best[j] else _fmt(v)
+            for j, v in enumerate(vals)
+        ]
         lines.append("| " + " | ".join([label, *cells]) + " |")
     others = [a for a in grid.axes if a not in (grid.rows, grid.columns)]
     if others:
         lines += ["", f"Values are means over {', '.join(others)}."]
     if grid.track == "integrity":
-        lines += ["", f"score: Σ over attacks of (relative MA change − relative BA change) against "
-                      f"'{grid.baseline}'; higher is better."]
+        lines += [
+            "",
+            f"score: Σ over attacks of (relative MA change − relative BA change) against "
+            f"'{grid.baseline}'; higher is better.",
+        ]
     failed = [r for r in records if r["status"] == "failed"]
-    lines += ["", f"{len(records)} cells: {sum(r['status'] == 'completed' for r in records)} run now, "
-                  f"{sum(r['status'] == 'skipped' for r in records)} from the store, {len(failed)} failed, "
-                  f"{sum(r['status'] == 'not run' for r in records)} not run."]
+    lines += [
+        "",
+        f"{len(records)} cells: {sum(r['status'] == 'completed' for r in records)} run now, "
+        f"{sum(r['status'] == 'skipped' for r in records)} from the store, {len(failed)} failed, "
+        f"{sum(r['status'] == 'not run' for r in records)} not run.",
+    ]
     for r in failed:
         lines.append(f"- failed: `{r['label_path']}`: {r['reason']}")
     return "\n".join(lines) + "\n"
@@ -269,8 +328,12 @@ def write_csv(grid: Grid, records: list[dict[str, Any]], path: Path) -> None:
         w = csv.writer(f)
         w.writerow([*axes, "status", "reason", "digest", *ALL_KEYS, "out_dir"])
         for r in records:
-            w.writerow([r.get(a, "") for a in axes] + [r["status"], r["reason"] or "", r["digest"]]
-                       + ["" if r[k] is None else r[k] for k in ALL_KEYS] + [r["out_dir"] or ""])
+            w.writerow(
+                [r.get(a, "") for a in axes]
+                + [r["status"], r["reason"] or "", r["digest"]]
+                + ["" if r[k] is None else r[k] for k in ALL_KEYS]
+                + [r["out_dir"] or ""]
+            )
 
 
 def _mean_std(records: list[dict[str, Any]], rows: list[str], cols: list[str], key: str) -> tuple[Any, Any]:
@@ -279,8 +342,11 @@ def _mean_std(records: list[dict[str, Any]], rows: list[str], cols: list[str], k
     std = np.full((len(rows), len(cols)), np.nan)
     for i, row in enumerate(rows):
         for j, col in enumerate(cols):
-            vals = [r[key] for r in records if r["row"] == row and r["col"] == col
-                    and r["status"] != "failed" and r[key] is not None]
+            vals = [
+                r[key]
+                for r in records
+                if r["row"] == row and r["col"] == col and r["status"] != "failed" and r[key] is not None
+            ]
             if vals:
                 mean[i, j], std[i, j] = float(np.mean(vals)), float(np.std(vals))
     return mean, std
@@ -341,8 +407,11 @@ def write_curves(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> li
                 ax.set_xscale("log")
         ax.set_xlabel(grid.columns)
         ax.set_ylabel(m.header)
-        ax.set_title(f"{grid.name}: {m.header} vs {grid.columns} ({'higher' if m.better == 'max' else 'lower'} "
-                     "is better)", fontsize=10)
+        ax.set_title(
+            f"{grid.name}: {m.header} vs {grid.columns} ({'higher' if m.better == 'max' else 'lower'} "
+            "is better)",
+            fontsize=10,
+        )
         ax.grid(alpha=0.3)
         ax.legend(title=grid.rows, fontsize=8)
         written.append(_save(plt, fig, out_dir / f"curve_{m.key}.png"))
@@ -472,18 +541,27 @@ def _cell_links(r: dict[str, Any], out_dir: Path) -> str:
     return " ".join(links) if links else MISSING
 
 
-def render_html(grid: Grid, table: Table, records: list[dict[str, Any]], out_dir: Path,
-                heatmaps: list[Path] = ()) -> str:  # type: ignore[assignment]
+def render_html(
+    grid: Grid, table: Table, records: list[dict[str, Any]], out_dir: Path, heatmaps: Sequence[Path] = ()
+) -> str:
     """``leaderboard.html``: self-contained page with sortable tables (ids ``leaderboard`` and ``cells``)."""
     best = table.best()
-    h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-         f"<title>privsim leaderboard: {html.escape(grid.name)}</title>", f"<style>{_CSS}</style></head><body>",
-         f"<h1>Leaderboard: {html.escape(grid.name)}</h1>"]
+    h = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>privsim leaderboard: {html.escape(grid.name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Leaderboard: {html.escape(grid.name)}</h1>",
+    ]
     if grid.description:
         h.append(f"<p>{html.escape(grid.description)}</p>")
     h.append(f"<h2>{html.escape(table.title)}</h2>")
-    h.append('<table id="leaderboard" class="sortable"><thead><tr>' + _th(table.label_header, "label", "label")
-             + "".join(_th(hd, k) for hd, k in zip(table.headers, table.keys)) + "</tr></thead><tbody>")
+    h.append(
+        '<table id="leaderboard" class="sortable"><thead><tr>'
+        + _th(table.label_header, "label", "label")
+        + "".join(_th(hd, k) for hd, k in zip(table.headers, table.keys))
+        + "</tr></thead><tbody>"
+    )
     for label, vals in table.rows:
         tds = [_td(label, "label")]
         for j, v in enumerate(vals):
@@ -497,20 +575,35 @@ def render_html(grid: Grid, table: Table, records: list[dict[str, Any]], out_dir
         h.append("<h2>Plots</h2><div>")
         for p in heatmaps:
             data = base64.b64encode(Path(p).read_bytes()).decode()
-            h.append(f'<img class="heatmap" alt="{html.escape(Path(p).stem)}" src="data:image/png;base64,{data}">')
+            h.append(
+                f'<img class="heatmap" alt="{html.escape(Path(p).stem)}" src="data:image/png;base64,{data}">'
+            )
         h.append("</div>")
     metrics = INTEGRITY_METRICS if grid.track == "integrity" else _with_data(PRIVACY_METRICS, records)
     axes = list(grid.axes)
     h.append("<h2>Cells</h2>")
-    h.append('<table id="cells" class="sortable"><thead><tr>'
-             + "".join(_th(a, a, "label") for a in axes) + _th("status", "status", "label")
-             + "".join(_th(m.header, m.key) for m in metrics) + _th("time (s)", "wall_time_s")
-             + _th("digest", "digest", "label") + _th("plots", "plots", "label") + "</tr></thead><tbody>")
+    h.append(
+        '<table id="cells" class="sortable"><thead><tr>'
+        + "".join(_th(a, a, "label") for a in axes)
+        + _th("status", "status", "label")
+        + "".join(_th(m.header, m.key) for m in metrics)
+        + _th("time (s)", "wall_time_s")
+        + _th("digest", "digest", "label")
+        + _th("plots", "plots", "label")
+        + "</tr></thead><tbody>"
+    )
     for r in records:
         status = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
-        tds = ([_td(r.get(a, ""), "label") for a in axes] + [_td(status, "label")]
-               + [_td(r[m.key]) for m in metrics] + [_td(r["wall_time_s"]), _td(r["digest"], "label"),
-                                                      f'<td class="label">{_cell_links(r, out_dir)}</td>'])
+        tds = (
+            [_td(r.get(a, ""), "label") for a in axes]
+            + [_td(status, "label")]
+            + [_td(r[m.key]) for m in metrics]
+            + [
+                _td(r["wall_time_s"]),
+                _td(r["digest"], "label"),
+                f'<td class="label">{_cell_links(r, out_dir)}</td>',
+            ]
+        )
         cls = ' class="failed"' if r["status"] == "failed" else ""
         h.append(f'<tr data-cell="{html.escape(r["label_path"])}"{cls}>' + "".join(tds) + "</tr>")
     h.append("</tbody></table>")
@@ -557,7 +650,7 @@ def outcomes_from_store(grid: Grid, store: str | Path) -> list[Any]:
         if done is not None:
             out.append(_StoredOutcome(c, "skipped", done))
         elif c.digest in latest and str(latest[c.digest]["status"]).startswith("failed"):
-            out.append(_StoredOutcome(c, "failed", None, str(latest[c.digest]["status"])[len("failed: "):]))
+            out.append(_StoredOutcome(c, "failed", None, str(latest[c.digest]["status"])[len("failed: ") :]))
         else:
             out.append(_StoredOutcome(c, "not run"))
     return out
@@ -574,8 +667,15 @@ def print_tables(grid: Grid, outcomes: list[Any], console: Any = None) -> None:
     for hd in table.headers:
         rt.add_column(hd, justify="right")
     for label, vals in table.rows:
-        rt.add_row(label, *[f"[bold green]{_fmt(v)}[/]" if v is not None and best[j] is not None and v == best[j]
-                            else _fmt(v) for j, v in enumerate(vals)])
+        rt.add_row(
+            label,
+            *[
+                f"[bold green]{_fmt(v)}[/]"
+                if v is not None and best[j] is not None and v == best[j]
+                else _fmt(v)
+                for j, v in enumerate(vals)
+            ],
+        )
     console.print(rt)
     metrics = INTEGRITY_METRICS if grid.track == "integrity" else PRIVACY_METRICS
     ct = RichTable(title="cells")

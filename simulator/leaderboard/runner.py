@@ -40,7 +40,7 @@ from simulator.results import ResultsStore
 from simulator.runner import RunFailed, run
 from simulator.scenario import scenario_from_dict
 
-__all__ = ["CellOutcome", "GridRun", "run_grid", "default_store", "default_out_dir"]
+__all__ = ["CellOutcome", "GridRun", "default_out_dir", "default_store", "run_grid"]
 
 
 @dataclass
@@ -90,20 +90,28 @@ def default_out_dir(grid: Grid) -> Path:
     return Path(grid.cells[0].scenario.output.dir) / "leaderboard" / grid.name
 
 
-def _record_failure(store: str, digest: str, name: str, out_dir: str, tag: str, reason: str,
-                    since: float) -> None:
+def _record_failure(
+    store: str, digest: str, name: str, out_dir: str, tag: str, reason: str, since: float
+) -> None:
     """Mark the cell's ``running`` row (started by this attempt) failed, or add a failed row if it has none."""
     rs = ResultsStore(store)
-    mine = [r for r in rs.runs() if r["digest"] == digest and r["status"] == "running"
-            and r["out_dir"] == out_dir and r["started_at"] >= since - 1]
+    mine = [
+        r
+        for r in rs.runs()
+        if r["digest"] == digest
+        and r["status"] == "running"
+        and r["out_dir"] == out_dir
+        and r["started_at"] >= since - 1
+    ]
     if mine:
         rs.fail_run(int(mine[-1]["id"]), reason)
     else:
         rs.fail_run(rs.start_run(digest=digest, name=name, out_dir=out_dir, tag=tag), reason)
 
 
-def _run_cell(data: dict[str, Any], source: str | None, digest: str, out_dir: str, store: str,
-              tag: str) -> tuple[str, dict[str, Any] | None, str | None, float]:
+def _run_cell(
+    data: dict[str, Any], source: str | None, digest: str, out_dir: str, store: str, tag: str
+) -> tuple[str, dict[str, Any] | None, str | None, float]:
     """Run one cell (a top-level function so the spawn pool can pickle it).
 
     Returns
@@ -121,17 +129,25 @@ def _run_cell(data: dict[str, Any], source: str | None, digest: str, out_dir: st
         return "completed", result.to_dict(), None, time.time() - t0
     except RunFailed as e:  # the runner has already marked its row failed
         return "failed", None, str(e), time.time() - t0
-    except Exception as e:  # noqa: BLE001 - a broken cell must not stop the grid
+    except Exception as e:
         reason = f"{type(e).__name__}: {e}"
         try:
             _record_failure(store, digest, name, out_dir, tag, reason, t0)
-        except Exception:  # noqa: BLE001  # pragma: no cover - store unavailable
+        except Exception:  # pragma: no cover - store unavailable
             traceback.print_exc()
         return "failed", None, reason, time.time() - t0
 
 
-def run_grid(grid: Grid, *, store: str | Path, out_dir: str | Path, workers: int = 1, rerun: bool = False,
-             progress: bool = True, report: bool = True) -> GridRun:
+def run_grid(
+    grid: Grid,
+    *,
+    store: str | Path,
+    out_dir: str | Path,
+    workers: int = 1,
+    rerun: bool = False,
+    progress: bool = True,
+    report: bool = True,
+) -> GridRun:
     """Run every cell of ``grid`` not yet finished in ``store``; write the leaderboard.
 
     Parameters
@@ -179,21 +195,38 @@ def run_grid(grid: Grid, *, store: str | Path, out_dir: str | Path, workers: int
         for c in grid.cells:
             if c.digest in outcomes:
                 console.print(f"skipped    {c.label_path}  (finished in the store)")
-        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+        )
         bar.start()
         task = bar.add_task(f"{grid.name} cells", total=len(grid.cells), completed=len(outcomes))
 
     def finish(cell: Cell, res: tuple[str, dict[str, Any] | None, str | None, float]) -> None:
         status, summary, reason, secs = res
-        outcomes[cell.digest] = CellOutcome(cell, status, summary=summary, reason=reason,  # type: ignore[arg-type]
-                                            seconds=secs)
+        outcomes[cell.digest] = CellOutcome(
+            cell,
+            status,  # type: ignore[arg-type]
+            summary=summary,
+            reason=reason,
+            seconds=secs,
+        )
         if console is not None and bar is not None:
             if status == "completed" and summary is not None:
                 m = cell_metrics(summary)  # whichever of MA, BA, PSNR, SSIM, label acc, ε the cell has
-                parts = [f"{x.header} {m[x.key]:.4f}" for x in (*INTEGRITY_METRICS[:2], *PRIVACY_METRICS[1:])
-                         if m[x.key] is not None]
-                console.print(f"completed  {cell.label_path}  {'  '.join(parts) or '(no metric)'}  ({secs:.1f} s)")
+                parts = [
+                    f"{x.header} {m[x.key]:.4f}"
+                    for x in (*INTEGRITY_METRICS[:2], *PRIVACY_METRICS[1:])
+                    if m[x.key] is not None
+                ]
+                console.print(
+                    f"completed  {cell.label_path}  {'  '.join(parts) or '(no metric)'}  ({secs:.1f} s)"
+                )
             else:
                 console.print(f"[red]failed[/red]     {cell.label_path}: {reason}")
             assert task is not None  # added together with the bar
@@ -208,27 +241,40 @@ def run_grid(grid: Grid, *, store: str | Path, out_dir: str | Path, workers: int
             for cell in todo:
                 finish(cell, _run_cell(*args(cell)))
         else:
-            with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)),
-                                        mp_context=mp.get_context("spawn")) as pool:
+            with cf.ProcessPoolExecutor(
+                max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn")
+            ) as pool:
                 futs = {pool.submit(_run_cell, *args(c)): c for c in todo}
                 for fut in cf.as_completed(futs):
                     cell = futs[fut]
                     try:
                         res = fut.result()
-                    except Exception as e:  # noqa: BLE001 - e.g. a worker process died
+                    except Exception as e:
                         res = ("failed", None, f"worker died: {type(e).__name__}: {e}", 0.0)
                         try:
-                            _record_failure(str(store_p), cell.digest, str(cell.data.get("name")),
-                                            args(cell)[3], tag, res[2] or "", 0.0)
-                        except Exception:  # noqa: BLE001  # pragma: no cover
+                            _record_failure(
+                                str(store_p),
+                                cell.digest,
+                                str(cell.data.get("name")),
+                                args(cell)[3],
+                                tag,
+                                res[2] or "",
+                                0.0,
+                            )
+                        except Exception:  # pragma: no cover
                             pass
                     finish(cell, res)
     finally:
         if bar is not None:
             bar.stop()
 
-    result = GridRun(grid=grid, out_dir=out, store=store_p, workers=workers,
-                     cells=[outcomes[c.digest] for c in grid.cells if c.digest in outcomes])
+    result = GridRun(
+        grid=grid,
+        out_dir=out,
+        store=store_p,
+        workers=workers,
+        cells=[outcomes[c.digest] for c in grid.cells if c.digest in outcomes],
+    )
     if report:
         write_reports(result)
     return result

@@ -26,7 +26,7 @@ from simulator.context import RoundContext, derive_seed
 from simulator.dp.mechanism import ClientLevelDP, PrivacyMechanism
 from simulator.scenario.audit import AuditConfig
 
-__all__ = ["ClientAudit", "CanaryRound", "record_audit_block"]
+__all__ = ["CanaryRound", "ClientAudit", "record_audit_block"]
 
 
 @dataclass
@@ -60,8 +60,9 @@ class ClientAudit:
         norms = torch.linalg.vector_norm(updates.to(torch.float64), dim=1)
         return float(norms.median()) if len(norms) else 1.0
 
-    def join(self, server_round: int, updates: torch.Tensor, weights: torch.Tensor,
-             ctx: RoundContext) -> tuple[torch.Tensor, torch.Tensor, RoundContext, CanaryRound]:
+    def join(
+        self, server_round: int, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext
+    ) -> tuple[torch.Tensor, torch.Tensor, RoundContext, CanaryRound]:
         """Step 10: append this round's canaries to the update matrix (weight: the mean client weight)."""
         t0 = time.perf_counter()
         try:
@@ -69,8 +70,9 @@ class ClientAudit:
         finally:
             self.seconds += time.perf_counter() - t0
 
-    def _join(self, server_round: int, updates: torch.Tensor, weights: torch.Tensor,
-              ctx: RoundContext) -> tuple[torch.Tensor, torch.Tensor, RoundContext, CanaryRound]:
+    def _join(
+        self, server_round: int, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext
+    ) -> tuple[torch.Tensor, torch.Tensor, RoundContext, CanaryRound]:
         norm = self._norm(server_round, updates)
         take, ups = self.canaries.round_updates(server_round, norm=norm)
         if not len(take):
@@ -78,9 +80,12 @@ class ClientAudit:
         ids = tuple(-1 - int(j) for j in take)
         w = float(weights.mean()) if len(weights) else 1.0
         updates = torch.cat([updates, ups.to(updates.dtype).to(updates.device)])
-        weights = torch.cat([weights, torch.full((len(take),), w, dtype=weights.dtype, device=weights.device)])
-        ctx = dataclasses.replace(ctx, client_ids=ctx.client_ids + ids,
-                                  num_examples=ctx.num_examples + (int(round(w)),) * len(ids))
+        weights = torch.cat(
+            [weights, torch.full((len(take),), w, dtype=weights.dtype, device=weights.device)]
+        )
+        ctx = dataclasses.replace(
+            ctx, client_ids=ctx.client_ids + ids, num_examples=ctx.num_examples + (int(round(w)),) * len(ids)
+        )
         return updates, weights, ctx, CanaryRound(ids, [{} for _ in ids])
 
     def observe(self, released: torch.Tensor, num_in_sum: int) -> None:
@@ -89,7 +94,9 @@ class ClientAudit:
         if isinstance(self.privacy, ClientLevelDP):
             std = self.privacy.total_noise_std(num_in_sum)
             norm = self.privacy.clip_history[-1] if self.privacy.clip_history else self.privacy.clip_norm
-            self.canaries.observe(released, noisy_sum=released * self.expected_clients, noise_std=std, norm=norm)
+            self.canaries.observe(
+                released, noisy_sum=released * self.expected_clients, noise_std=std, norm=norm
+            )
         else:
             self.canaries.observe(released)
         self.seconds += time.perf_counter() - t0
@@ -97,26 +104,42 @@ class ClientAudit:
     def scores(self, final_delta: torch.Tensor) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return self.canaries.scores(final_delta)
 
-    def block(self, scores: dict[str, tuple[np.ndarray, np.ndarray]], *, delta: float,
-              epsilon_upper: float) -> dict[str, Any]:
+    def block(
+        self, scores: dict[str, tuple[np.ndarray, np.ndarray]], *, delta: float, epsilon_upper: float
+    ) -> dict[str, Any]:
         c = self.canaries
-        return audit_block(scores, delta=delta, confidence=self.cfg.confidence, epsilon_upper=epsilon_upper,
-                           method="canary clients (Andrew et al., ICLR 2024) with the one-run bound of Steinke, "
-                                  "Nasr, Jagielski (NeurIPS 2023)",
-                           canaries=c.num, extra={"level": "client", "inserted": int(c.inserted.sum()),
-                                                  "seconds_per_round": self.seconds / max(c.rounds, 1),
-                                                  "participation_rate": c.rate,
-                                                  "mean_participations": float(c.participations[c.inserted].mean())
-                                                  if c.inserted.any() else 0.0})
+        return audit_block(
+            scores,
+            delta=delta,
+            confidence=self.cfg.confidence,
+            epsilon_upper=epsilon_upper,
+            method="canary clients (Andrew et al., ICLR 2024) with the one-run bound of Steinke, "
+            "Nasr, Jagielski (NeurIPS 2023)",
+            canaries=c.num,
+            extra={
+                "level": "client",
+                "inserted": int(c.inserted.sum()),
+                "seconds_per_round": self.seconds / max(c.rounds, 1),
+                "participation_rate": c.rate,
+                "mean_participations": float(c.participations[c.inserted].mean())
+                if c.inserted.any()
+                else 0.0,
+            },
+        )
 
 
-def record_audit_block(canaries: RecordCanaries, model: nn.Module, cfg: AuditConfig, privacy: PrivacyMechanism,
-                       delta: float) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
+def record_audit_block(
+    canaries: RecordCanaries, model: nn.Module, cfg: AuditConfig, privacy: PrivacyMechanism, delta: float
+) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """``[audit] level = "record"``: score the canary examples on the final model; the block and the scores."""
     scores = canaries.scores(model)
-    block = audit_block(scores, delta=privacy.delta_of_run(delta), confidence=cfg.confidence,
-                        epsilon_upper=privacy.epsilon_of_view("records"), canaries=canaries.num,
-                        method="canary examples (Steinke, Nasr, Jagielski, NeurIPS 2023), black-box loss on the "
-                               "final model",
-                        extra={"level": "record", "inserted": int(canaries.inserted.sum())})
+    block = audit_block(
+        scores,
+        delta=privacy.delta_of_run(delta),
+        confidence=cfg.confidence,
+        epsilon_upper=privacy.epsilon_of_view("records"),
+        canaries=canaries.num,
+        method="canary examples (Steinke, Nasr, Jagielski, NeurIPS 2023), black-box loss on the final model",
+        extra={"level": "record", "inserted": int(canaries.inserted.sum())},
+    )
     return block, scores

@@ -65,8 +65,9 @@ def inspect_model(defenses: Sequence[ClientDefense], model: nn.Module, ctx: Clie
     return next((why for why in (d.inspect(model, ctx) for d in defenses) if why), None)
 
 
-def defend_update(delta: torch.Tensor, ctx: ClientContext, plugins: ClientPlugins,
-                  config: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def defend_update(
+    delta: torch.Tensor, ctx: ClientContext, plugins: ClientPlugins, config: Mapping[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Step 5: privacy first (its clip and local noise), then the client-defense chain, then compression;
     returns the payload and the privacy mechanism's metrics."""
     delta, metrics = plugins.privacy.client_update(delta, ctx, dict(config))
@@ -75,9 +76,16 @@ def defend_update(delta: torch.Tensor, ctx: ClientContext, plugins: ClientPlugin
     return plugins.compressor.encode(delta, ctx), dict(metrics)
 
 
-def client_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext, plugins: ClientPlugins,
-                *, config: Mapping[str, Any] | None = None,
-                generator: torch.Generator | None = None) -> ClientReply:
+def client_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ctx: ClientContext,
+    plugins: ClientPlugins,
+    *,
+    config: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> ClientReply:
     """Steps 1-6 for one client. ``model`` holds the received global model (``ctx.global_vector``) and is
     trained in place; ``config`` is the server's round plan (the DP clip norm ...); ``generator`` overrides
     the training randomness (default ``ctx.generator("train")``). Raises :class:`ModelRefused` when a client
@@ -98,7 +106,9 @@ def client_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientC
     out = plugins.privacy.client_train(model, x, y, ctx, config, hooks)
     metrics: dict[str, float] = {}
     if out is None:
-        stats = train_local(model, x, y, ctx.train, generator=generator or ctx.generator("train"), hooks=hooks)
+        stats = train_local(
+            model, x, y, ctx.train, generator=generator or ctx.generator("train"), hooks=hooks
+        )
     else:
         stats, metrics = out
     # 3. update
@@ -110,6 +120,12 @@ def client_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientC
     payload, pm = defend_update(delta, ctx, plugins, config)
     metrics.update(pm)
     # 6. reply
-    metrics.update({"num-examples": int(stats.num_examples), "train-loss": float(stats.loss),
-                    "local-steps": int(stats.steps), "partition-id": ctx.partition_id})
+    metrics.update(
+        {
+            "num-examples": int(stats.num_examples),
+            "train-loss": float(stats.loss),
+            "local-steps": int(stats.steps),
+            "partition-id": ctx.partition_id,
+        }
+    )
     return ClientReply(payload=payload, metrics=metrics)

@@ -21,9 +21,16 @@ from simulator.sketching.testing import client_context, round_context
 __all__ = ["run_round"]
 
 
-def run_round(compressor: Compressor, deltas: torch.Tensor, *, layout: Layout, server_round: int = 1,
-              seed: int = 0, states: dict[int, dict[str, np.ndarray]] | None = None,
-              weights: torch.Tensor | None = None) -> tuple[list[dict[str, np.ndarray]], torch.Tensor]:
+def run_round(
+    compressor: Compressor,
+    deltas: torch.Tensor,
+    *,
+    layout: Layout,
+    server_round: int = 1,
+    seed: int = 0,
+    states: dict[int, dict[str, np.ndarray]] | None = None,
+    weights: torch.Tensor | None = None,
+) -> tuple[list[dict[str, np.ndarray]], torch.Tensor]:
     """One round for clients 0..n−1 with updates ``deltas`` (n, d): (payloads, decoded).
 
     ``decoded`` is (n, d) per-client estimates, or (d,) for a compressor that aggregates in sketch space.
@@ -34,11 +41,20 @@ def run_round(compressor: Compressor, deltas: torch.Tensor, *, layout: Layout, s
     plugins = ClientPlugins(compressor=compressor)
     payloads = []
     for i, delta in enumerate(deltas):
-        ctx = client_context(layout, partition_id=i, server_round=server_round, seed=seed,
-                             state=states.setdefault(i, {}), num_clients=len(deltas))
+        ctx = client_context(
+            layout,
+            partition_id=i,
+            server_round=server_round,
+            seed=seed,
+            state=states.setdefault(i, {}),
+            num_clients=len(deltas),
+        )
         payloads.append(defend_update(delta, ctx, plugins, {})[0])
-    verdicts = validate_replies([Candidate(i, p, {"num-examples": 10}) for i, p in enumerate(payloads)],
-                                spec=compressor.spec(layout, server_round), expected=set(range(len(deltas))))
+    verdicts = validate_replies(
+        [Candidate(i, p, {"num-examples": 10}) for i, p in enumerate(payloads)],
+        spec=compressor.spec(layout, server_round),
+        expected=set(range(len(deltas))),
+    )
     assert not verdicts.rejected, f"payloads rejected: {verdicts.rejected}"
     rctx = round_context(layout, client_ids=range(len(deltas)), server_round=server_round, seed=seed)
     w = weights if weights is not None else torch.ones(len(deltas))

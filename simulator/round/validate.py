@@ -85,7 +85,9 @@ def _problem(c: Candidate, spec: dict[str, ArraySpec], expected: set[int], seen:
     return None
 
 
-def validate_replies(candidates: list[Candidate], *, spec: dict[str, ArraySpec], expected: set[int]) -> Verdicts:
+def validate_replies(
+    candidates: list[Candidate], *, spec: dict[str, ArraySpec], expected: set[int]
+) -> Verdicts:
     """Sort replies into valid / rejected / failed; each rejection carries the partition and reason."""
     out = Verdicts()
     seen: set[int] = set()
@@ -101,8 +103,14 @@ def validate_replies(candidates: list[Candidate], *, spec: dict[str, ArraySpec],
         seen.add(c.partition_id)
         nbytes = int(sum(a.nbytes for a in c.arrays.values()))
         out.bytes_up += nbytes
-        out.valid.append(ValidReply(c.partition_id, int(c.metrics["num-examples"]),
-                                    {k: torch.from_numpy(np.array(a)) for k, a in c.arrays.items()},
-                                    dict(c.metrics), nbytes))
+        out.valid.append(
+            ValidReply(
+                c.partition_id,
+                int(c.metrics["num-examples"]),
+                {k: torch.from_numpy(np.array(a)) for k, a in c.arrays.items()},
+                dict(c.metrics),
+                nbytes,
+            )
+        )
     out.valid.sort(key=lambda r: r.partition_id)
     return out

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Strict", "PluginSpec"]
+__all__ = ["PluginSpec", "Strict"]
 
 
 class Strict(BaseModel):

@@ -8,8 +8,16 @@ from pydantic import Field, field_validator, model_validator
 
 from simulator.scenario.base import PluginSpec, Strict
 
-__all__ = ["expected_cohort", "DataConfig", "ModelConfig", "WarmStart", "FederationConfig", "SimulationConfig", "EvaluationConfig",
-           "OutputConfig"]
+__all__ = [
+    "DataConfig",
+    "EvaluationConfig",
+    "FederationConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "SimulationConfig",
+    "WarmStart",
+    "expected_cohort",
+]
 
 
 class DataConfig(Strict):
@@ -31,7 +39,7 @@ class WarmStart(Strict):
     checkpoint: str | None = None  # a torch state_dict (.pt) of the same model
 
     @model_validator(mode="after")
-    def _one_source(self) -> "WarmStart":
+    def _one_source(self) -> WarmStart:
         if (self.rounds is None) == (self.checkpoint is None):
             raise ValueError("give exactly one of rounds (pre-train here) or checkpoint (a saved state_dict)")
         return self
@@ -81,7 +89,7 @@ class FederationConfig(Strict):
     min_replies: int = Field(default=1, ge=0)
 
     @model_validator(mode="after")
-    def _one_cohort_rule(self) -> "FederationConfig":
+    def _one_cohort_rule(self) -> FederationConfig:
         if self.clients_per_round is not None and self.sampling_rate is not None:
             raise ValueError("give either clients_per_round or sampling_rate, not both")
         if self.sampling == "poisson" and self.clients_per_round is not None:
@@ -114,10 +122,12 @@ class SimulationConfig(Strict):
         return v
 
     @model_validator(mode="after")
-    def _ray_clients_see_the_gpu(self) -> "SimulationConfig":
+    def _ray_clients_see_the_gpu(self) -> SimulationConfig:
         if self.engine == "ray" and self.device.startswith("cuda") and self.num_gpus_per_client <= 0:
-            raise ValueError(f"device {self.device!r} with engine 'ray' needs num_gpus_per_client > 0 (e.g. 0.25): "
-                             "Ray hides the GPU from a client actor that reserves none")
+            raise ValueError(
+                f"device {self.device!r} with engine 'ray' needs num_gpus_per_client > 0 (e.g. 0.25): "
+                "Ray hides the GPU from a client actor that reserves none"
+            )
         return self
 
 

@@ -18,8 +18,16 @@ from pydantic import BaseModel, ValidationError
 from simulator.registry import BadParams, UnknownName, all_registries, did_you_mean, import_plugins
 from simulator.scenario.schema import Scenario
 
-__all__ = ["ScenarioError", "Problem", "load_scenario", "scenario_from_dict", "apply_overrides",
-           "PLUGIN_FIELDS", "SCENARIO_CHECKS", "scenario_check"]
+__all__ = [
+    "PLUGIN_FIELDS",
+    "SCENARIO_CHECKS",
+    "Problem",
+    "ScenarioError",
+    "apply_overrides",
+    "load_scenario",
+    "scenario_check",
+    "scenario_from_dict",
+]
 
 
 @dataclass(frozen=True)
@@ -73,8 +81,12 @@ def _check_plugin(kind: str, name: Any, params: Any, name_path: str, params_path
     try:
         reg.validate(name, params if isinstance(params, Mapping) else {})
     except UnknownName as e:
-        return [Problem(name_path, f"unknown {kind} {name!r}{did_you_mean(name, e.known)}; "
-                                   f"allowed: {', '.join(e.known)}")]
+        return [
+            Problem(
+                name_path,
+                f"unknown {kind} {name!r}{did_you_mean(name, e.known)}; allowed: {', '.join(e.known)}",
+            )
+        ]
     except BadParams as e:
         return [Problem(f"{params_path}.{field}", msg) for field, msg in e.problems]
     return []
@@ -89,10 +101,13 @@ def _plugin_problems(data: Mapping[str, Any]) -> list[Problem]:
             for i, item in enumerate(items if isinstance(items, list) else []):
                 if isinstance(item, Mapping):
                     base = f"{name_path}[{i}]"
-                    problems += _check_plugin(kind, item.get("name"), item.get("params"), f"{base}.name",
-                                              f"{base}.params")
+                    problems += _check_plugin(
+                        kind, item.get("name"), item.get("params"), f"{base}.name", f"{base}.params"
+                    )
         else:
-            problems += _check_plugin(kind, _get(data, name_path), _get(data, params_path), name_path, params_path)
+            problems += _check_plugin(
+                kind, _get(data, name_path), _get(data, params_path), name_path, params_path
+            )
     return problems
 
 
@@ -144,21 +159,34 @@ def leakage_unused_problems(s: Scenario) -> list[Problem]:
         return []
     out: list[Problem] = []
     why = "a leakage experiment attacks one client's payload and runs no federated rounds"
-    for name, section, fix in (("federation", s.federation, "set the victim's training in [leakage] (lr, "
-                                                          "local_steps, batch_size, protocol)"),
-                               ("evaluation", s.evaluation, "remove it"),
-                               ("attacks.plan", s.attacks.plan, "remove it")):
+    for name, section, fix in (
+        (
+            "federation",
+            s.federation,
+            "set the victim's training in [leakage] (lr, local_steps, batch_size, protocol)",
+        ),
+        ("evaluation", s.evaluation, "remove it"),
+        ("attacks.plan", s.attacks.plan, "remove it"),
+    ):
         if section.model_fields_set:
             keys = ", ".join(sorted(section.model_fields_set))
             out.append(Problem(name, f"{keys}: {why}, so [{name}] would be ignored; {fix}"))
     if s.attacks.backdoor is not None:
-        out.append(Problem("attacks.backdoor", f"{why}; a backdoor needs a federated run (kind = \"federated\")"))
+        out.append(
+            Problem("attacks.backdoor", f'{why}; a backdoor needs a federated run (kind = "federated")')
+        )
     agg = s.defenses.aggregator
     if agg.name != "fedavg" or agg.params:
-        out.append(Problem("defenses.aggregator", f"{agg.name!r}: {why}, so no aggregator runs; attack an "
-                                                  f"aggregate in a federated run instead"))
+        out.append(
+            Problem(
+                "defenses.aggregator",
+                f"{agg.name!r}: {why}, so no aggregator runs; attack an aggregate in a federated run instead",
+            )
+        )
     if s.defenses.server:
-        out.append(Problem("defenses.server", f"{why}, so no server defense runs; remove [[defenses.server]]"))
+        out.append(
+            Problem("defenses.server", f"{why}, so no server defense runs; remove [[defenses.server]]")
+        )
     return out
 
 
@@ -202,7 +230,9 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str], *, source: str | None = None) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: Iterable[str], *, source: str | None = None
+) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (values parsed as TOML, else taken as strings)."""
     out = copy.deepcopy(data)
     for item in overrides:
@@ -232,4 +262,3 @@ def load_scenario(path: str | Path, overrides: Iterable[str] = ()) -> Scenario:
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(str(p), [Problem("", f"not valid TOML: {e}")]) from None
     return scenario_from_dict(apply_overrides(data, overrides, source=str(p)), source=str(p))
-

@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 
 from simulator.scenario.base import Strict
 
-__all__ = ["PrivacyConfig", "RecordDPConfig", "ClientDPConfig", "AdaptiveClippingConfig"]
+__all__ = ["AdaptiveClippingConfig", "ClientDPConfig", "PrivacyConfig", "RecordDPConfig"]
 
 
 class RecordDPConfig(Strict):
@@ -92,10 +92,10 @@ class PrivacyConfig(Strict):
     client: ClientDPConfig = ClientDPConfig()
 
     @model_validator(mode="after")
-    def _level_sections(self) -> "PrivacyConfig":
+    def _level_sections(self) -> PrivacyConfig:
         fs = self.model_fields_set
         if self.level != "record" and "record" in fs:
-            raise ValueError(f"[privacy.record] is given but level = {self.level!r}; set level = \"record\"")
+            raise ValueError(f'[privacy.record] is given but level = {self.level!r}; set level = "record"')
         if self.level != "client" and "client" in fs:
-            raise ValueError(f"[privacy.client] is given but level = {self.level!r}; set level = \"client\"")
+            raise ValueError(f'[privacy.client] is given but level = {self.level!r}; set level = "client"')
         return self

@@ -68,5 +68,6 @@ class Scenario(Strict):
     @property
     def num_sampled_expected(self) -> float:
         f = self.federation
-        return expected_cohort(self.data.num_clients, clients_per_round=f.clients_per_round,
-                               sampling_rate=f.sampling_rate)
+        return expected_cohort(
+            self.data.num_clients, clients_per_round=f.clients_per_round, sampling_rate=f.sampling_rate
+        )

@@ -80,11 +80,17 @@ class SecAggParams:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.clipping_range) and self.clipping_range > 0):
             raise ValueError(f"clipping_range must be finite and > 0, got {self.clipping_range}")
-        if isinstance(self.quantization_range, bool) or not isinstance(self.quantization_range, int) \
-                or self.quantization_range <= 0:
+        if (
+            isinstance(self.quantization_range, bool)
+            or not isinstance(self.quantization_range, int)
+            or self.quantization_range <= 0
+        ):
             raise ValueError(f"quantization_range must be an integer > 0, got {self.quantization_range!r}")
-        if isinstance(self.modulus, bool) or not isinstance(self.modulus, int) \
-                or self.modulus <= self.quantization_range:
+        if (
+            isinstance(self.modulus, bool)
+            or not isinstance(self.modulus, int)
+            or self.modulus <= self.quantization_range
+        ):
             raise ValueError(f"modulus must be an integer > quantization_range, got {self.modulus!r}")
         if self.modulus & (self.modulus - 1) or self.modulus > 2**63:
             raise ValueError(f"modulus must be a power of 2 no larger than 2**63, got {self.modulus}")
@@ -114,6 +120,7 @@ class SecAggResult:
 # Client side
 # ---------------------------------------------------------------------------------------------------------
 
+
 def weight_factor(num_examples: int, params: SecAggParams) -> int:
     """The integer weight a client appends to its vector: ``round(num_examples / max_weight · Q)``."""
     if num_examples < 0:
@@ -134,8 +141,9 @@ def _as_numpy(update: Tensor) -> np.ndarray:
     return arr
 
 
-def encode_client(update: Tensor, num_examples: int, params: SecAggParams, *,
-                  generator: torch.Generator) -> tuple[np.ndarray, int]:
+def encode_client(
+    update: Tensor, num_examples: int, params: SecAggParams, *, generator: torch.Generator
+) -> tuple[np.ndarray, int]:
     """What one client contributes to the SecAgg+ sum: ``(q, weight_factor)``.
 
     ``q`` is int64 (d,) in ``[0, quantization_range]``: the update weighted by ``weight_factor / Q``, clipped to
@@ -159,8 +167,10 @@ def encode_client(update: Tensor, num_examples: int, params: SecAggParams, *,
 # Server side
 # ---------------------------------------------------------------------------------------------------------
 
-def _unmasked_sum(encoded: Sequence[np.ndarray], weight_factors: Sequence[int],
-                  params: SecAggParams) -> tuple[np.ndarray, int]:
+
+def _unmasked_sum(
+    encoded: Sequence[np.ndarray], weight_factors: Sequence[int], params: SecAggParams
+) -> tuple[np.ndarray, int]:
     if len(encoded) != len(weight_factors):
         raise ValueError(f"{len(encoded)} encoded vectors but {len(weight_factors)} weight factors")
     if len(encoded) == 0:
@@ -182,8 +192,10 @@ def aggregate(encoded: Sequence[np.ndarray], weight_factors: Sequence[int], para
     """
     total, total_wf = _unmasked_sum(encoded, weight_factors, params)
     if total_wf == 0:
-        raise ValueError("the total weight is 0 mod modulus: every client's num_examples / max_weight rounds to "
-                         "0, or the sum of the weights overflowed")
+        raise ValueError(
+            "the total weight is 0 mod modulus: every client's num_examples / max_weight rounds to "
+            "0, or the sum of the weights overflowed"
+        )
     c, big_q = params.clipping_range, params.quantization_range
     vec = total.astype(np.float64) * (2 * c / big_q) - c
     vec += -(len(encoded) - 1) * c
@@ -194,6 +206,7 @@ def aggregate(encoded: Sequence[np.ndarray], weight_factors: Sequence[int], para
 # ---------------------------------------------------------------------------------------------------------
 # Error bounds and the precision check
 # ---------------------------------------------------------------------------------------------------------
+
 
 def quantization_step(params: SecAggParams) -> float:
     """One quantisation level of a weighted value: ``2 · clipping_range / quantization_range``."""
@@ -217,8 +230,9 @@ def _counts(num_examples: Sequence[int] | int) -> list[int]:
     return [int(num_examples)] if isinstance(num_examples, int) else [int(n) for n in num_examples]
 
 
-def error_bound(num_examples: Sequence[int] | int, params: SecAggParams, *,
-                dtype: torch.dtype = torch.float32) -> float:
+def error_bound(
+    num_examples: Sequence[int] | int, params: SecAggParams, *, dtype: torch.dtype = torch.float32
+) -> float:
     """Worst-case absolute error of one aggregate coordinate from quantisation (no clipping).
 
     ``Σ_i (1 + fp) · Δ / Σ_i w_i``: each client's stochastic rounding is off by less than one step ``Δ`` of its
@@ -245,16 +259,26 @@ def error_rms(num_examples: Sequence[int] | int, params: SecAggParams) -> float:
     return quantization_step(params) * math.sqrt(len(counts) / 6) / total
 
 
-def relative_error_bound(num_examples: Sequence[int] | int, params: SecAggParams, *,
-                         update_scale: float, dtype: torch.dtype = torch.float32) -> float:
+def relative_error_bound(
+    num_examples: Sequence[int] | int,
+    params: SecAggParams,
+    *,
+    update_scale: float,
+    dtype: torch.dtype = torch.float32,
+) -> float:
     """:func:`error_bound` relative to ``update_scale``, the size of an aggregate coordinate."""
     if not update_scale > 0:
         raise ValueError(f"update_scale must be > 0, got {update_scale}")
     return error_bound(num_examples, params, dtype=dtype) / update_scale
 
 
-def precision_problems(num_examples: Sequence[int] | int, params: SecAggParams, *,
-                       update_scale: float = 1e-3, tolerance: float = 0.01) -> list[str]:
+def precision_problems(
+    num_examples: Sequence[int] | int,
+    params: SecAggParams,
+    *,
+    update_scale: float = 1e-3,
+    tolerance: float = 0.01,
+) -> list[str]:
     """Everything that would make Flower's SecAgg+ encoding lose precision or overflow, each with its fix.
 
     ``num_examples``: the clients' example counts (a sequence: one round's cohort), or one typical count.
@@ -275,32 +299,42 @@ def precision_problems(num_examples: Sequence[int] | int, params: SecAggParams, 
     fix = f"set {_FIELD}.max_weight = {n_max} (the largest client example count)"
     zero = [n for n in counts if n > 0 and weight_factor(n, params) == 0]
     if zero:
-        out.append(f"{_FIELD}.max_weight = {mw:g}: a client with {min(zero)} examples gets weight "
-                   f"round({min(zero)} / {mw:g} · {big_q}) = 0 and drops out of the aggregate; {fix}")
+        out.append(
+            f"{_FIELD}.max_weight = {mw:g}: a client with {min(zero)} examples gets weight "
+            f"round({min(zero)} / {mw:g} · {big_q}) = 0 and drops out of the aggregate; {fix}"
+        )
     if n_max > mw:
-        out.append(f"{_FIELD}.max_weight = {mw:g} is below the largest client example count {n_max}: that "
-                   f"client's update is clipped at clipping_range · max_weight / num_examples = "
-                   f"{params.clipping_range * mw / n_max:.3g} instead of {params.clipping_range:g} (Flower warns "
-                   f"of overflow); {fix}")
+        out.append(
+            f"{_FIELD}.max_weight = {mw:g} is below the largest client example count {n_max}: that "
+            f"client's update is clipped at clipping_range · max_weight / num_examples = "
+            f"{params.clipping_range * mw / n_max:.3g} instead of {params.clipping_range:g} (Flower warns "
+            f"of overflow); {fix}"
+        )
     if not isinstance(num_examples, int):
         total_wf = sum(weight_factor(n, params) for n in counts)
         if total_wf >= params.modulus:
             need = sum(counts) * big_q / params.modulus
-            out.append(f"{_FIELD}.max_weight = {mw:g}: the clients' total weight {total_wf} (Σ num_examples / "
-                       f"max_weight in units of 1/quantization_range) reaches modulus = {params.modulus} and "
-                       f"wraps around; raise {_FIELD}.max_weight above {need:g} or sample fewer clients")
+            out.append(
+                f"{_FIELD}.max_weight = {mw:g}: the clients' total weight {total_wf} (Σ num_examples / "
+                f"max_weight in units of 1/quantization_range) reaches modulus = {params.modulus} and "
+                f"wraps around; raise {_FIELD}.max_weight above {need:g} or sample fewer clients"
+            )
         if len(counts) * big_q >= params.modulus:
-            out.append(f"{_FIELD}.modulus = {params.modulus}: {len(counts)} clients × quantization_range "
-                       f"{big_q} can reach the modulus, so the sum can wrap around; use at most "
-                       f"{(params.modulus - 1) // big_q} clients per round, or a larger modulus")
+            out.append(
+                f"{_FIELD}.modulus = {params.modulus}: {len(counts)} clients × quantization_range "
+                f"{big_q} can reach the modulus, so the sum can wrap around; use at most "
+                f"{(params.modulus - 1) // big_q} clients per round, or a larger modulus"
+            )
     bound = error_bound(counts, params)
     if math.isfinite(bound) and bound > tolerance * update_scale:
         better = error_bound(counts, SecAggParams(params.clipping_range, big_q, params.modulus, float(n_max)))
-        out.append(f"{_FIELD}.max_weight = {mw:g} with clients of {_describe(counts)} examples loses "
-                   f"precision: each aggregate coordinate can be off by {bound:.3g} "
-                   f"({bound / update_scale:.1%} of an update coordinate of size {update_scale:g}; one "
-                   f"quantisation step is 2·clipping_range/quantization_range · max_weight/num_examples); "
-                   f"{fix}, which bounds it by {better:.3g}")
+        out.append(
+            f"{_FIELD}.max_weight = {mw:g} with clients of {_describe(counts)} examples loses "
+            f"precision: each aggregate coordinate can be off by {bound:.3g} "
+            f"({bound / update_scale:.1%} of an update coordinate of size {update_scale:g}; one "
+            f"quantisation step is 2·clipping_range/quantization_range · max_weight/num_examples); "
+            f"{fix}, which bounds it by {better:.3g}"
+        )
     return out
 
 
@@ -313,8 +347,10 @@ def _describe(counts: list[int]) -> str:
 # One round
 # ---------------------------------------------------------------------------------------------------------
 
-def simulate(updates: Tensor, num_examples: Sequence[int], params: SecAggParams, *,
-             generator: torch.Generator) -> SecAggResult:
+
+def simulate(
+    updates: Tensor, num_examples: Sequence[int], params: SecAggParams, *, generator: torch.Generator
+) -> SecAggResult:
     """Encode every row of ``updates`` (n, d), aggregate, and bound the error against the exact weighted mean.
 
     Clients are encoded in row order, each drawing its ``d`` uniforms from ``generator`` in turn.
@@ -344,6 +380,13 @@ def simulate(updates: Tensor, num_examples: Sequence[int], params: SecAggParams,
     quant = error_bound([int(k) for k in num_examples], params, dtype=updates.dtype)
     eps = float(np.finfo(np.float64).eps)
     slack = 8 * eps * (n * c / total + float(np.abs(exact).max()) + weight_err)
-    num_clipped = sum(int((np.abs(_as_numpy(r) * (wf / big_q)) > c).sum()) for r, wf in zip(updates, wfs, strict=True))
-    return SecAggResult(aggregate=agg, count=n, total_weight=total,
-                        max_abs_error_bound=weight_err + clip_err + quant + slack, num_clipped=num_clipped)
+    num_clipped = sum(
+        int((np.abs(_as_numpy(r) * (wf / big_q)) > c).sum()) for r, wf in zip(updates, wfs, strict=True)
+    )
+    return SecAggResult(
+        aggregate=agg,
+        count=n,
+        total_weight=total,
+        max_abs_error_bound=weight_err + clip_err + quant + slack,
+        num_clipped=num_clipped,
+    )

@@ -19,7 +19,7 @@ from simulator.context import ClientContext, RoundContext
 from simulator.flat import Layout
 from simulator.registry import Registry
 
-__all__ = ["ArraySpec", "Compressor", "Identity", "COMPRESSORS"]
+__all__ = ["COMPRESSORS", "ArraySpec", "Compressor", "Identity"]
 
 
 @dataclass(frozen=True)
@@ -46,15 +46,15 @@ class Compressor(ABC):
         """The arrays a valid reply carries in this round."""
 
     @abstractmethod
-    def encode(self, delta: torch.Tensor, ctx: ClientContext) -> dict[str, np.ndarray]:
-        ...
+    def encode(self, delta: torch.Tensor, ctx: ClientContext) -> dict[str, np.ndarray]: ...
 
     def decode(self, payloads: list[dict[str, torch.Tensor]], ctx: RoundContext) -> torch.Tensor:
         """Per-client update estimates, one row per payload (same order)."""
         raise NotImplementedError
 
-    def decode_aggregate(self, payloads: list[dict[str, torch.Tensor]], weights: torch.Tensor,
-                         ctx: RoundContext) -> torch.Tensor:
+    def decode_aggregate(
+        self, payloads: list[dict[str, torch.Tensor]], weights: torch.Tensor, ctx: RoundContext
+    ) -> torch.Tensor:
         """The aggregate update, for compressors that aggregate in their own domain."""
         raise NotImplementedError
 

@@ -23,14 +23,23 @@ def compression_problems(s: Scenario) -> list[Problem]:
         return [Problem("compression.params", f"{c.name!r}: {e}")]
     out: list[Problem] = []
     if comp.aggregates_in_sketch_space and s.defenses.aggregator.name != "fedavg":
-        out.append(Problem("defenses.aggregator.name",
-                           f"{s.defenses.aggregator.name!r} with compressor {c.name!r}, which aggregates in sketch "
-                           f"space: the aggregator would never see a per-client update (it would be ignored); use "
-                           f"\"fedavg\", or a compressor that decodes each client (e.g. srht with "
-                           f"aggregate_in_sketch_space = false)"))
+        out.append(
+            Problem(
+                "defenses.aggregator.name",
+                f"{s.defenses.aggregator.name!r} with compressor {c.name!r}, which aggregates in sketch "
+                f"space: the aggregator would never see a per-client update (it would be ignored); use "
+                f'"fedavg", or a compressor that decodes each client (e.g. srht with '
+                f"aggregate_in_sketch_space = false)",
+            )
+        )
     params = getattr(comp, "privacy_params", lambda: None)()
     if params is not None and s.privacy.level == "record":
-        return [Problem("privacy.level", "compression noise_multiplier > 0 is accounted as client-level DP on the "
-                                         "sketch; combining it with record-level DP-SGD is not analysed; set "
-                                         "privacy.level = \"none\" or compression.params.noise_multiplier = 0")]
+        return [
+            Problem(
+                "privacy.level",
+                "compression noise_multiplier > 0 is accounted as client-level DP on the "
+                "sketch; combining it with record-level DP-SGD is not analysed; set "
+                'privacy.level = "none" or compression.params.noise_multiplier = 0',
+            )
+        ]
     return out

@@ -53,8 +53,13 @@ def _state(ctx: ClientContext, key: str, dim: int) -> torch.Tensor:
 class _ContractiveBase(Compressor):
     """Shared parameters: the inner contractive compressor and its k."""
 
-    def __init__(self, *, inner: Literal["topk", "randk"] = "topk", k_ratio: KRatio = 0.01,
-                 k: Annotated[int, Field(ge=1)] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        inner: Literal["topk", "randk"] = "topk",
+        k_ratio: KRatio = 0.01,
+        k: Annotated[int, Field(ge=1)] | None = None,
+    ) -> None:
         self.inner, self.k_ratio, self.k = inner, k_ratio, k
 
     def _k(self, dim: int) -> int:
@@ -101,8 +106,13 @@ class ErrorFeedback(_ContractiveBase):
 class _MirroredEstimates(_ContractiveBase):
     """A server that mirrors each client's estimate h_i (EF21-style) and decodes h_i."""
 
-    def __init__(self, *, inner: Literal["topk", "randk"] = "topk", k_ratio: KRatio = 0.01,
-                 k: Annotated[int, Field(ge=1)] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        inner: Literal["topk", "randk"] = "topk",
+        k_ratio: KRatio = 0.01,
+        k: Annotated[int, Field(ge=1)] | None = None,
+    ) -> None:
         super().__init__(inner=inner, k_ratio=k_ratio, k=k)
         self._h: dict[int, torch.Tensor] = {}
 
@@ -151,9 +161,14 @@ class EControl(_MirroredEstimates):
         experiments tune it). η = 0 is EF21.
     """
 
-    def __init__(self, *, inner: Literal["topk", "randk"] = "topk", k_ratio: KRatio = 0.01,
-                 k: Annotated[int, Field(ge=1)] | None = None,
-                 eta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        inner: Literal["topk", "randk"] = "topk",
+        k_ratio: KRatio = 0.01,
+        k: Annotated[int, Field(ge=1)] | None = None,
+        eta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1,
+    ) -> None:
         super().__init__(inner=inner, k_ratio=k_ratio, k=k)
         self.eta = eta
 

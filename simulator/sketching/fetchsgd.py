@@ -64,13 +64,19 @@ class FetchSGD(Compressor):
 
     aggregates_in_sketch_space = True
 
-    def __init__(self, *, rows: Annotated[int, Field(ge=1)] = 5, cols: Annotated[int, Field(ge=1)] | None = None,
-                 ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1,
-                 k: Annotated[int, Field(ge=1)] | None = None,
-                 k_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01,
-                 momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9, error_feedback: bool = True,
-                 error_reset: Literal["zero", "subtract"] = "zero",
-                 chunk_size: Annotated[int, Field(ge=1)] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        rows: Annotated[int, Field(ge=1)] = 5,
+        cols: Annotated[int, Field(ge=1)] | None = None,
+        ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1,
+        k: Annotated[int, Field(ge=1)] | None = None,
+        k_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01,
+        momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9,
+        error_feedback: bool = True,
+        error_reset: Literal["zero", "subtract"] = "zero",
+        chunk_size: Annotated[int, Field(ge=1)] | None = None,
+    ) -> None:
         self.rows, self.cols, self.ratio = rows, cols, ratio
         self.k, self.k_ratio = k, k_ratio
         self.momentum, self.error_feedback, self.error_reset = momentum, error_feedback, error_reset
@@ -89,7 +95,9 @@ class FetchSGD(Compressor):
         """The run's count sketch (same hashes every round, on every client and the server)."""
         op_seed = derive_operator_seed(seed, "fetchsgd")
         if self._op is None or self._op.seed != op_seed or self._op.dim != dim:
-            self._op = CountSketch(dim, op_seed, rows=self.rows, cols=self._cols(dim), chunk_size=self.chunk_size)
+            self._op = CountSketch(
+                dim, op_seed, rows=self.rows, cols=self._cols(dim), chunk_size=self.chunk_size
+            )
         return self._op
 
     def spec(self, layout: Layout, server_round: int) -> dict[str, ArraySpec]:
@@ -104,8 +112,9 @@ class FetchSGD(Compressor):
     def decode(self, payloads: list[dict[str, torch.Tensor]], ctx: RoundContext) -> torch.Tensor:
         raise NotImplementedError("fetchsgd aggregates in sketch space; the strategy calls decode_aggregate")
 
-    def decode_aggregate(self, payloads: list[dict[str, torch.Tensor]], weights: torch.Tensor,
-                         ctx: RoundContext) -> torch.Tensor:
+    def decode_aggregate(
+        self, payloads: list[dict[str, torch.Tensor]], weights: torch.Tensor, ctx: RoundContext
+    ) -> torch.Tensor:
         op = self.operator(seed=ctx.seed, dim=ctx.layout.dim)
         y = torch.stack([p["sketch"].to(torch.float32).reshape(-1) for p in payloads])
         w = weights.to(torch.float32).cpu()

@@ -161,7 +161,9 @@ class GaussianSketch(SketchOperator):
         if self._matrix is not None:
             return self._matrix
         blocks = range(math.ceil(self.dim / GAUSSIAN_BLOCK))
-        return torch.cat([self._block(b, min(GAUSSIAN_BLOCK, self.dim - b * GAUSSIAN_BLOCK)) for b in blocks], 1)
+        return torch.cat(
+            [self._block(b, min(GAUSSIAN_BLOCK, self.dim - b * GAUSSIAN_BLOCK)) for b in blocks], 1
+        )
 
     def sketch(self, x: torch.Tensor) -> torch.Tensor:
         xb, squeeze = _as_batch(x.to(torch.float32), self.dim)
@@ -329,8 +331,13 @@ class CountSketch(SketchOperator):
         v = ((c[:, 2:3] * i + c[:, 3:4]) >> 63) & 1
         return buckets, v.to(torch.float32).mul_(2).sub_(1)
 
-    def hashes(self, start: int, stop: int, *, device: torch.device | str = "cpu",
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def hashes(
+        self,
+        start: int,
+        stop: int,
+        *,
+        device: torch.device | str = "cpu",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Bucket indices (rows, n; int32 or int64) and signs (rows, n) float32 of coordinates start..stop−1."""
         if self._cached is not None:
             if self._cached[0].device != torch.device(device):

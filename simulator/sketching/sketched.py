@@ -97,11 +97,17 @@ class SketchCompressor(Compressor):
 
     operator_name: str = "sketch"
 
-    def __init__(self, *, ratio: Ratio = 0.1, sketch_dim: PositiveInt | None = None,
-                 chunk_size: PositiveInt | None = None, fresh_each_round: bool = True,
-                 aggregate_in_sketch_space: bool = False,
-                 clip_norm: Annotated[float, Field(gt=0.0)] | None = None,
-                 noise_multiplier: Annotated[float, Field(ge=0.0)] = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        ratio: Ratio = 0.1,
+        sketch_dim: PositiveInt | None = None,
+        chunk_size: PositiveInt | None = None,
+        fresh_each_round: bool = True,
+        aggregate_in_sketch_space: bool = False,
+        clip_norm: Annotated[float, Field(gt=0.0)] | None = None,
+        noise_multiplier: Annotated[float, Field(ge=0.0)] = 0.0,
+    ) -> None:
         if noise_multiplier > 0 and clip_norm is None:
             raise ValueError("noise_multiplier > 0 needs clip_norm (the noise is calibrated to it)")
         self.ratio, self.sketch_dim, self.chunk_size = ratio, sketch_dim, chunk_size
@@ -173,8 +179,9 @@ class SketchCompressor(Compressor):
         y = torch.stack([p["sketch"].to(torch.float32).reshape(-1) for p in payloads])
         return self._desketch(op, y)
 
-    def decode_aggregate(self, payloads: list[dict[str, torch.Tensor]], weights: torch.Tensor,
-                         ctx: RoundContext) -> torch.Tensor:
+    def decode_aggregate(
+        self, payloads: list[dict[str, torch.Tensor]], weights: torch.Tensor, ctx: RoundContext
+    ) -> torch.Tensor:
         op = self.operator(seed=ctx.seed, server_round=ctx.server_round, dim=ctx.layout.dim)
         y = torch.stack([p["sketch"].to(torch.float32).reshape(-1) for p in payloads])
         w = weights.to(torch.float32).cpu()
@@ -228,14 +235,27 @@ class CountSketchCompressor(SketchCompressor):
 
     operator_name = "count_sketch"
 
-    def __init__(self, *, rows: PositiveInt = 5, cols: PositiveInt | None = None, ratio: Ratio = 0.1,
-                 estimator: Literal["mean", "median"] = "mean", chunk_size: PositiveInt | None = None,
-                 fresh_each_round: bool = True, aggregate_in_sketch_space: bool = False,
-                 clip_norm: Annotated[float, Field(gt=0.0)] | None = None,
-                 noise_multiplier: Annotated[float, Field(ge=0.0)] = 0.0) -> None:
-        super().__init__(ratio=ratio, chunk_size=chunk_size, fresh_each_round=fresh_each_round,
-                         aggregate_in_sketch_space=aggregate_in_sketch_space, clip_norm=clip_norm,
-                         noise_multiplier=noise_multiplier)
+    def __init__(
+        self,
+        *,
+        rows: PositiveInt = 5,
+        cols: PositiveInt | None = None,
+        ratio: Ratio = 0.1,
+        estimator: Literal["mean", "median"] = "mean",
+        chunk_size: PositiveInt | None = None,
+        fresh_each_round: bool = True,
+        aggregate_in_sketch_space: bool = False,
+        clip_norm: Annotated[float, Field(gt=0.0)] | None = None,
+        noise_multiplier: Annotated[float, Field(ge=0.0)] = 0.0,
+    ) -> None:
+        super().__init__(
+            ratio=ratio,
+            chunk_size=chunk_size,
+            fresh_each_round=fresh_each_round,
+            aggregate_in_sketch_space=aggregate_in_sketch_space,
+            clip_norm=clip_norm,
+            noise_multiplier=noise_multiplier,
+        )
         self.rows, self.cols, self.estimator = rows, cols, estimator
 
     def _cols(self, dim: int) -> int:

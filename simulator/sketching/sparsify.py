@@ -38,7 +38,9 @@ def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, x[idx]
 
 
-def rand_k(x: torch.Tensor, k: int, generator: torch.Generator, *, scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def rand_k(
+    x: torch.Tensor, k: int, generator: torch.Generator, *, scale: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices, values) of k uniformly random entries, values times d/k when ``scale`` (unbiased)."""
     idx = torch.randperm(x.numel(), generator=generator)[:k]
     vals = x[idx] * (x.numel() / k) if scale else x[idx]
@@ -108,8 +110,9 @@ class RandK(Compressor):
         Scale the kept values by d/k so the decoded update is unbiased (variance grows by d/k).
     """
 
-    def __init__(self, *, k_ratio: KRatio = 0.01, k: Annotated[int, Field(ge=1)] | None = None,
-                 unbiased: bool = True) -> None:
+    def __init__(
+        self, *, k_ratio: KRatio = 0.01, k: Annotated[int, Field(ge=1)] | None = None, unbiased: bool = True
+    ) -> None:
         self.k_ratio, self.k, self.unbiased = k_ratio, k, unbiased
 
     def spec(self, layout: Layout, server_round: int) -> dict[str, ArraySpec]:

@@ -24,22 +24,45 @@ def flat_layout(dim: int) -> Layout:
     return Layout(("w",), ((dim,),))
 
 
-def client_context(layout: Layout, *, partition_id: int = 0, server_round: int = 1, seed: int = 0,
-                   state: dict[str, np.ndarray] | None = None, num_clients: int = 1) -> ClientContext:
+def client_context(
+    layout: Layout,
+    *,
+    partition_id: int = 0,
+    server_round: int = 1,
+    seed: int = 0,
+    state: dict[str, np.ndarray] | None = None,
+    num_clients: int = 1,
+) -> ClientContext:
     """A client's context with a zero global model; ``state`` is kept by reference (error-feedback memory)."""
-    return ClientContext(partition_id=partition_id, server_round=server_round, seed=seed, num_examples=10,
-                         global_vector=torch.zeros(layout.dim), layout=layout, train=LocalTrainConfig(),
-                         num_clients=num_clients, expected_clients_per_round=float(num_clients),
-                         state=state if state is not None else {})
+    return ClientContext(
+        partition_id=partition_id,
+        server_round=server_round,
+        seed=seed,
+        num_examples=10,
+        global_vector=torch.zeros(layout.dim),
+        layout=layout,
+        train=LocalTrainConfig(),
+        num_clients=num_clients,
+        expected_clients_per_round=float(num_clients),
+        state=state if state is not None else {},
+    )
 
 
-def round_context(layout: Layout, *, client_ids: Sequence[int], server_round: int = 1,
-                  seed: int = 0) -> RoundContext:
+def round_context(
+    layout: Layout, *, client_ids: Sequence[int], server_round: int = 1, seed: int = 0
+) -> RoundContext:
     """The server's context of a round with the given accepted clients (10 examples each)."""
     n = len(client_ids)
-    return RoundContext(server_round=server_round, seed=seed, global_vector=torch.zeros(layout.dim), layout=layout,
-                        client_ids=tuple(client_ids), num_examples=(10,) * n, num_clients=max(n, 1),
-                        expected_clients_per_round=float(n))
+    return RoundContext(
+        server_round=server_round,
+        seed=seed,
+        global_vector=torch.zeros(layout.dim),
+        layout=layout,
+        client_ids=tuple(client_ids),
+        num_examples=(10,) * n,
+        num_clients=max(n, 1),
+        expected_clients_per_round=float(n),
+    )
 
 
 def check_payload(payload: dict[str, np.ndarray], spec: dict[str, ArraySpec]) -> None:

@@ -6,10 +6,10 @@ registry.
 
 from __future__ import annotations
 
-import torch
-
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+
+import torch
 
 from attacks.base import CLIENT_ATTACKS, ClientAttack
 
