@@ -37,7 +37,13 @@ class AggregationResult:
 
 
 class Aggregator(ABC):
-    """Step 10: combine the round's updates ``U ∈ ℝ^{n×d}`` into one update."""
+    """Step 10: combine the round's updates ``U ∈ ℝ^{n×d}`` into one update.
+
+    ``needs_individual_updates``: the rule reads each client's update (distances, coordinate-wise statistics,
+    per-client clipping); it cannot run behind secure aggregation, where the server holds only the sum. A rule
+    that is a function of the weighted sum alone (FedAvg) sets it to False."""
+
+    needs_individual_updates: bool = True
 
     @abstractmethod
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregationResult:

@@ -144,8 +144,8 @@ class Registry(Generic[T]):
 
     @contextmanager
     def temporarily(self, name: str, factory: Callable[..., T], **kwargs: Any) -> Iterator[None]:
-        """Register ``factory`` as ``name`` only inside the ``with`` block (test-only plug-ins: they never stay in
-        the production registry, so registry-wide loops and ``privsim list`` never see them)."""
+        """Register ``factory`` as ``name`` only inside the ``with`` block (test-only plug-ins: they never
+        stay in the production registry, so registry-wide loops and ``privsim list`` never see them)."""
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self.register(name, **kwargs)(factory)
@@ -182,7 +182,10 @@ class Registry(Generic[T]):
                 msg = e["msg"]
                 if e["type"] == "extra_forbidden":
                     key = str(e["loc"][-1])
-                    msg = f"unknown parameter{did_you_mean(key, allowed)}; allowed: {', '.join(allowed) or '(none)'}"
+                    msg = (
+                        f"unknown parameter{did_you_mean(key, allowed)}; "
+                        f"allowed: {', '.join(allowed) or '(none)'}"
+                    )
                 elif "input" in e and e["type"] != "missing":
                     msg = f"{msg} (got {e['input']!r})"
                 problems.append((loc, msg))
@@ -213,6 +216,7 @@ def import_plugins() -> None:
         "simulator.models",
         "simulator.sketching",
         "simulator.dp",
+        "simulator.secagg",
         "attacks",
         "defenses",
     ):

@@ -70,8 +70,8 @@ class InversionRound:
 class RoundRecord:
     """What happened in one round (one row of rounds.csv, one entry of summary.json's ``rounds``).
 
-    Every field is typed; :meth:`flat` gives summary.json's flat row (``skipped`` is written as ``round_skipped``,
-    the privacy report's numbers and the inversion means as their own columns)."""
+    Every field is typed; :meth:`flat` gives summary.json's flat row (``skipped`` is written as
+    ``round_skipped``, the privacy report's numbers and the inversion means as their own columns)."""
 
     round: int
     main_accuracy: float | None = None
@@ -99,6 +99,8 @@ class RoundRecord:
         default_factory=dict
     )  # the mechanism's round report (ε, δ, clip norm ...)
     inversion: InversionRound | None = None
+    poisoned: list[int] = field(default_factory=list)  # [attacks.poisoning]: rows replaced by crafted updates
+    poisoning_skipped: str | None = None  # why the acting attackers stayed honest this round
 
     def flat(self) -> dict[str, Any]:
         d: dict[str, Any] = {k: getattr(self, k) for k in _PLAIN_FIELDS}
@@ -111,6 +113,10 @@ class RoundRecord:
             d["round_skipped"] = self.skipped
         if self.audit_canaries:
             d["audit_canaries"] = self.audit_canaries
+        if self.poisoned:
+            d["poisoned"] = self.poisoned
+        if self.poisoning_skipped is not None:
+            d["poisoning_skipped"] = self.poisoning_skipped
         d.update(self.privacy)
         if self.inversion is not None:
             d["inversion"] = {str(k): v for k, v in self.inversion.per_client.items()}
@@ -157,9 +163,9 @@ _PLAIN_FIELDS = (
 
 @dataclass
 class RunResult:
-    """The content of summary.json, as returned by :func:`simulator.run`. The optional blocks are written under
-    their own names when present (a federated run: warm_start, privacy, audit, defense, inversion, attack; a
-    leakage experiment: inversion, client, payload, images)."""
+    """The content of summary.json, as returned by :func:`simulator.run`. The optional blocks are written
+    under their own names when present (a federated run: warm_start, privacy, audit, defense, inversion,
+    attack; a leakage experiment: inversion, client, payload, images)."""
 
     name: str
     scenario: dict[str, Any]

@@ -110,3 +110,22 @@ def test_permutation_invariance(name: str, data: st.DataObject) -> None:
     # float summation order changes with the permutation: allow float32 rounding
     torch.testing.assert_close(res_p.update, res.update, atol=1e-5, rtol=1e-4)
     assert set(res_p.accepted) == set(res.accepted)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_rule_that_runs_behind_secure_aggregation_reads_only_the_weighted_sum(name: str) -> None:
+    """``needs_individual_updates = False`` is a claim: two update matrices with the same weighted mean give
+    the same aggregate. A rule that does read rows keeps the flag True (refused with secure aggregation)."""
+    agg = build(name, NO_NOISE)
+    if agg.needs_individual_updates:
+        return
+    n, d = 6, 32
+    g = torch.Generator().manual_seed(1)
+    u = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.arange(1, n + 1, dtype=torch.float64)
+    shuffle = torch.randn(n, d, generator=g, dtype=torch.float64)
+    shuffle -= w @ shuffle / w.sum()  # zero weighted mean: u + shuffle has u's weighted mean
+    ctx = make_ctx(list(range(n)), d)
+    a = agg.aggregate(u, w, ctx).update
+    b = agg.aggregate(u + shuffle, w, ctx).update
+    assert torch.allclose(a, b, atol=1e-10)

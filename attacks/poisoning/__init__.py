@@ -14,9 +14,17 @@ function is the same, the caller chooses the input. Randomised attacks take a ``
 
 Aggregators the attacks need (Krum for Fang's attack, the target rule of the AGR-tailored attack) are
 passed in as callables; this package does not import :mod:`defenses`.
+
+Wiring into a federated run (importing the package registers them):
+
+* :mod:`~attacks.poisoning.plugins`: each attack as a :data:`~attacks.base.POISONING_ATTACKS` plug-in for
+  ``[attacks.poisoning]``, run by the round core's server step as a simulation of colluding attackers;
+* :mod:`~attacks.poisoning.label_flip`: label flipping, data poisoning, a :data:`~attacks.base.CLIENT_ATTACKS`
+  plug-in for the client attack slot ``[attacks.backdoor]``;
+* :mod:`~attacks.poisoning.checks`: the load-time checks of ``[attacks.poisoning]``.
 """
 
-from attacks.poisoning import alie, fang, ipm, min_max, simple  # noqa: F401
+from attacks.poisoning import alie, checks, fang, ipm, label_flip, min_max, plugins, simple  # noqa: F401
 from attacks.poisoning.alie import alie_updates, alie_z_max
 from attacks.poisoning.fang import (
     Selector,

@@ -55,17 +55,22 @@ def alie_z_max(*, num_clients: int, num_malicious: int) -> float:
     0.4677
     """
     if num_clients < 1 or not 0 <= num_malicious <= num_clients:
-        raise ValueError(f"need 0 <= num_malicious <= num_clients and num_clients >= 1, got "
-                         f"n={num_clients}, f={num_malicious}")
+        raise ValueError(
+            f"need 0 <= num_malicious <= num_clients and num_clients >= 1, got "
+            f"n={num_clients}, f={num_malicious}"
+        )
     s = math.floor(num_clients / 2 + 1) - num_malicious
     if s <= 0:
-        raise ValueError(f"s = floor(n/2 + 1) - f = {s} <= 0 for n={num_clients}, f={num_malicious}: "
-                         "z_max is infinite; pass z explicitly")
+        raise ValueError(
+            f"s = floor(n/2 + 1) - f = {s} <= 0 for n={num_clients}, f={num_malicious}: "
+            "z_max is infinite; pass z explicitly"
+        )
     return NormalDist().inv_cdf((num_clients - s) / num_clients)
 
 
-def alie_updates(benign: torch.Tensor, *, num_malicious: int, num_clients: int | None = None,
-         z: float | None = None) -> torch.Tensor:
+def alie_updates(
+    benign: torch.Tensor, *, num_malicious: int, num_clients: int | None = None, z: float | None = None
+) -> torch.Tensor:
     """ALIE malicious updates ``μ − z·σ`` (Baruch et al., NeurIPS 2019).
 
     Parameters

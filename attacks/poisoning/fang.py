@@ -110,8 +110,10 @@ def fang_krum_lambda_bound(benign: torch.Tensor, *, num_malicious: int) -> float
     n_b, d = benign.shape
     denom = n_b - num_malicious - 1
     if denom < 1:
-        raise ValueError(f"the bound needs m - 2c - 1 = n_b - c - 1 >= 1, got n_b={n_b}, c={num_malicious}; "
-                         "pass lambda_init")
+        raise ValueError(
+            f"the bound needs m - 2c - 1 = n_b - c - 1 >= 1, got n_b={n_b}, c={num_malicious}; "
+            "pass lambda_init"
+        )
     g = gram(benign)
     term1 = 0.0
     k = n_b - 2
@@ -123,9 +125,15 @@ def fang_krum_lambda_bound(benign: torch.Tensor, *, num_malicious: int) -> float
     return term1 + term2
 
 
-def fang_krum_lambda(benign: torch.Tensor, *, num_malicious: int, direction: torch.Tensor | None = None,
-                     select: Selector | None = None, lambda_init: float | None = None,
-                     threshold: float = 1e-5) -> tuple[float, bool]:
+def fang_krum_lambda(
+    benign: torch.Tensor,
+    *,
+    num_malicious: int,
+    direction: torch.Tensor | None = None,
+    select: Selector | None = None,
+    lambda_init: float | None = None,
+    threshold: float = 1e-5,
+) -> tuple[float, bool]:
     """``λ`` of Fang et al.'s Krum attack: halve from the upper bound until Krum selects a crafted update.
 
     Parameters
@@ -175,6 +183,7 @@ def fang_krum_lambda(benign: torch.Tensor, *, num_malicious: int, direction: tor
             dist[c:, :c] = cross[:, None]
             return int(torch.argmin(krum_scores(dist, c)))
     else:
+
         def chosen(lam_: float) -> int:
             crafted = rows_of(-lam_ * s, c, benign)
             return int(select(torch.cat([crafted, benign], dim=0)))
@@ -186,9 +195,17 @@ def fang_krum_lambda(benign: torch.Tensor, *, num_malicious: int, direction: tor
     return lam, False
 
 
-def fang_krum(benign: torch.Tensor, *, num_malicious: int, direction: torch.Tensor | None = None,
-              select: Selector | None = None, lambda_init: float | None = None, threshold: float = 1e-5,
-              epsilon: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def fang_krum(
+    benign: torch.Tensor,
+    *,
+    num_malicious: int,
+    direction: torch.Tensor | None = None,
+    select: Selector | None = None,
+    lambda_init: float | None = None,
+    threshold: float = 1e-5,
+    epsilon: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Fang et al.'s attack on Krum (full knowledge; partial with ``lambda_init``), in update space.
 
     Row 0 is ``−λ·s`` with ``λ`` from :func:`fang_krum_lambda`; rows ``1 … c − 1`` are copies of it
@@ -204,8 +221,14 @@ def fang_krum(benign: torch.Tensor, *, num_malicious: int, direction: torch.Tens
     if epsilon < 0:
         raise ValueError("epsilon must be >= 0")
     c, d = num_malicious, benign.shape[1]
-    lam, _ = fang_krum_lambda(benign, num_malicious=c, direction=direction, select=select,
-                              lambda_init=lambda_init, threshold=threshold)
+    lam, _ = fang_krum_lambda(
+        benign,
+        num_malicious=c,
+        direction=direction,
+        select=select,
+        lambda_init=lambda_init,
+        threshold=threshold,
+    )
     w1 = -lam * direction_sign(benign, direction)
     out = rows_of(w1, c, benign)
     if epsilon > 0 and c > 1:
@@ -218,17 +241,24 @@ def fang_krum(benign: torch.Tensor, *, num_malicious: int, direction: torch.Tens
     return out
 
 
-def _uniform(lo: torch.Tensor, hi: torch.Tensor, count: int,
-             generator: torch.Generator | None) -> torch.Tensor:
+def _uniform(
+    lo: torch.Tensor, hi: torch.Tensor, count: int, generator: torch.Generator | None
+) -> torch.Tensor:
     """``count`` rows of independent ``U[lo_j, hi_j]`` values (float64, ``lo``'s device)."""
     dev = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand(count, lo.shape[0], generator=generator, dtype=torch.float64, device=dev).to(lo.device)
     return lo[None, :] + u * (hi - lo)[None, :]
 
 
-def fang_trimmed_mean(benign: torch.Tensor, *, num_malicious: int, b: float = 2.0,
-                      direction: torch.Tensor | None = None, reference: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+def fang_trimmed_mean(
+    benign: torch.Tensor,
+    *,
+    num_malicious: int,
+    b: float = 2.0,
+    direction: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Fang et al.'s full-knowledge attack on trimmed mean and median (Sec. 4).
 
     Parameters
@@ -275,9 +305,13 @@ def fang_trimmed_mean(benign: torch.Tensor, *, num_malicious: int, b: float = 2.
     return vals.to(benign.dtype)
 
 
-def fang_trimmed_mean_partial(benign: torch.Tensor, *, num_malicious: int,
-                              direction: torch.Tensor | None = None,
-                              generator: torch.Generator | None = None) -> torch.Tensor:
+def fang_trimmed_mean_partial(
+    benign: torch.Tensor,
+    *,
+    num_malicious: int,
+    direction: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Fang et al.'s partial-knowledge attack on trimmed mean and median (Sec. 4).
 
     ``μ_j``, ``σ_j`` (sample standard deviation) from ``benign`` (the attackers' own before-attack

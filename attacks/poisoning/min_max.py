@@ -149,24 +149,30 @@ class _Quadratics:
         return self.a + 2.0 * gamma * self.b + gamma * gamma * self.c
 
 
-def min_max_gamma(benign: torch.Tensor, *, perturbation: Perturbation = "std", gamma_init: float = 10.0,
-                  tol: float = 1e-5) -> float:
+def min_max_gamma(
+    benign: torch.Tensor, *, perturbation: Perturbation = "std", gamma_init: float = 10.0, tol: float = 1e-5
+) -> float:
     """``γ`` of the Min-Max attack: the largest ``γ`` (by :func:`gamma_search`) with
     ``max_i ‖μ + γ∇p − ∇i‖ ≤ max_{i,j} ‖∇i − ∇j‖`` over the rows of ``benign``."""
     check_benign(benign, num_malicious=0, min_rows=2)
     q = _Quadratics(benign, perturbation)
     bound = float(q.sq_dists.max())
-    return gamma_search(lambda gamma: float(q.sq_dist_to(gamma).max()) <= bound, gamma_init=gamma_init, tol=tol)
+    return gamma_search(
+        lambda gamma: float(q.sq_dist_to(gamma).max()) <= bound, gamma_init=gamma_init, tol=tol
+    )
 
 
-def min_sum_gamma(benign: torch.Tensor, *, perturbation: Perturbation = "std", gamma_init: float = 10.0,
-                  tol: float = 1e-5) -> float:
+def min_sum_gamma(
+    benign: torch.Tensor, *, perturbation: Perturbation = "std", gamma_init: float = 10.0, tol: float = 1e-5
+) -> float:
     """``γ`` of the Min-Sum attack: the largest ``γ`` (by :func:`gamma_search`) with
     ``Σ_i ‖μ + γ∇p − ∇i‖² ≤ max_i Σ_j ‖∇i − ∇j‖²`` over the rows of ``benign``."""
     check_benign(benign, num_malicious=0, min_rows=2)
     q = _Quadratics(benign, perturbation)
     bound = float(q.sq_dists.sum(dim=1).max())
-    return gamma_search(lambda gamma: float(q.sq_dist_to(gamma).sum()) <= bound, gamma_init=gamma_init, tol=tol)
+    return gamma_search(
+        lambda gamma: float(q.sq_dist_to(gamma).sum()) <= bound, gamma_init=gamma_init, tol=tol
+    )
 
 
 def _malicious(benign: torch.Tensor, num_malicious: int, gamma: float, kind: Perturbation) -> torch.Tensor:
@@ -174,8 +180,14 @@ def _malicious(benign: torch.Tensor, num_malicious: int, gamma: float, kind: Per
     return rows_of(mu + gamma * _perturbation(mu, sd, kind), num_malicious, benign)
 
 
-def min_max_updates(benign: torch.Tensor, *, num_malicious: int, perturbation: Perturbation = "std",
-            gamma_init: float = 10.0, tol: float = 1e-5) -> torch.Tensor:
+def min_max_updates(
+    benign: torch.Tensor,
+    *,
+    num_malicious: int,
+    perturbation: Perturbation = "std",
+    gamma_init: float = 10.0,
+    tol: float = 1e-5,
+) -> torch.Tensor:
     """Min-Max malicious updates ``μ + γ∇p`` (Shejwalkar & Houmansadr, NDSS 2021), ``γ`` from
     :func:`min_max_gamma`.
 
@@ -200,8 +212,14 @@ def min_max_updates(benign: torch.Tensor, *, num_malicious: int, perturbation: P
     return _malicious(benign, num_malicious, gamma, perturbation)
 
 
-def min_sum_updates(benign: torch.Tensor, *, num_malicious: int, perturbation: Perturbation = "std",
-            gamma_init: float = 10.0, tol: float = 1e-5) -> torch.Tensor:
+def min_sum_updates(
+    benign: torch.Tensor,
+    *,
+    num_malicious: int,
+    perturbation: Perturbation = "std",
+    gamma_init: float = 10.0,
+    tol: float = 1e-5,
+) -> torch.Tensor:
     """Min-Sum malicious updates ``μ + γ∇p`` (Shejwalkar & Houmansadr, NDSS 2021), ``γ`` from
     :func:`min_sum_gamma`; parameters as :func:`min_max_updates`."""
     check_benign(benign, num_malicious=num_malicious, min_rows=2)
@@ -209,14 +227,21 @@ def min_sum_updates(benign: torch.Tensor, *, num_malicious: int, perturbation: P
     return _malicious(benign, num_malicious, gamma, perturbation)
 
 
-def _with_malicious(benign: torch.Tensor, num_malicious: int, mu: torch.Tensor, p: torch.Tensor,
-                    gamma: float) -> torch.Tensor:
+def _with_malicious(
+    benign: torch.Tensor, num_malicious: int, mu: torch.Tensor, p: torch.Tensor, gamma: float
+) -> torch.Tensor:
     return torch.cat([rows_of(mu + gamma * p, num_malicious, benign), benign], dim=0)
 
 
-def agr_tailored_gamma(benign: torch.Tensor, *, num_malicious: int, agr: Callable[[torch.Tensor], torch.Tensor],
-                       perturbation: Perturbation = "std", gamma_init: float = 10.0,
-                       tol: float = 1e-5) -> float:
+def agr_tailored_gamma(
+    benign: torch.Tensor,
+    *,
+    num_malicious: int,
+    agr: Callable[[torch.Tensor], torch.Tensor],
+    perturbation: Perturbation = "std",
+    gamma_init: float = 10.0,
+    tol: float = 1e-5,
+) -> float:
     """``γ`` of the AGR-tailored attack on an aggregator ``agr`` (Shejwalkar & Houmansadr, 2021, Sec. IV).
 
     Maximises the deviation ``‖agr([∇m × f; benign]) − μ‖`` by :func:`gamma_search`, a probe
@@ -252,8 +277,15 @@ def agr_tailored_gamma(benign: torch.Tensor, *, num_malicious: int, agr: Callabl
     return gamma_search(improves, gamma_init=gamma_init, tol=tol)
 
 
-def agr_tailored(benign: torch.Tensor, *, num_malicious: int, agr: Callable[[torch.Tensor], torch.Tensor],
-                 perturbation: Perturbation = "std", gamma_init: float = 10.0, tol: float = 1e-5) -> torch.Tensor:
+def agr_tailored(
+    benign: torch.Tensor,
+    *,
+    num_malicious: int,
+    agr: Callable[[torch.Tensor], torch.Tensor],
+    perturbation: Perturbation = "std",
+    gamma_init: float = 10.0,
+    tol: float = 1e-5,
+) -> torch.Tensor:
     """AGR-tailored malicious updates ``μ + γ∇p`` against ``agr`` (Shejwalkar & Houmansadr, NDSS 2021),
     ``γ`` from :func:`agr_tailored_gamma` (the deviation objective of trimmed mean / median).
 
@@ -265,32 +297,59 @@ def agr_tailored(benign: torch.Tensor, *, num_malicious: int, agr: Callable[[tor
     check_benign(benign, num_malicious=num_malicious, min_rows=2)
     if num_malicious == 0:
         return benign.new_empty(0, benign.shape[1])
-    gamma = agr_tailored_gamma(benign, num_malicious=num_malicious, agr=agr, perturbation=perturbation,
-                               gamma_init=gamma_init, tol=tol)
+    gamma = agr_tailored_gamma(
+        benign,
+        num_malicious=num_malicious,
+        agr=agr,
+        perturbation=perturbation,
+        gamma_init=gamma_init,
+        tol=tol,
+    )
     return _malicious(benign, num_malicious, gamma, perturbation)
 
 
-def agr_tailored_oracle_gamma(benign: torch.Tensor, *, num_malicious: int,
-                              oracle: Callable[[torch.Tensor], bool], perturbation: Perturbation = "std",
-                              gamma_init: float = 10.0, tol: float = 1e-5) -> float:
+def agr_tailored_oracle_gamma(
+    benign: torch.Tensor,
+    *,
+    num_malicious: int,
+    oracle: Callable[[torch.Tensor], bool],
+    perturbation: Perturbation = "std",
+    gamma_init: float = 10.0,
+    tol: float = 1e-5,
+) -> float:
     """``γ`` of the AGR-tailored attack on a selection rule: the largest ``γ`` (by :func:`gamma_search`)
     for which ``oracle([∇m × f; benign])`` holds, e.g. "Krum selects a row ``< f``" (the paper's
     ``O_m`` for Krum, Multi-Krum and Bulyan)."""
     check_benign(benign, num_malicious=num_malicious, min_rows=2)
     mu, sd = mean_std(benign)
     p = _perturbation(mu, sd, perturbation)
-    return gamma_search(lambda gamma: bool(oracle(_with_malicious(benign, num_malicious, mu, p, gamma))),
-                        gamma_init=gamma_init, tol=tol)
+    return gamma_search(
+        lambda gamma: bool(oracle(_with_malicious(benign, num_malicious, mu, p, gamma))),
+        gamma_init=gamma_init,
+        tol=tol,
+    )
 
 
-def agr_tailored_oracle(benign: torch.Tensor, *, num_malicious: int, oracle: Callable[[torch.Tensor], bool],
-                        perturbation: Perturbation = "std", gamma_init: float = 10.0,
-                        tol: float = 1e-5) -> torch.Tensor:
+def agr_tailored_oracle(
+    benign: torch.Tensor,
+    *,
+    num_malicious: int,
+    oracle: Callable[[torch.Tensor], bool],
+    perturbation: Perturbation = "std",
+    gamma_init: float = 10.0,
+    tol: float = 1e-5,
+) -> torch.Tensor:
     """AGR-tailored malicious updates ``μ + γ∇p`` against a selection rule, ``γ`` from
     :func:`agr_tailored_oracle_gamma`; ``(num_malicious, d)`` identical rows."""
     check_benign(benign, num_malicious=num_malicious, min_rows=2)
     if num_malicious == 0:
         return benign.new_empty(0, benign.shape[1])
-    gamma = agr_tailored_oracle_gamma(benign, num_malicious=num_malicious, oracle=oracle,
-                                      perturbation=perturbation, gamma_init=gamma_init, tol=tol)
+    gamma = agr_tailored_oracle_gamma(
+        benign,
+        num_malicious=num_malicious,
+        oracle=oracle,
+        perturbation=perturbation,
+        gamma_init=gamma_init,
+        tol=tol,
+    )
     return _malicious(benign, num_malicious, gamma, perturbation)

@@ -21,8 +21,9 @@ from attacks.poisoning._common import check_benign, mean_std, rows_of
 __all__ = ["gaussian_noise", "sign_flip"]
 
 
-def sign_flip(benign: torch.Tensor, *, num_malicious: int, scale: float = 1.0,
-              per_attacker: bool = False) -> torch.Tensor:
+def sign_flip(
+    benign: torch.Tensor, *, num_malicious: int, scale: float = 1.0, per_attacker: bool = False
+) -> torch.Tensor:
     """Sign flipping: send the negated (and scaled) update.
 
     Parameters
@@ -49,15 +50,23 @@ def sign_flip(benign: torch.Tensor, *, num_malicious: int, scale: float = 1.0,
     check_benign(benign, num_malicious=num_malicious)
     if per_attacker:
         if benign.shape[0] != num_malicious:
-            raise ValueError(f"per_attacker=True needs one own update per attacker: got {benign.shape[0]} "
-                             f"rows for num_malicious={num_malicious}")
+            raise ValueError(
+                f"per_attacker=True needs one own update per attacker: got {benign.shape[0]} "
+                f"rows for num_malicious={num_malicious}"
+            )
         return (benign.to(torch.float64) * -scale).to(benign.dtype)
     mu, _ = mean_std(benign)
     return rows_of(-scale * mu, num_malicious, benign)
 
 
-def gaussian_noise(benign: torch.Tensor, *, num_malicious: int, mean: float | torch.Tensor = 0.0,
-                   std: float | torch.Tensor = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def gaussian_noise(
+    benign: torch.Tensor,
+    *,
+    num_malicious: int,
+    mean: float | torch.Tensor = 0.0,
+    std: float | torch.Tensor = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Gaussian Byzantine updates: i.i.d. ``N(μ, σ²)`` coordinates.
 
     ``benign`` only fixes ``d``, the dtype and the device; its values are not used (pass e.g. the

@@ -18,6 +18,8 @@ def weighted_mean(updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 class FedAvg(Aggregator):
     """Example-weighted mean of all updates (McMahan et al., 2017); no defense."""
 
+    needs_individual_updates = False  # a function of the weighted sum: runs behind secure aggregation
+
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         return AggregationResult(
             weighted_mean(updates, weights), tuple(ctx.client_ids), {cid: 0.0 for cid in ctx.client_ids}

@@ -5,13 +5,14 @@ Kept apart from :mod:`simulator.dp.mechanism` so that neither mechanism module i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from simulator.dp.accounting import calibrate_noise_multiplier, client_level_accounting
 from simulator.dp.mechanism import ClientLevelDP, NoPrivacy, PrivacyMechanism, RecordLevelDP
 from simulator.dp.sketch_dp import SketchDP, sketch_accounting
 
-__all__ = ["build_privacy", "randomness_note"]
+__all__ = ["build_privacy", "randomness_note", "secure_aggregation_slack"]
 
 
 def randomness_note(scenario: Any) -> str:
@@ -36,12 +37,30 @@ def _assumptions(scenario: Any, mech: PrivacyMechanism) -> PrivacyMechanism:
     return mech
 
 
-def build_privacy(scenario: Any, compressor: Any = None, *, secret: int | None = None) -> PrivacyMechanism:
-    """The mechanism for a scenario's ``[privacy]`` section (see :func:`_build`), with its stated assumptions."""
-    return _assumptions(scenario, _build(scenario, compressor, secret=secret))
+def build_privacy(
+    scenario: Any, compressor: Any = None, *, secret: int | None = None, dim: int | None = None
+) -> PrivacyMechanism:
+    """The mechanism for a scenario's ``[privacy]`` section (see :func:`_build`), with its stated assumptions.
+
+    ``dim``: the model's update length, needed with ``[secure_aggregation]`` (the quantised update's norm)."""
+    return _assumptions(scenario, _build(scenario, compressor, secret=secret, dim=dim))
 
 
-def _build(scenario: Any, compressor: Any = None, *, secret: int | None = None) -> PrivacyMechanism:
+def secure_aggregation_slack(scenario: Any, dim: int | None) -> float:
+    """How far SecAgg+'s stochastic rounding can move a clipped update (L2), in update units: at most one
+    quantisation step per coordinate, ``√d · 2·clipping_range / quantization_range · max_weight`` (DP clients
+    send weight 1). Added to the clip norm in the ledger's sensitivity: the sum is of *quantised* updates."""
+    sa = scenario.secure_aggregation
+    if sa is None:
+        return 0.0
+    if dim is None:
+        raise ValueError("build_privacy needs dim (the update length) with [secure_aggregation]")
+    return math.sqrt(dim) * 2.0 * sa.clipping_range / sa.quantization_range * (sa.max_weight or 1.0)
+
+
+def _build(
+    scenario: Any, compressor: Any = None, *, secret: int | None = None, dim: int | None = None
+) -> PrivacyMechanism:
     """The mechanism for a scenario's ``[privacy]`` section; ``secret`` seeds its server-side noise.
 
     With ``level = "none"`` and a compressor that noises its sketches (``privacy_params()`` not None), the
@@ -90,4 +109,6 @@ def _build(scenario: Any, compressor: Any = None, *, secret: int | None = None) 
         observed_rounds=observed,
         secret=secret,
         randomness=note,
+        secure_aggregation=scenario.secure_aggregation is not None,
+        sensitivity_slack=secure_aggregation_slack(scenario, dim),
     )

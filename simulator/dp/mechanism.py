@@ -448,8 +448,12 @@ class ClientLevelDP(PrivacyMechanism):
         observed_rounds: tuple[int, ...] = (),
         secret: int | None = None,
         randomness: str = "fresh OS entropy",
+        secure_aggregation: bool = False,
+        sensitivity_slack: float = 0.0,
     ) -> None:
         self.cfg, self.plan, self.m = cfg, plan, float(expected_clients)
+        self.secure_aggregation = secure_aggregation
+        self.sensitivity_slack = float(sensitivity_slack)
         self.target_epsilon, self.on_budget = target_epsilon, on_budget
         self.forced = dict(forced or {})
         self.observed_rounds = tuple(observed_rounds)
@@ -485,6 +489,12 @@ class ClientLevelDP(PrivacyMechanism):
         }[self.plan.sampling]
         if self.cfg.noise == "central":
             led.add_view("aggregate", f"the released noisy sums, {sampling}", relation=rel)
+        elif self.secure_aggregation:  # the server holds the sum of the noisy updates alone
+            led.add_view(
+                "aggregate",
+                f"the secure sum of the noisy updates (SecAgg+), {sampling}; no update is seen in the clear",
+                relation=rel,
+            )
         else:
             led.add_view(
                 "aggregate",
@@ -514,12 +524,17 @@ class ClientLevelDP(PrivacyMechanism):
                 "before the central noise: a release without noise",
                 relation=rel,
             )
+        if self.secure_aggregation:
+            led.notes.append(
+                f"secure aggregation: the sum is of SecAgg+-quantised updates, so one client moves it by at most "
+                f"C + {self.sensitivity_slack:.3g} (one rounding step per coordinate); the multipliers use that"
+            )
         return led
 
     def _round_multiplier(self, noise_std_on_sum: float, clip_norm: float) -> float:
         """The multiplier of this round's release (update sum + shifted-bit sum) w.r.t. one client's effect."""
         k = 2.0 if self.replace_one else 1.0
-        parts = [(noise_std_on_sum, k * clip_norm)]
+        parts = [(noise_std_on_sum, k * (clip_norm + self.sensitivity_slack))]
         if self.adaptive is not None:
             parts.append((self.adaptive.count_stddev, k * 0.5))
         return gaussian_multiplier(*parts)
@@ -550,7 +565,7 @@ class ClientLevelDP(PrivacyMechanism):
                     subject=t,
                     what="forced into the round" if t in forced else "sampled like any client",
                 )
-        if self.cfg.noise == "local":
+        if self.cfg.noise == "local" and "update_in_clear" in led.views:
             local = gaussian(local_noise_std(self.update_z, c, self.m) / (2.0 * c))
             for pid in client_ids:
                 led.record(

@@ -27,7 +27,7 @@ STATE_KEY = "privsim-state"
 
 
 def _load_state(context: Context) -> dict[str, np.ndarray]:
-    rec = context.state[STATE_KEY] if STATE_KEY in context.state else None
+    rec = context.state.get(STATE_KEY)
     assert rec is None or isinstance(rec, ArrayRecord)  # _save_state stores an ArrayRecord
     return {k: v.numpy() for k, v in rec.items()} if rec is not None else {}
 

@@ -3,10 +3,10 @@
 At the rounds in ``attacks.inversion.rounds``, for every client of ``attacks.inversion.targets`` whose reply
 passed validation, the server builds a :class:`~attacks.base.ServerView` from what it holds at that point of
 the round — a private copy of the global model the client received, the client's update *as decoded by the
-server* (after every client-side defense: DP noise, clipping, pruning, sketching) and the public protocol facts
-it sets (local lr, epochs, steps, batch size; the client's reported example count) — and runs the scenario's
-inversion attack on it (Geiping et al., NeurIPS 2020, Sec. 5 for FedAvg updates). Central DP noise is added
-later (step 11), so it does not protect against this server, as in DP-FedAvg's threat model.
+server* (after every client-side defense: DP noise, clipping, pruning, sketching) and the public protocol
+facts it sets (local lr, epochs, steps, batch size; the client's reported example count) — and runs the
+scenario's inversion attack on it (Geiping et al., NeurIPS 2020, Sec. 5 for FedAvg updates). Central DP noise
+is added later (step 11), so it does not protect against this server, as in DP-FedAvg's threat model.
 
 The evaluator side, apart from the attack, scores the reconstruction against the client's local training set
 (:func:`simulator.experiment.attack_update`). Per round the record gets ``inversion_psnr``,

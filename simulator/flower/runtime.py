@@ -77,12 +77,12 @@ def build_runtime(s: Scenario) -> Runtime:
         num_clients=s.data.num_clients,
         seed=s.seed,
         rounds=s.federation.rounds,
-        active=attack is not None,
+        active=attack is not None or s.attacks.poisoning is not None,
     )
     f = s.federation
     secret = run_secret(s.privacy.noise_seed)
     compressor = COMPRESSORS.create(s.compression.name, s.compression.params)
-    privacy = build_privacy(s, compressor, secret=secret)
+    privacy = build_privacy(s, compressor, secret=secret, dim=layout_of(model).dim)
     # amplification by sampling needs a cohort the adversary cannot recompute from the scenario
     sample_seed = derive_seed(secret, "cohort") if privacy.secret_sampling else s.seed
     sampler = ClientSampler(

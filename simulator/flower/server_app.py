@@ -19,13 +19,16 @@ from flwr.serverapp import Grid, ServerApp
 from defenses.base import AGGREGATORS, SERVER_DEFENSES
 from defenses.detection import detection_rates
 from simulator.backdoor_metrics import backdoor_lifespan
+from simulator.context import derive_seed
 from simulator.flat import flatten
 from simulator.flower.observer import InversionObserver
 from simulator.flower.runtime import Runtime, build_runtime
+from simulator.flower.secaggplus import FlowerSecAggPlus
 from simulator.flower.strategy import PrivsimStrategy
 from simulator.results import RoundRecord
 from simulator.round.audit import ClientAudit, record_audit_block
-from simulator.scenario import Scenario
+from simulator.round.secure_sum import SecureSum, SimulatedSecureAggregation
+from simulator.scenario import Problem, Scenario, ScenarioError
 from simulator.training import evaluate
 from simulator.warm_start import apply_warm_start
 
@@ -141,9 +144,25 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
             expected_clients=rt.sampler.expected_size,
             scenario_seed=s.seed,
         )
+    secure_sum: SecureSum | None = None
+    if s.secure_aggregation is not None:  # the server plug-ins see the sum alone
+        key = (
+            s.secure_aggregation.seed
+            if s.secure_aggregation.seed is not None
+            else derive_seed(rt.secret, "secagg")
+        )
+        secure_sum = (
+            SimulatedSecureAggregation(s.secure_aggregation, key)
+            if s.secure_aggregation.mode == "simulated"
+            else FlowerSecAggPlus(s.secure_aggregation, key)
+        )
+        problems = secure_sum.check([len(ix) for ix in rt.data.client_indices])
+        if problems:
+            raise ScenarioError(s.source, [Problem("secure_aggregation.max_weight", p) for p in problems])
     strategy = PrivsimStrategy(
         runtime=rt,
         model=model,
+        secure_sum=secure_sum,
         aggregator=AGGREGATORS.create(s.defenses.aggregator.name, s.defenses.aggregator.params),
         server_defenses=[SERVER_DEFENSES.create(d.name, d.params) for d in s.defenses.server],
         observer=observer,
@@ -174,7 +193,9 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
             record.main_accuracy, record.main_loss = ev["main_accuracy"], ev["main_loss"]
             record.backdoor_accuracy = ev.get("backdoor_accuracy")
         record.privacy = rt.privacy.round_report(rnd, strategy.client_metrics)
-        if rt.attack is not None and strategy.valid_ids:  # detection, against the evaluator's ground truth
+        if (
+            rt.attack is not None or s.attacks.poisoning is not None
+        ) and strategy.valid_ids:  # detection, against the evaluator's ground truth
             tpr, fpr = detection_rates(record.accepted, strategy.valid_ids, record.malicious)
             record.defense_tpr, record.defense_fpr = tpr, fpr
         record.seconds = time.perf_counter() - t0
@@ -201,10 +222,13 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
     if observer is not None:
         outcome.inversion = observer.summary()
         outcome.attacked = observer.attacked
-    if rt.attack is not None:
+    if rt.attack is not None or s.attacks.poisoning is not None:
         acting = rt.schedule.acting_rounds()
         outcome.attack = {
-            "name": s.attacks.backdoor.name if s.attacks.backdoor else None,
+            "name": s.attacks.backdoor.name
+            if s.attacks.backdoor
+            else (s.attacks.poisoning.name if s.attacks.poisoning else None),
+            "kind": "poisoning" if s.attacks.poisoning is not None else "client attack",
             "malicious_ids": list(rt.schedule.malicious_ids),
             "acting_rounds": acting,
             "lifespan": backdoor_lifespan(

@@ -23,8 +23,9 @@ from simulator.flat import flatten, load_vector
 from simulator.flower.replies import unpack
 from simulator.flower.runtime import Runtime
 from simulator.results import RoundRecord
-from simulator.round import Observer, ServerPlugins, server_step, validate_replies
+from simulator.round import Observer, Poisoner, ServerPlugins, server_step, validate_replies
 from simulator.round.audit import ClientAudit
+from simulator.round.secure_sum import SecureSum
 from simulator.sampling import Cohort
 
 __all__ = ["PrivsimStrategy"]
@@ -42,6 +43,7 @@ class PrivsimStrategy(FedAvg):
         server_defenses: list[ServerDefense],
         observer: Observer | None = None,
         audit: ClientAudit | None = None,
+        secure_sum: SecureSum | None = None,
     ) -> None:
         super().__init__(
             fraction_train=1.0,
@@ -53,6 +55,7 @@ class PrivsimStrategy(FedAvg):
         )
         self.rt = runtime
         self.model = model  # the server's own copy of the global model
+        poisoning = runtime.scenario.attacks.poisoning
         self.plugins = ServerPlugins(
             compressor=runtime.compressor,
             aggregator=aggregator,
@@ -60,6 +63,8 @@ class PrivsimStrategy(FedAvg):
             defenses=tuple(server_defenses),
             observer=observer,
             audit=audit,
+            secure_sum=secure_sum,
+            poisoner=Poisoner.from_spec(poisoning) if poisoning is not None else None,
         )
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.partition_of: dict[int, int] = {}  # node id -> partition id
@@ -140,8 +145,10 @@ class PrivsimStrategy(FedAvg):
             self.plugins,
             server_lr=rt.scenario.federation.server_lr,
             min_replies=rt.scenario.federation.min_replies,
+            malicious=self.cohort.malicious,
         )
         rec.inversion = out.observed
+        rec.poisoned, rec.poisoning_skipped = list(out.poisoned), out.poisoning_skipped
         rec.accepted = out.accepted
         rec.clients_aggregated = len(out.accepted)
         rec.audit_canaries = out.canaries

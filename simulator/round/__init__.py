@@ -1,7 +1,8 @@
 """The round core: DESIGN.md's numbered round as pure, typed functions that every engine calls.
 
-:func:`client_step` (steps 1-6), :func:`validate_replies` (step 7) and :func:`server_step` (steps 8-12). The Flower
-ClientApp and strategy are thin adapters around them; the leakage experiment and the warm start call them too.
+:func:`client_step` (steps 1-6), :func:`validate_replies` (step 7) and :func:`server_step` (steps 8-12,
+with the poisoning stage of ``[attacks.poisoning]`` after 8). The Flower ClientApp and strategy are thin
+adapters around them; the leakage experiment and the warm start call them too.
 """
 
 from simulator.round.client_step import (
@@ -14,6 +15,8 @@ from simulator.round.client_step import (
 )
 from simulator.round.server_step import (
     Observer,
+    Poisoned,
+    Poisoner,
     RoundOutcome,
     ServerPlugins,
     decode_updates,
@@ -28,6 +31,8 @@ __all__ = [
     "ClientReply",
     "ModelRefused",
     "Observer",
+    "Poisoned",
+    "Poisoner",
     "RoundOutcome",
     "ServerPlugins",
     "ValidReply",

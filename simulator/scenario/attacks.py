@@ -1,4 +1,12 @@
-"""Scenario section ``[attacks]``: the attacker plan, backdoor attack, and server observation."""
+"""Scenario section ``[attacks]``: the attacker plan, the client attack, untargeted poisoning, server
+observation.
+
+* ``[attacks.backdoor]`` is the *client attack* slot (a ``CLIENT_ATTACKS`` plug-in run inside the acting
+  attackers' client step): the backdoors, and data poisoning such as ``label_flip``; the name is historical.
+* ``[attacks.poisoning]`` is an update-crafting (untargeted model-poisoning) attack, a ``POISONING_ATTACKS``
+  plug-in: the acting attackers train honestly, then the round core replaces their updates with crafted ones
+  (see :mod:`attacks.poisoning.plugins`). One of the two at a time.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ from pydantic import Field, model_validator
 
 from simulator.scenario.base import PluginSpec, Strict
 
-__all__ = ["AttackerPlan", "InversionSpec", "AttacksConfig"]
+__all__ = ["AttackerPlan", "AttacksConfig", "InversionSpec"]
 
 
 class AttackerPlan(Strict):
@@ -24,7 +32,7 @@ class AttackerPlan(Strict):
     collude: bool = False
 
     @model_validator(mode="after")
-    def _one_way(self) -> "AttackerPlan":
+    def _one_way(self) -> AttackerPlan:
         given = [x is not None for x in (self.malicious, self.malicious_fraction, self.malicious_ids)]
         if sum(given) > 1:
             raise ValueError("give one of malicious, malicious_fraction, malicious_ids")
@@ -42,5 +50,7 @@ class InversionSpec(PluginSpec):
 
 class AttacksConfig(Strict):
     plan: AttackerPlan = AttackerPlan()
-    backdoor: PluginSpec | None = None
+    backdoor: PluginSpec | None = None  # the client attack slot (backdoors, label_flip)
     inversion: InversionSpec | None = None
+    # untargeted model poisoning; left out of the dump when unset, so older scenarios keep their digests
+    poisoning: PluginSpec | None = Field(default=None, exclude_if=lambda v: v is None)

@@ -24,6 +24,7 @@ from simulator.scenario.core import (
 from simulator.scenario.defenses import DefensesConfig
 from simulator.scenario.leakage import LeakageConfig
 from simulator.scenario.privacy import PrivacyConfig
+from simulator.scenario.secure_aggregation import SecureAggregationConfig
 
 __all__ = ["Scenario"]
 
@@ -45,6 +46,7 @@ class Scenario(Strict):
     privacy: PrivacyConfig = PrivacyConfig()
     compression: CompressionConfig = CompressionConfig()
     leakage: LeakageConfig | None = None
+    secure_aggregation: SecureAggregationConfig | None = None
     audit: AuditConfig | None = None
     output: OutputConfig = OutputConfig()
     source: str | None = Field(default=None, exclude=True)  # the file it came from (not part of the hash)
@@ -61,8 +63,9 @@ class Scenario(Strict):
             d.pop(key, None)
         if d.get("privacy", {}).get("noise_seed", 0) is None:  # defaults that keep digests as they were
             d["privacy"].pop("noise_seed")
-        if d.get("audit", 0) is None:
-            d.pop("audit")
+        for key in ("audit", "secure_aggregation"):
+            if d.get(key, 0) is None:
+                d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
