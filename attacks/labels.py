@@ -124,7 +124,7 @@ def _round_counts(est: torch.Tensor, total: int) -> torch.Tensor:
 def llg_labels(view: ServerView, num_images: int, *, dummy_inputs: int = 32, seed: int = 0) -> torch.Tensor:
     """LLG-style counting (Wainakh et al. 2022): ``cᵢ = B (p̄ᵢ − ∇bᵢ)`` with ``p̄`` the model's mean
     softmax on uniform-noise inputs (the attacker knows the model, not the data)."""
-    w, b = last_layer_gradient(view)
+    _, b = last_layer_gradient(view)
     if b is None:
         raise ValueError("the 'llg' strategy needs a bias in the last layer; use 'idlg' or 'yin'")
     g = torch.Generator().manual_seed(seed)

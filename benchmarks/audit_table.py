@@ -1,11 +1,11 @@
 """The audit's power and its cost: ε̂ (one-run lower bound, Gaussian estimate) beside the ledger's ε.
 
 Part 1 (power): DP-FedAvg's mechanism with 1,000 canary clients, Poisson q = 0.25, fixed C, 20 rounds (the
-setting of ``scenarios/dp_fedavg.toml``), for each noise multiplier z and seed; the last row is a broken mechanism
-(a quarter of the accounted noise) that the audit must catch.
+setting of ``scenarios/dp_fedavg.toml``), for each noise multiplier z and seed; the last row is a broken
+mechanism (a quarter of the accounted noise) that the audit must catch.
 
-Part 2 (cost, ``--cost``): seconds per round of ``scenarios/dp_fedavg.toml`` with ``[audit]`` (inline engine) and
-the part of it spent on the canaries (joining them to the round, scoring them against each release).
+Part 2 (cost, ``--cost``): seconds per round of ``scenarios/dp_fedavg.toml`` with ``[audit]`` (inline engine)
+and the part of it spent on the canaries (joining them to the round, scoring them against each release).
 
     python benchmarks/audit_table.py [--seeds 0 1 2] [--cost]
 """

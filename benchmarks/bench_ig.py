@@ -78,7 +78,10 @@ def main() -> None:
         f"{f' ({a.norm} norm)' if a.model == 'resnet18' else ''}, {iters} iterations "
         f"a row, label strategy idlg/llg, TV 0.2, cosine"
     )
-    head = f"{'batch':>5} {'variant':>18} {'it/s':>8} {'img·restart it/s':>17} {'compile s':>9} {'PSNR':>6} {'SSIM':>5}"
+    head = (
+        f"{'batch':>5} {'variant':>18} {'it/s':>8} {'img·restart it/s':>17} {'compile s':>9} "
+        f"{'PSNR':>6} {'SSIM':>5}"
+    )
     print(head)
     r = a.restarts
     rows = [("eager", 1, "loop", "off"), (f"loop {r}", r, "loop", "off"), (f"vmap {r}", r, "vmap", "off")]

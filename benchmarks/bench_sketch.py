@@ -1,12 +1,12 @@
 """Seconds to sketch and de-sketch one update, per operator and model size, against one local training step.
 
-For d ∈ {1e5, 1e6, 1.1e7 (ResNet-18)} and each operator (dense Gaussian, SRHT, CountSketch; s = d/100 by default)
-the table shows the time to build the round's operator from its seed (what every client and the server redo each
-round), one sketch (client), one de-sketch (server, per client), and the ratio of sketch + de-sketch to one local
-SGD step of the small CNN on a batch of 32 (``simulator.models.build_model("cnn", …)``). The dense Gaussian R is
-regenerated chunk by chunk inside every sketch and de-sketch (so its build column is ~0); it costs O(s·d) and is
-skipped where s·d exceeds a budget (the table says so). CountSketch keeps its hashes when rows·d ≤ 2^24, else
-recomputes them in every call.
+For d ∈ {1e5, 1e6, 1.1e7 (ResNet-18)} and each operator (dense Gaussian, SRHT, CountSketch; s = d/100 by
+default) the table shows the time to build the round's operator from its seed (what every client and the
+server redo each round), one sketch (client), one de-sketch (server, per client), and the ratio of sketch +
+de-sketch to one local SGD step of the small CNN on a batch of 32
+(``simulator.models.build_model("cnn", …)``). The dense Gaussian R is regenerated chunk by chunk inside every
+sketch and de-sketch (so its build column is ~0); it costs O(s·d) and is skipped where s·d exceeds a budget
+(the table says so). CountSketch keeps its hashes when rows·d ≤ 2^24, else recomputes them in every call.
 
 Sketch framework: Song, Wang, Yu, Zhang, ICML 2023; CountSketch as in FetchSGD (Rothchild et al., ICML 2020).
 
@@ -108,7 +108,8 @@ def main() -> None:
             s = max(1, int(args.ratio * d))
             if kind == "gaussian" and s * d > budget:
                 print(
-                    f"{d:>10} {kind:>12} {s:>8}   skipped: dense Gaussian costs O(s·d) = {s * d:.1e} > {budget:.0e}"
+                    f"{d:>10} {kind:>12} {s:>8}   skipped: dense Gaussian costs O(s·d) = "
+                    f"{s * d:.1e} > {budget:.0e}"
                 )
                 continue
             t0 = time.perf_counter()

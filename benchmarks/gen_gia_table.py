@@ -160,8 +160,8 @@ def main() -> None:
 
     print(
         f"\nmnist5k 28×28, {a.targets} targets in batches of {a.batch}, untrained CNN (cnn, seed {a.seed}), "
-        f"FedSGD gradient, labels by LLG; prior: conditional VAE (latent 16, width 8), {a.prior_epochs} epochs "
-        f"on {info.num_images} public images ({'cache hit' if info.cache_hit else 'trained'}, "
+        f"FedSGD gradient, labels by LLG; prior: conditional VAE (latent 16, width 8), {a.prior_epochs} "
+        f"epochs on {info.num_images} public images ({'cache hit' if info.cache_hit else 'trained'}, "
         f"{info.train_seconds:.0f} s to train; prepare {prep_s:.1f} s); {a.threads} thread(s)\n"
     )
     print("| attack | iterations | PSNR dB | SSIM | LPIPS | label acc | s / batch |")

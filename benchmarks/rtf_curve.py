@@ -76,9 +76,9 @@ def main() -> None:
     t0 = time.perf_counter()
     ds = DATASETS.create("mnist5k", {})
     print(
-        f"Robbing the Fed on mnist5k, untrained {a.model}, FedSGD, {a.measurement} measurement, {a.placement} "
-        f"bins on {a.public_images} public digits; recovered = PSNR >= 40 dB; mean ± sd over seeds "
-        f"{a.seeds}\n"
+        f"Robbing the Fed on mnist5k, untrained {a.model}, FedSGD, {a.measurement} measurement, "
+        f"{a.placement} bins on {a.public_images} public digits; recovered = PSNR >= 40 dB; mean ± sd over "
+        f"seeds {a.seeds}\n"
     )
     print(
         "| batch | "

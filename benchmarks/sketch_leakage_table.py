@@ -1,7 +1,8 @@
 """PSNR of gradient inversion through a sketch (Song, Wang, Yu & Zhang, ICML 2023) vs the sketch ratio s/d
 and vs Gaussian noise on the sketch, next to unsketched Inverting Gradients (Geiping et al., NeurIPS 2020).
 
-Two server attacks on the same payload (photos 32×32, untrained LeNet (15,826 parameters), FedSGD, batch 1, same seeds):
+Two server attacks on the same payload (photos 32×32, untrained LeNet (15,826 parameters), FedSGD, batch 1,
+same seeds):
 
 * ``naive``: IG on the de-sketched update Rᵀ·y (what a server that just de-sketches would invert);
 * ``sketch``: IG matching R·∇L(x̂) to the received sketch y with the round's shared R
@@ -84,7 +85,8 @@ def main() -> None:
         f"restarts, seed {a.seed}\n"
     )
     print(
-        "| s/d | noise z | naive IG on Rᵀy: PSNR / SSIM | sketch-space IG: PSNR / SSIM | label acc (naive, sketch) |"
+        "| s/d | noise z | naive IG on Rᵀy: PSNR / SSIM | sketch-space IG: PSNR / SSIM "
+        "| label acc (naive, sketch) |"
     )
     print("|---|---|---|---|---|")
     base = cell(ratio=None, noise=0.0, attack="inverting_gradients", **kw)
@@ -97,8 +99,8 @@ def main() -> None:
         nv = cell(ratio=ratio, noise=z, attack="inverting_gradients", **kw)
         sk = cell(ratio=ratio, noise=z, attack="sketch_inverting_gradients", **kw)
         print(
-            f"| {ratio:g} | {z:g} | {nv['psnr']:.2f} / {nv['ssim']:.3f} | {sk['psnr']:.2f} / {sk['ssim']:.3f} | "
-            f"{nv['label_acc']:.2f}, {sk['label_acc']:.2f} |",
+            f"| {ratio:g} | {z:g} | {nv['psnr']:.2f} / {nv['ssim']:.3f} | "
+            f"{sk['psnr']:.2f} / {sk['ssim']:.3f} | {nv['label_acc']:.2f}, {sk['label_acc']:.2f} |",
             flush=True,
         )
 

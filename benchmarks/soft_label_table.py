@@ -103,8 +103,8 @@ def main() -> None:
         f"cell, implied label form '{a.implied}', seed {a.seed}\n"
     )
     print(
-        "| model | state (test acc) | setting | argmax acc | both classes | mean L1 | max L1 | mean abs λ₀ err "
-        "| feature 1 − cos mean / max | s / sample |"
+        "| model | state (test acc) | setting | argmax acc | both classes | mean L1 | max L1 "
+        "| mean abs λ₀ err | feature 1 − cos mean / max | s / sample |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in a.models:
@@ -134,7 +134,8 @@ def main() -> None:
                 lam = "–" if r["lam_err"] is None else f"{r['lam_err']:.1e}"
                 print(
                     f"| {name} | {label} | {setting} | {r['acc']:.2f} | {both} | {r['l1_mean']:.1e} | "
-                    f"{r['l1_max']:.1e} | {lam} | {1 - r['cos_mean']:.0e} / {1 - r['cos_min']:.0e} | {r['sec']:.3f} |",
+                    f"{r['l1_max']:.1e} | {lam} | {1 - r['cos_mean']:.0e} / {1 - r['cos_min']:.0e} | "
+                    f"{r['sec']:.3f} |",
                     flush=True,
                 )
 

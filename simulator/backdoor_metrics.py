@@ -1,7 +1,8 @@
 """How long a backdoor survives once its attackers stop.
 
 Bagdasaryan et al. (AISTATS 2020) and Zhang et al. (Neurotoxin, ICML 2022) measure durability as the number of
-rounds after the last attack round until backdoor accuracy falls below a threshold (Neurotoxin: the "lifespan").
+rounds after the last attack round until backdoor accuracy falls below a threshold (Neurotoxin: the
+"lifespan").
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def backdoor_lifespan(
     ``backdoor_accuracy`` holds (round, BA) pairs, BA None or NaN where the round was not evaluated.
     Returns ``after_round`` (the last acting round), ``threshold``, ``rounds`` and ``censored``:
 
-    * BA below the threshold at round r > after_round (the first such evaluated round): rounds = r − after_round,
-      censored False;
+    * BA below the threshold at round r > after_round (the first such evaluated round): rounds = r −
+      after_round, censored False;
     * never below it in the evaluated rounds that follow: rounds = the number of rounds that follow (a lower
       bound), censored True;
     * no attack round, or attackers acting in the last round: rounds None (nothing to measure).

@@ -79,8 +79,8 @@ class ClientContext:
     noise_key: int | None = field(default=None, repr=False)
 
     def generator(self, purpose: str) -> torch.Generator:
-        """A reproducible generator for (scenario seed, round, client, purpose): for training randomness, never
-        for privacy noise (the server knows every part of its seed)."""
+        """A reproducible generator for (scenario seed, round, client, purpose): for training randomness,
+        never for privacy noise (the server knows every part of its seed)."""
         return make_generator(self.seed, self.server_round, self.partition_id, purpose)
 
     def private_generator(self, purpose: str) -> torch.Generator:

@@ -3,6 +3,7 @@ no in-place activations, and normalisation layers that Opacus supports (GroupNor
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -34,7 +35,7 @@ class MLP(nn.Module):
         super().__init__()
         dims = [math.prod(input_shape), *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
-        for a, b in zip(dims[:-1], dims[1:]):
+        for a, b in itertools.pairwise(dims):
             layers += [nn.Linear(a, b), _act(activation)]
         layers.append(nn.Linear(dims[-1], num_classes))
         self.net = nn.Sequential(*layers)

@@ -44,7 +44,7 @@ class AttackerSchedule:
                 plan.malicious
                 if plan.malicious is not None
                 else (
-                    int(round((plan.malicious_fraction or 0.0) * num_clients))
+                    round((plan.malicious_fraction or 0.0) * num_clients)
                     if plan.malicious_fraction is not None
                     else 1
                 )
@@ -119,7 +119,7 @@ class ClientSampler:
             q = self.sampling_rate if self.sampling_rate is not None else self.expected_size / n
             chosen = set(np.flatnonzero(rng.random(n) < q).tolist())
         else:
-            m = int(round(self.expected_size))
+            m = round(self.expected_size)
             chosen = set(rng.choice(n, size=m, replace=False).tolist())
         acting = set(self.schedule.acting(server_round))
         must = (acting if self.schedule.plan.guarantee_sampled else set()) | set(

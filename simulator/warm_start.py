@@ -49,7 +49,7 @@ def cache_dir() -> Path:
 
 def cohort_size(s: Scenario) -> int:
     """Clients per warm-up round: the scenario's expected cohort, rounded (at least one)."""
-    return max(1, min(s.data.num_clients, int(round(s.num_sampled_expected))))
+    return max(1, min(s.data.num_clients, round(s.num_sampled_expected)))
 
 
 def warm_start_key(s: Scenario, data: FederatedData, train: LocalTrainConfig) -> str:

@@ -18,8 +18,8 @@ DP_FEDAVG = ROOT / "scenarios" / "dp_fedavg.toml"
 
 @pytest.mark.parametrize("z", [0.5, 2.0])
 def test_correct_dp_fedavg_is_never_audited_above_its_ledger(z: float) -> None:
-    """1,000 canary clients, Poisson q = 0.25, 20 rounds: the one-run bound stays below the ledger's ε, and the
-    audit is not empty (it sees the leak)."""
+    """1,000 canary clients, Poisson q = 0.25, 20 rounds: the one-run bound stays below the ledger's ε, and
+    the audit is not empty (it sees the leak)."""
     a = audit_dp_fedavg(noise_multiplier=z, seed=3)
     assert 0.2 < a.block["epsilon_lower"] <= a.epsilon_upper
     assert a.block["auc"] > 0.6

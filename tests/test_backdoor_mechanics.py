@@ -444,7 +444,7 @@ def test_edge_case_user_file_is_split_into_train_and_heldout(tmp_path):
     atk = EdgeCase(edge_path=str(path), holdout_fraction=0.2, clean_ratio=None)
     assert atk.reserve(ArrayDataset(*images(20), num_classes=10)) is None
     x, y = images(20)
-    xo, yo = atk.poison(x, y, make_ctx())
+    xo, _ = atk.poison(x, y, make_ctx())
     xb, yb = atk.backdoor_testset(x, y)
     assert xo.shape[0] == 20 + 24 and xb.shape == (6, 1, 28, 28) and torch.all(yb == 1)
     train_rows = {tuple(r.tolist()) for r in (xo[20:] * 255).round().reshape(24, -1).to(torch.int64)}

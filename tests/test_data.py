@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
@@ -90,7 +92,7 @@ def test_torchvision_loader_uses_the_named_class(monkeypatch):
     import types
 
     class FakeCIFAR:
-        classes = ["cat", "dog"]
+        classes: ClassVar[list[str]] = ["cat", "dog"]
 
         def __init__(self, root, train, download):
             self.data = np.full((4, 5, 5, 3), 255, dtype=np.uint8)

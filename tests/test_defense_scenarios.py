@@ -1,6 +1,6 @@
-"""scenarios/defense_<name>.toml: one per robust aggregator of the backdoor table, each the α = 0.5 edge-case PGD cell of
-backdoor_defense_grid.toml (so running it reproduces that row of the table), and each runs (tiny: 2 rounds,
-small MLP, 1,000 digits, a 1-round warm start)."""
+"""scenarios/defense_<name>.toml: one per robust aggregator of the backdoor table, each the α = 0.5 edge-case
+PGD cell of backdoor_defense_grid.toml (so running it reproduces that row of the table), and each runs (tiny:
+2 rounds, small MLP, 1,000 digits, a 1-round warm start)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Record level: Opacus DP-SGD pass-through ε, per-example clipping, DPSGD-F composition, input perturbation."""
+"""Record level: Opacus DP-SGD pass-through ε, per-example clipping, DPSGD-F composition, input
+perturbation."""
 
 from __future__ import annotations
 
@@ -176,7 +177,7 @@ def test_dpsgd_f_preprocessing_cost_is_composed_once() -> None:
     plain.history = [(1.1, 0.25, 4)]
     assert m1["epsilon"] > plain.get_epsilon(1e-5)
     _, m2 = mech.client_train(model, x, y, _ctx(state, 2), {}, None)  # the transform is reused, not re-paid
-    ref.history = ref.history + [(1.1, 0.25, 4)]
+    ref.history = [*ref.history, (1.1, 0.25, 4)]
     assert m2["epsilon"] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-9)
     assert np.asarray(state[HISTORY_KEY]).shape == (4, 3)
 

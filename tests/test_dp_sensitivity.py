@@ -1,4 +1,5 @@
-"""Sensitivity checks: each DP mechanism's released pre-noise statistic on adversarial neighbours vs its ledger.
+"""Sensitivity checks: each DP mechanism's released pre-noise statistic on adversarial neighbours vs its
+ledger.
 
 Every ledger event's noise multiplier means *noise std / L2 distance between the released statistic on two
 neighbouring inputs* (see :mod:`simulator.dp.ledger`). For each mechanism the tests here
@@ -15,8 +16,8 @@ neighbouring inputs* (see :mod:`simulator.dp.ledger`). For each mechanism the te
    ``noise std that ran / measured worst distance`` (relative 1e-6): the event is not optimistic.
 
 The noise stds "that ran" are the ``std`` arguments of the mechanisms' calls to ``torch.normal``, recorded by
-:class:`NormalSpy` (Opacus draws its noise the same way), or, for the sketch noise (``torch.randn``), recovered
-by subtracting the pre-noise sketch; they are never taken from the mechanisms' own std formulas.
+:class:`NormalSpy` (Opacus draws its noise the same way), or, for the sketch noise (``torch.randn``),
+recovered by subtracting the pre-noise sketch; they are never taken from the mechanisms' own std formulas.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ _REAL_NORMAL = torch.normal
 
 
 class NormalSpy:
-    """Stands in for ``torch.normal``: records ``(std, size)`` of every scalar-std call and returns the real draw,
-    or the next tensor of :attr:`planned` (the test's own "noise") when one is queued."""
+    """Stands in for ``torch.normal``: records ``(std, size)`` of every scalar-std call and returns the real
+    draw, or the next tensor of :attr:`planned` (the test's own "noise") when one is queued."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[float, tuple[int, ...]]] = []
@@ -139,15 +140,16 @@ def _adversarial_vectors(d: int, c: float, seed: int) -> list[torch.Tensor]:
 
 
 def _add_remove(base: Sequence[int], k: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Pairs (cohort, cohort ± one member): remove each member of ``base``, add each of the ``k`` candidates."""
+    """Pairs (cohort, cohort ± one member): remove each member of ``base``, add each of the ``k``
+    candidates."""
     b = tuple(base)
-    return [(b, b[:i] + b[i + 1 :]) for i in range(len(b))] + [(b, b + (j,)) for j in range(k)]
+    return [(b, b[:i] + b[i + 1 :]) for i in range(len(b))] + [(b, (*b, j)) for j in range(k)]
 
 
 def _replace(base: Sequence[int], k: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Pairs (cohort, cohort with one member replaced by another candidate)."""
     b = tuple(base)
-    return [(b, b[:i] + (j,) + b[i + 1 :]) for i in range(len(b)) for j in range(k) if j != b[i]]
+    return [(b, (*b[:i], j, *b[i + 1 :])) for i in range(len(b)) for j in range(k) if j != b[i]]
 
 
 def _worst(pairs: Sequence[tuple[Any, Any]], release: Callable[[Any], torch.Tensor]) -> float:
@@ -227,7 +229,8 @@ def _sum_release(
     mech0: ClientLevelDP, clipped: list[torch.Tensor]
 ) -> Callable[[tuple[int, ...]], torch.Tensor]:
     """The released sum of a cohort (indices into ``clipped``) without noise: the noise-free mechanism's
-    ``server_aggregate`` on the uniform mean of the cohort's clipped updates, times the fixed denominator m."""
+    ``server_aggregate`` on the uniform mean of the cohort's clipped updates, times the fixed denominator
+    m."""
 
     def release(cohort: tuple[int, ...]) -> torch.Tensor:
         n = len(cohort)
@@ -346,8 +349,9 @@ def test_adaptive_clipping_shifted_bit_sum_and_joint_release(
 
 
 def test_local_noise_message_in_the_clear(normal_spy: NormalSpy) -> None:
-    """Local noise: one client's pre-noise message (``client_update`` with z = 0) moves by ≤ 2C when its data is
-    replaced, reached by opposite huge updates; the ``update_in_clear`` event is local std that ran / 2C."""
+    """Local noise: one client's pre-noise message (``client_update`` with z = 0) moves by ≤ 2C when its data
+    is replaced, reached by opposite huge updates; the ``update_in_clear`` event is local std that ran /
+    2C."""
     mech0 = _client_mech(z=0.0, noise="local")
     ups = _adversarial_vectors(D, C, seed=3)
     msgs = [mech0.client_update(u, _cctx(0), {"dp-clip-norm": C})[0] for u in ups]
@@ -404,9 +408,9 @@ def _compressor(name: str, z: float) -> Any:
 @pytest.mark.parametrize("name", ["srht", "gaussian_sketch", "count_sketch"])
 def test_sketch_dp_clipped_sketch(name: str) -> None:
     """Sketch + DP: one client's clipped sketch (``encode`` without noise) moves by ≤ 2·g·C under replace-one,
-    reached by ±(the operator's top singular direction) and opposite huge updates; added to or removed from the
-    cohort's sum it moves it by ≤ g·C. The ``update_in_clear`` event is z·g·C (the std that ran) / measured =
-    z/2, and the ``aggregate`` event (one reply) is z·g·C / measured add/remove = z."""
+    reached by ±(the operator's top singular direction) and opposite huge updates; added to or removed from
+    the cohort's sum it moves it by ≤ g·C. The ``update_in_clear`` event is z·g·C (the std that ran) /
+    measured = z/2, and the ``aggregate`` event (one reply) is z·g·C / measured add/remove = z."""
     clean, noisy = _compressor(name, 0.0), _compressor(name, SKETCH_Z)
     ctx = _cctx(0, SKETCH_D)
     op = clean.operator(seed=ctx.seed, server_round=ctx.server_round, dim=SKETCH_D)
@@ -416,7 +420,7 @@ def test_sketch_dp_clipped_sketch(name: str) -> None:
     _, sv, vh = torch.linalg.svd(rt.T, full_matrices=True)
     top, null = vh[0], vh[-1]  # the most amplified direction (σ_max > 1) and one that R maps to 0
     assert float(sv[0]) > 1.0 and float(torch.linalg.vector_norm(rt.T @ null)) < 1e-4
-    ups = _adversarial_vectors(SKETCH_D, C, seed=4) + [C * top, -C * top, 1e6 * top, -1e6 * null]
+    ups = [*_adversarial_vectors(SKETCH_D, C, seed=4), C * top, -C * top, 1e6 * top, -1e6 * null]
 
     def sketch(u: torch.Tensor, comp: Any = clean) -> torch.Tensor:
         return torch.from_numpy(comp.encode(u, ctx)["sketch"]).to(F64)
@@ -496,7 +500,8 @@ def _record_ctx(model: torch.nn.Module, shape: tuple[int, ...], n: int) -> Clien
 
 def _dpsgd_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, clipping: str) -> torch.Tensor:
     """The sum of clipped per-example gradients of one full-batch step, as ``train_dpsgd`` (Opacus) forms it:
-    z = 0, plain SGD with lr = 1, one batch; Opacus divides the sum by the batch size n, so sum = n·(θ₀ − θ₁)."""
+    z = 0, plain SGD with lr = 1, one batch; Opacus divides the sum by the batch size n, so sum = n·(θ₀ −
+    θ₁)."""
     work = copy.deepcopy(model)
     before = _vec(work)
     res = train_dpsgd(
@@ -543,7 +548,7 @@ def test_dpsgd_sum_of_clipped_per_example_gradients(clipping: str, normal_spy: N
     pool_x, pool_y = torch.cat([x, torch.stack(extra_x)]), torch.cat([y, torch.tensor(extra_y)])
     base = tuple(range(6))
     pairs = [(base, base[:i] + base[i + 1 :]) for i in base] + [
-        (base, base + (j,)) for j in range(6, len(pool_x))
+        (base, (*base, j)) for j in range(6, len(pool_x))
     ]
     measured = _worst(pairs, lambda idx: _dpsgd_sum(model, pool_x[list(idx)], pool_y[list(idx)], clipping))
     _check_bound(measured, SGD_C, f"DP-SGD sum ({clipping}), add/remove one example")

@@ -103,7 +103,8 @@ def test_poisson_sampling_draws_each_client_independently():
     from simulator.context import derive_seed
     from simulator.scenario import apply_overrides, scenario_from_dict
 
-    data = tomllib.loads(open("scenarios/quickstart.toml").read())
+    with open("scenarios/quickstart.toml") as f:
+        data = tomllib.loads(f.read())
     del data["federation"]["clients_per_round"]
     data = apply_overrides(
         data,

@@ -1,5 +1,5 @@
-"""No import cycles among privsim's modules (the import-linter contracts in pyproject.toml keep the layers; this
-keeps the graph acyclic, counting imports inside functions too)."""
+"""No import cycles among privsim's modules (the import-linter contracts in pyproject.toml keep the layers;
+this keeps the graph acyclic, counting imports inside functions too)."""
 
 from __future__ import annotations
 

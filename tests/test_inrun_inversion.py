@@ -69,16 +69,19 @@ def test_a_leakage_scenario_without_an_attack_fails_at_load_time() -> None:
 
     from simulator.scenario.loader import scenario_from_dict
 
-    d = tomllib.loads(open("scenarios/leakage_ig.toml").read())
+    with open("scenarios/leakage_ig.toml") as f:
+        d = tomllib.loads(f.read())
     del d["attacks"]
-    with pytest.raises(ScenarioError, match='attacks.inversion: kind = "leakage" needs an inversion attack'):
+    with pytest.raises(
+        ScenarioError, match=r'attacks\.inversion: kind = "leakage" needs an inversion attack'
+    ):
         scenario_from_dict(d)
 
 
 def test_the_curious_server_matches_a_live_sketch_with_the_shared_seed() -> None:
     """In-run, a sketch-space attack gets the raw sketch and the round's SketchInfo (not Rᵀ·y) and still
-    rebuilds the target's digits from a quarter-size SRHT sketch (measured 23.7 dB; IG on Rᵀ·y 11.7 dB; no sketch
-    27.1 dB)."""
+    rebuilds the target's digits from a quarter-size SRHT sketch (measured 23.7 dB; IG on Rᵀ·y 11.7 dB; no
+    sketch 27.1 dB)."""
     sk = [
         "compression.name='srht'",
         "compression.params={ratio=0.25}",

@@ -154,7 +154,8 @@ def test_compiled_step_reproduces_the_eager_attack():
 
 def test_a_compiled_step_reused_for_another_view_attacks_that_view():
     # dynamo keeps the captured graph for the next attack of the same shapes (an in-run observer attacks
-    # many updates): the model, payload and labels must be the new view's inputs, not the first one's constants
+    # many updates): the model, payload and labels must be the new view's inputs, not the first one's
+    # constants
     a = _ig_case()
     b = _ig_case("leakage.images=[9]", "seed=3")  # another image and another model initialisation
     common = {
@@ -195,13 +196,16 @@ def test_a_failed_compile_warns_and_runs_eagerly_unless_required(monkeypatch):
         return run
 
     monkeypatch.setattr(_common.torch, "compile", broken)
-    double = lambda x: 2 * x
+
+    def double(x):
+        return 2 * x
+
     with pytest.warns(RuntimeWarning, match="runs eagerly"):
         fn, ok = _common.compile_step_fn(
             double, torch.ones(2), device=torch.device("cpu"), backend="inductor", required=False
         )
     assert fn is double and ok is False
-    with pytest.raises(RuntimeError, match="compile_step='on'.*backend exploded"):
+    with pytest.raises(RuntimeError, match=r"compile_step='on'.*backend exploded"):
         _common.compile_step_fn(
             double, torch.ones(2), device=torch.device("cpu"), backend="inductor", required=True
         )

@@ -448,7 +448,7 @@ def test_failed_cells_are_recorded_and_the_grid_goes_on(
     ).is_file()
 
 
-# ---------------------------------------------------------------- curves: a metric vs a numeric defense strength
+# ------------------------------------------------------------- curves: a metric vs a numeric defense strength
 
 
 def _noise_grid(sigmas: list[str], iterations: int = 3, **axes: Any):

@@ -54,7 +54,8 @@ def test_defenses_are_applied_to_the_payload_in_order():
         load_scenario(
             "scenarios/leakage_ig.toml",
             [
-                'defenses.client=[{name="prune", params={fraction=0.9}}, {name="clip", params={max_norm=0.01}}]'
+                'defenses.client=[{name="prune", params={fraction=0.9}}, '
+                '{name="clip", params={max_norm=0.01}}]'
             ],
         )
     )
@@ -81,7 +82,7 @@ def test_defense_functions():
 
 
 def test_bad_leakage_sections_are_reported():
-    with pytest.raises(ScenarioError, match="leakage.images"):
+    with pytest.raises(ScenarioError, match=r"leakage\.images"):
         load_scenario("scenarios/leakage_ig.toml", ["leakage.images=[]"])
     with pytest.raises(ScenarioError, match="outside the data set"):
         prepare_leakage(load_scenario("scenarios/leakage_ig.toml", ["leakage.images=[100000]"]))

@@ -16,7 +16,8 @@ def test_fetchsgd_with_a_per_client_aggregator_is_refused() -> None:
     # FetchSGD merges sketches before decoding: Krum would never be called, yet the summary would say krum
     with pytest.raises(ScenarioError, match=r"defenses\.aggregator\.name.*aggregates in sketch space"):
         load_scenario(ROOT / "scenarios" / "fetchsgd.toml", ["defenses.aggregator.name='krum'"])
-    # the same holds for any compressor that declares the capability, e.g. a sketch set to aggregate in sketch space
+    # the same holds for any compressor that declares the capability, e.g. a sketch set to aggregate in sketch
+    # space
     with pytest.raises(ScenarioError, match="aggregates in sketch space"):
         load_scenario(
             ROOT / "scenarios" / "sketch_fedavg.toml",
@@ -46,8 +47,8 @@ def test_inversion_on_a_sketch_space_aggregate_is_refused_in_both_kinds() -> Non
 
 
 def test_a_leakage_experiment_refuses_the_sections_it_would_ignore() -> None:
-    """kind = "leakage" runs one victim's payload: federation, evaluation, attacker plan, backdoor, aggregator and
-    server defenses would be silently ignored, so each is one error naming the section."""
+    """kind = "leakage" runs one victim's payload: federation, evaluation, attacker plan, backdoor, aggregator
+    and server defenses would be silently ignored, so each is one error naming the section."""
     cases = {
         "federation": ["federation.rounds=3"],
         "defenses.aggregator": ["defenses.aggregator.name='krum'"],

@@ -1,5 +1,5 @@
-"""The honest-privacy table: each path that used to under-report ε, driven through the mechanism that runs, beside
-an independent dp-accounting computation; and every shipped DP scenario's ε recomputed from its own
+"""The honest-privacy table: each path that used to under-report ε, driven through the mechanism that runs,
+beside an independent dp-accounting computation; and every shipped DP scenario's ε recomputed from its own
 ``privacy.ledger`` with dp-accounting alone."""
 
 from __future__ import annotations
@@ -62,12 +62,14 @@ def _drive(
 
 def test_dp_fedavg_adaptive_clipping_reports_the_mechanism_that_runs() -> None:
     """Row 1: bits shifted to ±½ (sensitivity ½), so Andrew et al.'s Theorem 1 holds: the ledger's per-round
-    multiplier, computed from the noise stds that ran, is z = 1 and ε = PLD(Poisson(0.25, N(z)), 20) ≈ 8.08."""
+    multiplier, computed from the noise stds that ran, is z = 1 and ε = PLD(Poisson(0.25, N(z)), 20) ≈
+    8.08."""
     s = load_scenario(DP_FEDAVG)
     mech = build_privacy(s)
     assert isinstance(mech, ClientLevelDP) and mech.adaptive is not None
     _drive(mech, 20, tuple(range(50)), {"dp-clip-bit": 0.5})
-    # independent: the update sum (sensitivity C, noise z_Δ·C) and the shifted-bit sum (sensitivity ½, noise σ_b = 1)
+    # independent: the update sum (sensitivity C, noise z_Δ·C) and the shifted-bit sum (sensitivity ½, noise
+    # σ_b = 1)
     c = mech.clip_history[-1]
     z_eff = 1 / math.sqrt((c / (mech.update_z * c)) ** 2 + (0.5 / 1.0) ** 2)
     assert z_eff == pytest.approx(1.0, rel=1e-9)
@@ -84,7 +86,8 @@ def test_dp_fedavg_adaptive_clipping_reports_the_mechanism_that_runs() -> None:
 
 
 def test_fixed_size_cohorts_are_replace_one_with_half_the_multiplier() -> None:
-    """Row 2: 10 of 100 without replacement, z = 1, 3 rounds: replace-one moves the sum by 2C → z/2; ≈ 12.3."""
+    """Row 2: 10 of 100 without replacement, z = 1, 3 rounds: replace-one moves the sum by 2C → z/2;
+    ≈ 12.3."""
     s = _fixed_scenario()
     mech = build_privacy(s)
     _drive(mech, 3, tuple(range(10)))
@@ -129,8 +132,8 @@ def test_local_noise_headline_is_one_update_in_the_clear() -> None:
 
 
 def test_forced_inversion_targets_lose_amplification_and_a_curious_server_voids_central_dp() -> None:
-    """Row 4: the server forces its targets into rounds 1..5; those rounds are unamplified for them. With central
-    noise the curious server reads clipped updates before the noise: ε = ∞ for that view."""
+    """Row 4: the server forces its targets into rounds 1..5; those rounds are unamplified for them. With
+    central noise the curious server reads clipped updates before the noise: ε = ∞ for that view."""
     over = [
         "attacks.inversion={name='idlg', targets=[0], rounds=[1, 2, 3, 4, 5]}",
         "federation.rounds=20",

@@ -1,5 +1,5 @@
-"""Same numbers before and after a refactor: a set of shipped scenarios, shrunk (few rounds, little data, inline
-engine, fixed seed and DP noise seed), must reproduce the summary numbers stored in
+"""Same numbers before and after a refactor: a set of shipped scenarios, shrunk (few rounds, little data,
+inline engine, fixed seed and DP noise seed), must reproduce the summary numbers stored in
 ``tests/data/regression_values.json``. Regenerate them only on purpose, when results are meant to change:
 
     PRIVSIM_UPDATE_REGRESSION=1 python -m pytest -q tests/test_regression.py

@@ -68,7 +68,7 @@ def _bin_of(attack: RobbingTheFed, x: torch.Tensor) -> torch.Tensor:
     return (m[:, None] > attack.offsets[None, :]).sum(1) - 1
 
 
-# --------------------------------------------------------------------------------------------- the imprint math
+# ------------------------------------------------------------------------------------------- the imprint math
 
 
 def test_a_lone_image_comes_back_exactly_and_two_in_a_bin_give_their_gradient_weighted_mixture():
@@ -160,7 +160,7 @@ def test_the_imprint_block_keeps_the_model_working():
     assert model_vector(model).equal(model_vector(attack.server_model(model).model))  # a copy, untouched
 
 
-# ------------------------------------------------------------------------------------- calibration: public only
+# ----------------------------------------------------------------------------------- calibration: public only
 
 
 def test_bins_are_equal_mass_quantiles_of_the_public_measurement_only():
@@ -184,7 +184,8 @@ def test_bins_are_equal_mass_quantiles_of_the_public_measurement_only():
         rnd, measurement_vector(36, kind="random", seed=7)
     )
 
-    # the threat model in the signatures: prepare sees public data, reconstruct the ServerView and nothing else
+    # the threat model in the signatures: prepare sees public data, reconstruct the ServerView and nothing
+    # else
     assert list(inspect.signature(RobbingTheFed.reconstruct).parameters) == ["self", "view"]
     assert RobbingTheFed.malicious_server and RobbingTheFed.needs_public_data
     assert isinstance(INVERSION_ATTACKS.create("robbing_the_fed", {"bins": 64}), RobbingTheFed)
@@ -253,7 +254,7 @@ def test_scenario_file_runs_through_the_leakage_experiment(mnist, monkeypatch):
         load_scenario("scenarios/robbing_the_fed.toml", ['leakage.server="honest"'])
 
 
-# ----------------------------------------------------------------------------------------------------- metrics
+# ---------------------------------------------------------------------------------------------------- metrics
 
 
 def test_fewer_reconstructions_than_images_are_scored_against_mid_grey():

@@ -142,7 +142,8 @@ def test_client_defense_refusal_stops_the_client_before_training() -> None:
 
 
 def test_client_step_order_privacy_then_defenses_then_compression() -> None:
-    """Step 5's order: a clip defense after the compressor would see a sketch; here the sketch of the clipped Δ."""
+    """Step 5's order: a clip defense after the compressor would see a sketch; here the sketch of the clipped
+    Δ."""
     model = _model()
     x, y = _data(1, 8)
     clip = CLIENT_DEFENSES.create("clip", {"max_norm": 1e-3})

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from simulator.scenario import Scenario, ScenarioError, apply_overrides, load_scenario, scenario_from_dict
 
@@ -68,7 +69,7 @@ def test_digest_ignores_output_location_but_not_content():
 
 def test_scenario_is_frozen():
     s = Scenario()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         s.seed = 3  # type: ignore[misc]
 
 

@@ -1,4 +1,5 @@
-"""simulator.secagg.encoding against Flower 1.41's own SecAgg+ functions, composed as the mod and workflow do."""
+"""simulator.secagg.encoding against Flower 1.41's own SecAgg+ functions, composed as the mod and workflow
+do."""
 
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def _flower_round(
 ) -> tuple[np.ndarray, int, list, list]:
     """secaggplus_mod._collect_masked_vectors for each client, then SecAggPlusWorkflow's sum and unmask stage.
 
-    Real masks: a private mask per client and a pairwise mask per pair, from Flower's pseudo_rand_gen with seeds
-    drawn here (in the protocol they come from key agreement); no client drops out.
+    Real masks: a private mask per client and a pairwise mask per pair, from Flower's pseudo_rand_gen with
+    seeds drawn here (in the protocol they come from key agreement); no client drops out.
     """
     big_q, c, mod = p.quantization_range, p.clipping_range, p.modulus
     draws = iter(uniforms)

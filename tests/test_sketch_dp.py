@@ -1,4 +1,5 @@
-"""DP on the sketch: load-time checks, ε from the compressor's (z, C) against dp-accounting directly, and a run."""
+"""DP on the sketch: load-time checks, ε from the compressor's (z, C) against dp-accounting directly, and a
+run."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def test_noise_without_clip_fails_at_load_time() -> None:
 
 
 def test_sketch_noise_with_record_level_dp_is_refused() -> None:
-    with pytest.raises(ScenarioError, match="privacy.level"):
+    with pytest.raises(ScenarioError, match=r"privacy\.level"):
         load_scenario(SKETCH_DP, ["privacy.level='record'"])
 
 
@@ -41,10 +42,12 @@ def test_accountant_reads_the_compressors_privacy_params() -> None:
     )
     mech = build_privacy(s, COMPRESSORS.create(s.compression.name, s.compression.params))
     assert isinstance(mech, SketchDP) and mech.acc.noise_multiplier == 1.3 and mech.clip_norm == 0.5
-    # fixed-size cohorts of 10 of 20 clients: RDP with sampling without replacement (replace-one), as dp-accounting
+    # fixed-size cohorts of 10 of 20 clients: RDP with sampling without replacement (replace-one), as
+    # dp-accounting
     cohort = [{"partition-id": p} for p in range(10)]
     reports = [mech.round_report(r, cohort) for r in (1, 2, 3)]
-    # the sum behind a secure aggregation: fixed-size cohorts of 10 of 20, replace-one (sensitivity 2gC: z/2), RDP
+    # the sum behind a secure aggregation: fixed-size cohorts of 10 of 20, replace-one (sensitivity 2gC: z/2),
+    # RDP
     ev = E.SampledWithoutReplacementDpEvent(20, 10, E.GaussianDpEvent(0.65))
     ref = rdp.RdpAccountant(neighboring_relation=rdp.NeighborRel.REPLACE_ONE)
     ref.compose(ev, 3)
@@ -66,7 +69,8 @@ def test_poisson_cohorts_use_pld_with_amplification() -> None:
 
     from simulator.scenario.loader import scenario_from_dict
 
-    d = tomllib.loads(open(SKETCH_DP).read())
+    with open(SKETCH_DP) as f:
+        d = tomllib.loads(f.read())
     del d["federation"]["clients_per_round"]
     d["federation"].update(sampling="poisson", sampling_rate=0.25)
     s = scenario_from_dict(d)

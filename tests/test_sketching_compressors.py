@@ -1,4 +1,5 @@
-"""Every registered compressor honours its spec; sketched FedAvg, DP on the sketch, sparsifiers, byte accounting."""
+"""Every registered compressor honours its spec; sketched FedAvg, DP on the sketch, sparsifiers, byte
+accounting."""
 
 from __future__ import annotations
 
@@ -128,8 +129,8 @@ def test_dp_clips_in_both_spaces(seed: int, scale: float) -> None:
 
 
 def test_dp_noise_has_the_calibrated_std_and_is_private_to_the_client() -> None:
-    # ‖x‖ = 1e-4 ≪ C = 1: the sketch is ≈ pure noise of std z·g·C per entry. s = 5000 entries: the sample std is
-    # within 3% of the target with probability > 0.999 (relative std 1/√(2s) = 1%).
+    # ‖x‖ = 1e-4 ≪ C = 1: the sketch is ≈ pure noise of std z·g·C per entry. s = 5000 entries: the sample std
+    # is within 3% of the target with probability > 0.999 (relative std 1/√(2s) = 1%).
     d = 5000
     layout = flat_layout(d)
     x = torch.full((d,), 1e-4 / math.sqrt(d))
@@ -156,9 +157,9 @@ def test_topk_keeps_the_largest_and_randk_is_unbiased() -> None:
     kept = dec[0].nonzero().flatten()
     assert set(kept.tolist()) == set((x.abs().topk(10).indices).tolist())
     torch.testing.assert_close(dec[0][kept], x[kept])
-    # rand-k scaled by d/k: the mean over 400 rounds (fresh indices each round) → x. Per coordinate the estimate is
-    # d/k·x_i w.p. k/d: std of the mean |x_i|·√((d/k − 1)/400) ≈ 0.35·|x_i| for d/k = 50; we check the norm
-    # of the error, whose expectation is ≈ 0.35‖x‖, below 0.45‖x‖.
+    # rand-k scaled by d/k: the mean over 400 rounds (fresh indices each round) → x. Per coordinate the
+    # estimate is d/k·x_i w.p. k/d: std of the mean |x_i|·√((d/k − 1)/400) ≈ 0.35·|x_i| for d/k = 50; we check
+    # the norm of the error, whose expectation is ≈ 0.35‖x‖, below 0.45‖x‖.
     comp = COMPRESSORS.create("randk", {"k": 10})
     acc = torch.zeros(D)
     for rnd in range(1, 401):

@@ -31,9 +31,10 @@ def _sparse(d: int, values: dict[int, float]) -> torch.Tensor:
 
 @pytest.mark.parametrize("error_reset", ["zero", "subtract"])
 def test_fetchsgd_one_client_no_momentum_k_equals_d_applies_the_true_update(error_reset: str) -> None:
-    # A sparse update (5 nonzeros) in a 5 × 400 table: a coordinate is misestimated only if ≥ 3 of its 5 buckets
-    # hold a nonzero (expected count over d = 400: ≈ 400·10·(5/400)³ ≈ 0.008), so every median estimate is exact
-    # and k = d applies Δ itself. These tests check FetchSGD's bookkeeping, not the sketch's compression.
+    # A sparse update (5 nonzeros) in a 5 × 400 table: a coordinate is misestimated only if ≥ 3 of its 5
+    # buckets hold a nonzero (expected count over d = 400: ≈ 400·10·(5/400)³ ≈ 0.008), so every median
+    # estimate is exact and k = d applies Δ itself. These tests check FetchSGD's bookkeeping, not the sketch's
+    # compression.
     x = _sparse(D, {3: 1.5, 77: -2.0, 150: 0.5, 399: 3.0, 200: -0.25})
     comp = FetchSGD(rows=5, cols=400, k=D, momentum=0.0, error_reset=error_reset)
     _, applied = run_round(comp, x[None], layout=LAYOUT)
@@ -107,15 +108,15 @@ def test_ef_sum_of_messages_plus_error_is_the_sum_of_updates(seed: int, inner: s
     e = torch.from_numpy(state["ef/error"])
     torch.testing.assert_close(torch.stack(msgs).sum(0) + e, g.sum(0), atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(torch.stack(decoded), torch.stack(msgs))  # the server decodes the message
-    # and the error stays bounded: for a contractive C with δ = k/d, ‖e‖ ≤ (√(1−δ)/(1−√(1−δ)))·max‖g‖ ≈ 39·max‖g‖
-    # in the worst case; on random g it is far lower, and it must not grow like T.
+    # and the error stays bounded: for a contractive C with δ = k/d, ‖e‖ ≤ (√(1−δ)/(1−√(1−δ)))·max‖g‖ ≈
+    # 39·max‖g‖ in the worst case; on random g it is far lower, and it must not grow like T.
     assert float(e.norm()) < 0.5 * float(g.sum(0).norm()) + 39 * float(g.norm(dim=1).max())
 
 
 def test_ef_on_a_fixed_vector_transmits_it_on_average() -> None:
     g = torch.randn(D, generator=torch.Generator().manual_seed(1))
-    # Σ_t m_t − T·g = −e_T and ‖e_T‖ ≤ √(1−δ)/(1−√(1−δ))·‖g‖ ≈ 39‖g‖ for top-k with δ = k/d = 0.05, so the relative
-    # error is ≤ 39/T; it must also shrink (here ≈ 7.5/T to 9/T).
+    # Σ_t m_t − T·g = −e_T and ‖e_T‖ ≤ √(1−δ)/(1−√(1−δ))·‖g‖ ≈ 39‖g‖ for top-k with δ = k/d = 0.05, so the
+    # relative error is ≤ 39/T; it must also shrink (here ≈ 7.5/T to 9/T).
     errs = []
     for t in (20, 80, 320):
         msgs, _, _ = _run("ef", {"k": 20}, g, t)
@@ -146,8 +147,8 @@ def test_ef21_and_econtrol_estimates_converge_to_a_fixed_vector(name: str, param
 @settings(max_examples=10, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**31 - 1), inner=st.sampled_from(["topk", "randk"]))
 def test_econtrol_with_eta_zero_is_ef21(seed: int, inner: str) -> None:
-    # Gao, Islamov, Stich (ICLR 2024): η = 0 and h⁰ = C(g⁰) give EF21. Both start from h = 0, so the first message
-    # is C(g⁰) in both and h¹ = C(g⁰); all later messages must coincide.
+    # Gao, Islamov, Stich (ICLR 2024): η = 0 and h⁰ = C(g⁰) give EF21. Both start from h = 0, so the first
+    # message is C(g⁰) in both and h¹ = C(g⁰); all later messages must coincide.
     g = torch.randn(12, D, generator=torch.Generator().manual_seed(seed))
     m_ef21, d_ef21, _ = _run("ef21", {"k": 20, "inner": inner}, g, 12, seed=seed)
     m_ec, d_ec, _ = _run("econtrol", {"k": 20, "inner": inner, "eta": 0.0}, g, 12, seed=seed)

@@ -1,4 +1,5 @@
-"""Sketch operators: unbiased de-sketching, heavy-hitter recovery, shared seeds, chunking, no dense SRHT matrix."""
+"""Sketch operators: unbiased de-sketching, heavy-hitter recovery, shared seeds, chunking, no dense SRHT
+matrix."""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def test_fwht_matches_the_hadamard_matrix() -> None:
 
 @pytest.mark.parametrize("kind", ["gaussian", "srht", "count_sketch_mean"])
 def test_desketch_of_sketch_is_unbiased(kind: str) -> None:
-    # mean over T = 2000 seeds of RᵀR x → x. Each estimate has per-coordinate std ≤ √(d/s)·‖x‖/√d ≈ 2.2·rms(x),
-    # so the mean's std is ≈ 0.05·rms(x); we allow 0.2·rms(x) per coordinate (4 std) and 0.08·‖x‖ overall.
+    # mean over T = 2000 seeds of RᵀR x → x. Each estimate has per-coordinate std ≤ √(d/s)·‖x‖/√d ≈
+    # 2.2·rms(x), so the mean's std is ≈ 0.05·rms(x); we allow 0.2·rms(x) per coordinate (4 std) and 0.08·‖x‖
+    # overall.
     d, s, t = 200, 40, 2000
     x = torch.randn(d, generator=torch.Generator().manual_seed(1))
     acc = torch.zeros(d)
@@ -142,8 +144,8 @@ def test_batched_rows_equal_one_at_a_time() -> None:
 
 
 def test_srht_never_builds_a_dense_matrix() -> None:
-    # d = 4M, s = d/100: a dense R would hold 1.6e11 float32 entries (640 GB). The peak RSS of this process may
-    # grow only by a few padded vectors (D = 2^22 floats = 16 MiB each) and the row permutation (32 MiB):
+    # d = 4M, s = d/100: a dense R would hold 1.6e11 float32 entries (640 GB). The peak RSS of this process
+    # may grow only by a few padded vectors (D = 2^22 floats = 16 MiB each) and the row permutation (32 MiB):
     # we allow 1 GiB. (The benchmark runs d = 11M, ResNet-18 size.)
     d = 4_000_000
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux

@@ -26,7 +26,7 @@ def test_sketching_scenarios_load(file: str, compressor: str) -> None:
 
 
 def test_a_bad_compressor_param_fails_at_load_time() -> None:
-    with pytest.raises(ScenarioError, match="compression.params.ratio"):
+    with pytest.raises(ScenarioError, match=r"compression\.params\.ratio"):
         load_scenario(SCENARIOS / "sketch_fedavg.toml", ["compression.params.ratio=1.5"])
     with pytest.raises(ScenarioError, match="did you mean"):
         load_scenario(SCENARIOS / "fetchsgd.toml", ["compression.params.momentun=0.5"])

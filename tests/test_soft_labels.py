@@ -167,7 +167,8 @@ def test_inputs_that_cannot_work_are_refused(digits, models):
         recover_soft_label(grad_weight=gw, grad_bias=None, weight=w, bias=b, implied="bias")
 
 
-# --- the registered attack, on a ServerView only -------------------------------------------------------------
+# --- the registered attack, on a ServerView
+# only -------------------------------------------------------------
 
 
 def _view(model, x, y, *, eps=0.0, protocol=None, lr: float | None = 0.05) -> ServerView:

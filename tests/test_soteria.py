@@ -1,4 +1,5 @@
-"""Soteria (Sun et al., CVPR 2021): ρ_i against a loop over entries, the pruned columns, and the leak it stops."""
+"""Soteria (Sun et al., CVPR 2021): ρ_i against a loop over entries, the pruned columns, and the leak it
+stops."""
 
 import pytest
 import torch

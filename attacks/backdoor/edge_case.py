@@ -136,7 +136,7 @@ class EdgeCase(ClientAttack):
         if len(ds) < 2:
             raise ValueError(f"{path}: an edge set needs at least 2 images, got {len(ds)}")
         perm = np.random.default_rng(derive_seed("edge_case", path.name, len(ds))).permutation(len(ds))
-        k = min(max(1, int(round(self.holdout_fraction * len(ds)))), len(ds) - 1)
+        k = min(max(1, round(self.holdout_fraction * len(ds))), len(ds) - 1)
         self._edge_test, self._edge_x = ds.x[np.sort(perm[:k])], ds.x[np.sort(perm[k:])]
 
     def reserve(self, train: Any) -> Any:
@@ -176,7 +176,7 @@ class EdgeCase(ClientAttack):
             )
         n_clean = int(x.shape[0])
         if self.clean_ratio is not None:
-            n_clean = min(n_clean, int(round(self.clean_ratio * edge.shape[0])))
+            n_clean = min(n_clean, round(self.clean_ratio * edge.shape[0]))
         keep = torch.randperm(int(x.shape[0]), generator=ctx.generator("backdoor/edge-clean"))[:n_clean]
         ye = torch.full((int(edge.shape[0]),), self.target_label, dtype=y.dtype)
         return torch.cat([x[keep], edge.to(x.dtype)]), torch.cat([y[keep], ye])
@@ -190,7 +190,7 @@ class EdgeCase(ClientAttack):
             if len(src) == 0:
                 return x[:0], y[:0]
             share = self._tail_share if self._tail_share is not None else self.edge_size / max(len(src), 1)
-            k = min(len(src), max(1, int(round(share * len(src)))))
+            k = min(len(src), max(1, round(share * len(src))))
             xs = x[src]
             rule = self._rule if self._rule is not None else fit_tail(xs, self.tail)
             xb = xs[torch.as_tensor(rule.select(xs, k))]

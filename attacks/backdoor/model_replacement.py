@@ -29,6 +29,9 @@ from simulator.training import TrainHooks
 
 __all__ = ["AnomalyLoss", "ModelReplacement"]
 
+#: the default base (a frozen spec, so one shared instance is a safe default)
+_BADNETS = BaseSpec(name="badnets")
+
 
 class AnomalyLoss(TrainHooks):
     """Adds ``alpha · ‖w − w_global‖₂`` (trainable parameters only) to the training loss."""
@@ -72,7 +75,7 @@ class ModelReplacement(ComposedAttack):
 
     def __init__(
         self,
-        base: BaseSpec = BaseSpec(name="badnets"),
+        base: BaseSpec = _BADNETS,
         gamma: Annotated[float, Field(gt=0.0)] | None = None,
         server_lr: Annotated[float, Field(gt=0.0)] = 1.0,
         alpha: Annotated[float, Field(ge=0.0)] = 0.0,
@@ -106,6 +109,7 @@ CLIENT_ATTACKS.register(
     params=_ConstrainAndScaleParams,
     doc="Constrain-and-scale (Bagdasaryan et al., AISTATS 2020): model replacement whose training loss adds "
     "alpha·‖w − w_global‖₂ (default alpha = 1, the paper's equal weighting) before scaling by γ. The term's "
-    "gradient has constant size alpha, so near convergence, where cross-entropy gradients are small, alpha = 1 "
-    "stops the backdoor from being learnt (mnist5k CNN, γ = 5: final BA 0.63); alpha = 0.1 implants it (0.98).",
+    "gradient has constant size alpha, so near convergence, where cross-entropy gradients are small, "
+    "alpha = 1 stops the backdoor from being learnt (mnist5k CNN, γ = 5: final BA 0.63); alpha = 0.1 "
+    "implants it (0.98).",
 )(ModelReplacement)

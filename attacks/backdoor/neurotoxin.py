@@ -31,6 +31,8 @@ from simulator.training import TrainHooks
 __all__ = ["GradientMask", "Neurotoxin", "bottom_k_mask"]
 
 _PREV_GLOBAL = "neurotoxin/previous-global"
+#: the default base (a frozen spec, so one shared instance is a safe default)
+_BADNETS = BaseSpec(name="badnets")
 
 
 def bottom_k_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
@@ -129,7 +131,7 @@ class Neurotoxin(ComposedAttack):
 
     def __init__(
         self,
-        base: BaseSpec = BaseSpec(name="badnets"),
+        base: BaseSpec = _BADNETS,
         mask_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95,
         direction: Literal["benign_gradient", "global_update"] = "benign_gradient",
     ) -> None:

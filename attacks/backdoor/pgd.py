@@ -25,6 +25,9 @@ from simulator.training import TrainHooks
 
 __all__ = ["PGD", "L2Projection"]
 
+#: the default base (a frozen spec, so one shared instance is a safe default)
+_EDGE_CASE = BaseSpec(name="edge_case")
+
 
 class L2Projection(TrainHooks):
     """After every ``every``-th optimizer step (steps 0, k, 2k, …), pull the weights back into the
@@ -70,7 +73,7 @@ class PGD(ComposedAttack):
 
     def __init__(
         self,
-        base: BaseSpec = BaseSpec(name="edge_case"),
+        base: BaseSpec = _EDGE_CASE,
         eps: Annotated[float, Field(gt=0.0)] = 2.0,
         project_every: Annotated[int, Field(ge=1)] = 10,
         adaptive_clip_bound: Annotated[float, Field(gt=0.0)] | None = None,

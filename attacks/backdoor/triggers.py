@@ -161,7 +161,7 @@ def poison_with_trigger(
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"poison ratio must lie in [0, 1], got {ratio}")
     if mode == "replace":
-        k = int(round(ratio * n))
+        k = round(ratio * n)
         idx = torch.randperm(n, generator=generator)[:k]
         xo, yo = x.clone(), y.clone()
         xo[idx] = trigger.apply(x[idx])
@@ -172,7 +172,7 @@ def poison_with_trigger(
     if mode == "add":
         if ratio >= 1.0:
             raise ValueError("mode='add' needs a poison ratio below 1 (the clean data stays)")
-        k = int(round(ratio * n / (1.0 - ratio)))
+        k = round(ratio * n / (1.0 - ratio))
         if n == 0 and k > 0:
             raise ValueError("mode='add' needs at least one clean example to stamp")
         src = torch.randint(0, max(n, 1), (k,), generator=generator)

@@ -133,7 +133,8 @@ class PayloadSimulator:
 
 def simulation_copy(model: nn.Module) -> nn.Module:
     """A train-mode copy of ``model`` (the client computes its update in training mode) whose BatchNorm
-    layers use batch statistics without tracking running ones (``torch.func.replace_all_batch_norm_modules_``)."""
+    layers use batch statistics without tracking running ones
+    (``torch.func.replace_all_batch_norm_modules_``)."""
     sim = copy.deepcopy(model).train()
     torch.func.replace_all_batch_norm_modules_(sim)
     return sim
@@ -147,7 +148,8 @@ def compile_step_fn(
     backend: str,
     required: bool,
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
-    """``fn`` captured by ``torch.compile`` and run once on ``example`` (so that it compiles now, not mid-attack).
+    """``fn`` captured by ``torch.compile`` and run once on ``example`` (so that it compiles now, not
+    mid-attack).
 
     On CUDA the inductor backend uses ``mode="reduce-overhead"``: the step is replayed as a CUDA graph.
     Returns ``(compiled fn, True)``; when compilation fails, raises if it was ``required``, else warns and

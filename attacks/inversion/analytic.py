@@ -196,7 +196,8 @@ def analytic_input(
 def last_layer_labels(
     view: ServerView, parts: dict[str, torch.Tensor], scale: float, num: int
 ) -> torch.Tensor:
-    """The ``num`` classes with the most negative last-layer bias gradient (row sums without a bias), sorted."""
+    """The ``num`` classes with the most negative last-layer bias gradient (row sums without a bias),
+    sorted."""
     wname, bname = last_linear(view.model)
     score = parts[bname] if bname is not None else parts[wname].sum(1)
     score = score * scale

@@ -16,8 +16,9 @@ BigGAN of GGL and GIFD is: the attacks feed it the labels recovered from the gra
 
 Decoder layout (what GIFD's intermediate stages optimise): ``stem`` (a linear map of ``[z, onehot(y)]``
 to a ``2w × h₀ × w₀`` feature map), then ``n`` blocks of (2× nearest upsampling, 3×3 conv, LeakyReLU), then
-a 3×3 conv head, a sigmoid and a centre crop to ``(H, W)``, with ``n = clip(⌊log₂(min(H, W) / 7)⌋, 1, 3)`` blocks and
-``h₀ = ⌈H / 2ⁿ⌉`` (8 px: one block from 4×4; 28: two from 7×7; 32: two from 8×8; 64: three from 8×8).
+a 3×3 conv head, a sigmoid and a centre crop to ``(H, W)``, with ``n = clip(⌊log₂(min(H, W) / 7)⌋, 1, 3)``
+blocks and ``h₀ = ⌈H / 2ⁿ⌉`` (8 px: one block from 4×4; 28: two from 7×7; 32: two from 8×8; 64: three from
+8×8).
 
 Trained weights are cached on disk (``$PRIVSIM_CACHE``, default ``~/.cache/privsim/priors``) under a digest of
 the public images and labels, the input shape, the class count and the prior configuration, so repeated

@@ -63,7 +63,8 @@ class SketchInvertingGradients(InvertingGradients):
 
     attack_name = "sketch_inverting_gradients"
     wants_sketch = True
-    # the operators build sketches with chunked in-place ops, untested under vmap and torch.compile: eager loop
+    # the operators build sketches with chunked in-place ops, untested under vmap and torch.compile: eager
+    # loop
     supports_vmap = False
     supports_compile = False
     runs_on_device = False  # the sketch operators' device handling is untested

@@ -31,10 +31,10 @@ minima. The result is ``ŷ`` and the feature ``f = λ r``.
 The registered attack ``soft_label`` runs this on a :class:`ServerView` (batch 1; a FedSGD gradient or an
 update after one local SGD step, ``Δ = −η g``, turned into ``g = −Δ/η``; η must be public, since the
 label equations are not scale-free, and an update without it is refused). Images: when the model's first
-layer is a biased ``nn.Linear`` on the flattened input, the exact analytic image (:mod:`attacks.inversion.analytic`);
-otherwise an Inverting-Gradients-style optimisation (cosine gradient matching + TV, signed Adam, box)
-that uses the recovered *soft* label, optionally with the paper's feature-matching term
-``1 − cos(f(x̂), f)`` on the last layer's input.
+layer is a biased ``nn.Linear`` on the flattened input, the exact analytic image
+(:mod:`attacks.inversion.analytic`); otherwise an Inverting-Gradients-style optimisation (cosine gradient
+matching + TV, signed Adam, box) that uses the recovered *soft* label, optionally with the paper's
+feature-matching term ``1 − cos(f(x̂), f)`` on the last layer's input.
 
 A necessary condition (the paper's Sec. 4): ``∇W`` must not vanish, i.e. the model must not already
 output the soft label exactly; and K − 1 (smoothing) or K − 2 (mixup) must be at least 2.
@@ -140,8 +140,8 @@ def recover_soft_label(
     kind
         ``"smoothing"`` (all non-target entries equal) or ``"mixup"`` (two classes mixed).
     implied
-        How ``ŷ(λ)`` is formed: ``"bias"`` (``p − ∇b``), ``"weight"`` (``p − ∇W[:, j]/f_j``, no bias needed), or
-        ``"auto"`` (``"bias"`` when ``grad_bias`` is given).
+        How ``ŷ(λ)`` is formed: ``"bias"`` (``p − ∇b``), ``"weight"`` (``p − ∇W[:, j]/f_j``, no bias needed),
+        or ``"auto"`` (``"bias"`` when ``grad_bias`` is given).
     row
         The gradient row ``r`` that parameterises the feature: largest ``|row sum|`` or largest norm.
     grid_points

@@ -34,7 +34,8 @@ __all__ = ["Soteria", "defended_layer", "representation_ratios"]
 
 
 def defended_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:
-    """The named ``nn.Linear`` module, or the model's first one (the layer right after the feature extractor)."""
+    """The named ``nn.Linear`` module, or the model's first one (the layer right after the feature
+    extractor)."""
     for n, m in model.named_modules():
         if isinstance(m, nn.Linear) and (name is None or n == name):
             return n, m
@@ -77,7 +78,7 @@ def representation_ratios(model: nn.Module, x: torch.Tensor, layer: str | None =
 
 @CLIENT_DEFENSES.register("soteria")
 class Soteria(ClientDefense):
-    """Prune the defended layer's representation entries with the smallest ‖r_i‖/‖∂r_i/∂x‖ (Sun et al. 2021)."""
+    """Prune the defended layer's representation entries with the smallest ‖r_i‖/‖∂r_i/∂x‖ (Sun et al. 2021)."""  # noqa: E501  (first line = `privsim list` summary)
 
     needs_client_data = True
 

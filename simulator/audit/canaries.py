@@ -1,17 +1,17 @@
-"""Canary clients for a one-run client-level privacy audit (Andrew, Chien, Kairouz, Oh, Oprea, McMahan, Suriyakumar,
-"One-shot Empirical Privacy Estimation for Federated Learning", ICLR 2024).
+"""Canary clients for a one-run client-level privacy audit (Andrew, Chien, Kairouz, Oh, Oprea, McMahan,
+Suriyakumar, "One-shot Empirical Privacy Estimation for Federated Learning", ICLR 2024).
 
-Each of ``n`` canary clients owns a fixed random direction ``u_j`` (isotropic: a normalised Gaussian vector); it
-is *inserted* into the population with probability ½ (a coin the evaluator keeps), and an inserted canary takes
-part in each round like a real client, with probability ``q``, sending the update ``C·u_j`` (norm exactly the clip
-norm, so clipping leaves it unchanged). After the run every canary gets a score, and the in/out scores feed
-:mod:`simulator.audit.estimators`:
+Each of ``n`` canary clients owns a fixed random direction ``u_j`` (isotropic: a normalised Gaussian vector);
+it is *inserted* into the population with probability ½ (a coin the evaluator keeps), and an inserted canary
+takes part in each round like a real client, with probability ``q``, sending the update ``C·u_j`` (norm
+exactly the clip norm, so clipping leaves it unchanged). After the run every canary gets a score, and the
+in/out scores feed :mod:`simulator.audit.estimators`:
 
-* all-iterates threat: ``max_t cos(u_j, Δ_t)`` over the released aggregates ``Δ_t`` (the paper's statistic), and,
-  when the auditor knows the mechanism (noise std ``σ_t`` on the sum, canary norm ``C``, participation rate ``q``),
-  the log-likelihood ratio of Poisson participation, ``Σ_t log(1 − q + q·exp(a·s_t − a²/2))`` with
-  ``s_t = ⟨u_j, S_t⟩/σ_t`` for the released noisy sum ``S_t`` and ``a = C/σ_t`` (the Neyman-Pearson test of
-  "inserted" for a subsampled Gaussian; stronger than the max when a canary takes part in several rounds);
+* all-iterates threat: ``max_t cos(u_j, Δ_t)`` over the released aggregates ``Δ_t`` (the paper's statistic),
+  and, when the auditor knows the mechanism (noise std ``σ_t`` on the sum, canary norm ``C``, participation
+  rate ``q``), the log-likelihood ratio of Poisson participation, ``Σ_t log(1 − q + q·exp(a·s_t − a²/2))``
+  with ``s_t = ⟨u_j, S_t⟩/σ_t`` for the released noisy sum ``S_t`` and ``a = C/σ_t`` (the Neyman-Pearson test
+  of "inserted" for a subsampled Gaussian; stronger than the max when a canary takes part in several rounds);
 * final-model threat: ``cos(u_j, w_T − w_0)``.
 
 Canaries that were never inserted give the null distribution (``cos ≈ N(0, 1/d)`` in dimension ``d``).
@@ -75,8 +75,8 @@ class CanaryClients:
         noise_std: float = 0.0,
         norm: float = 0.0,
     ) -> None:
-        """Score every canary against one released aggregate (all-iterates threat); with the noisy sum, its noise
-        std and the canaries' norm this round, also accumulate the likelihood-ratio statistic."""
+        """Score every canary against one released aggregate (all-iterates threat); with the noisy sum, its
+        noise std and the canaries' norm this round, also accumulate the likelihood-ratio statistic."""
         cos = self.cosines(released)
         self.max_cos = torch.maximum(self.max_cos, cos)
         self.rounds += 1

@@ -1,11 +1,11 @@
 """Audit DP-FedAvg's server mechanism on its own: the canary experiment of Andrew et al. (ICLR 2024, Sec. 5's
 synthetic setting) without local training, so a power table over noise multipliers and seeds takes seconds.
 
-Real clients are replaced by updates of norm ``C`` in fresh random directions (the cohort's own contribution to
-each release, uncorrelated with the canaries), the canaries go through the very :class:`ClientLevelDP` a run uses
-(clipping bound, Poisson sampling, central noise, the ledger), and the released averages are scored. The same
-loop audits a deliberately broken mechanism (``noise_scale < 1``: less noise than the ledger accounts), which the
-audit must catch.
+Real clients are replaced by updates of norm ``C`` in fresh random directions (the cohort's own contribution
+to each release, uncorrelated with the canaries), the canaries go through the very :class:`ClientLevelDP` a
+run uses (clipping bound, Poisson sampling, central noise, the ledger), and the released averages are scored.
+The same loop audits a deliberately broken mechanism (``noise_scale < 1``: less noise than the ledger
+accounts), which the audit must catch.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ __all__ = ["MechanismAudit", "audit_dp_fedavg"]
 
 
 class _BrokenDP(ClientLevelDP):
-    """A deliberately broken DP-FedAvg: adds ``noise_scale`` × the noise while its ledger accounts all of it."""
+    """A deliberately broken DP-FedAvg: adds ``noise_scale`` × the noise while its ledger accounts all of
+    it."""
 
     def __init__(self, *args: Any, noise_scale: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -81,7 +82,7 @@ def audit_dp_fedavg(
         sampling="poisson",
         sampling_rate=sampling_rate,
         num_clients=num_clients,
-        sample_size=int(round(m)),
+        sample_size=round(m),
         delta=delta,
     )
     mech = ClientLevelDP(

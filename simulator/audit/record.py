@@ -1,15 +1,17 @@
-"""Canary examples for a one-run record-level privacy audit (Steinke, Nasr, Jagielski, "Privacy Auditing with One
-(1) Training Run", NeurIPS 2023, Sec. 6's input-space canaries in the black-box setting).
+"""Canary examples for a one-run record-level privacy audit (Steinke, Nasr, Jagielski, "Privacy Auditing
+with One (1) Training Run", NeurIPS 2023, Sec. 6's input-space canaries in the black-box setting).
 
-``n`` canary examples are drawn once from the run's seed: each is an image of uniform noise in the data's value
-range with a uniformly random label (an example no real record resembles, so only training on it lowers its loss).
-Each canary belongs to one client (uniformly at random) and is *inserted* into that client's local data with
-probability ½ (the evaluator's coin). After the run the evaluator scores each canary by the negative loss of the
-final global model on it (black-box, final-model threat); in/out scores feed :mod:`simulator.audit.estimators`.
+``n`` canary examples are drawn once from the run's seed: each is an image of uniform noise in the data's
+value range with a uniformly random label (an example no real record resembles, so only training on it lowers
+its loss). Each canary belongs to one client (uniformly at random) and is *inserted* into that client's local
+data with probability ½ (the evaluator's coin). After the run the evaluator scores each canary by the negative
+loss of the final global model on it (black-box, final-model threat); in/out scores feed
+:mod:`simulator.audit.estimators`.
 
 >>> c = RecordCanaries(num=6, num_clients=3, input_shape=(1, 2, 2), num_classes=4, low=0.0, high=1.0, seed=0)
 >>> x, y = c.for_client(0)
->>> tuple(x.shape[1:]), bool((y < 4).all()), sum(len(c.for_client(p)[1]) for p in range(3)) == int(c.inserted.sum())
+>>> tuple(x.shape[1:]), bool((y < 4).all()), (
+...     sum(len(c.for_client(p)[1]) for p in range(3)) == int(c.inserted.sum()))
 ((1, 2, 2), True, True)
 """
 

@@ -1,13 +1,13 @@
 """Turn canary scores into the ``audit`` block of summary.json and an in/out histogram.
 
-For every statistic (all-iterates max cosine and likelihood ratio, final-model cosine) it reports the one-run lower
-bound ε̂ at the stated confidence (Steinke, Nasr, Jagielski, NeurIPS 2023, with the run's δ), a Gaussian estimate
-in the spirit of Andrew et al. (ICLR 2024: the in/out scores read as a μ-GDP pair, ``μ = (mean_in − mean_out) /
-pooled σ``, turned into ε(δ); an estimate, not a bound) and the in/out AUC.
+For every statistic (all-iterates max cosine and likelihood ratio, final-model cosine) it reports the one-run
+lower bound ε̂ at the stated confidence (Steinke, Nasr, Jagielski, NeurIPS 2023, with the run's δ), a Gaussian
+estimate in the spirit of Andrew et al. (ICLR 2024: the in/out scores read as a μ-GDP pair, ``μ = (mean_in −
+mean_out) / pooled σ``, turned into ε(δ); an estimate, not a bound) and the in/out AUC.
 
 The headline ``epsilon_lower`` is the bound of one statistic fixed before the scores are seen (no multiple
-testing): the all-iterates likelihood ratio when the auditor knows the mechanism's noise, else the all-iterates
-maximum cosine. The final-model threat is reported beside it.
+testing): the all-iterates likelihood ratio when the auditor knows the mechanism's noise, else the
+all-iterates maximum cosine. The final-model threat is reported beside it.
 """
 
 from __future__ import annotations

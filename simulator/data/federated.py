@@ -19,7 +19,7 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
     train, test = [], []
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
-        k = int(round(len(idx) * test_fraction))
+        k = round(len(idx) * test_fraction)
         test.append(idx[:k])
         train.append(idx[k:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
@@ -91,7 +91,7 @@ def build_federated_data(
         new_parts = []
         for p in parts:
             p = rng.permutation(p)
-            k = int(round(len(p) * client_test_fraction))
+            k = round(len(p) * client_test_fraction)
             tests.append(np.sort(p[:k]))
             new_parts.append(np.sort(p[k:]))
         parts = new_parts

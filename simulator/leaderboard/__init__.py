@@ -1,4 +1,5 @@
-"""Attack × defense leaderboards: grid files, resumable grid runs, and Markdown / CSV / HTML / heatmap outputs.
+"""Attack × defense leaderboards: grid files, resumable grid runs, and Markdown / CSV / HTML / heatmap
+outputs.
 
 ``load_grid(path)`` parses and expands a grid file (format in :mod:`simulator.leaderboard.grid`);
 ``run_grid(grid, store=..., out_dir=...)`` runs the cells not yet in the results store and writes the

@@ -10,8 +10,10 @@ Grid file format (TOML)
                                           # or "privacy" (MA / PSNR / SSIM / label accuracy / epsilon)
     base = "quickstart.toml"              # the base scenario, a path relative to the grid file
     overrides = ["federation.rounds=2"]   # optional; ``key.path=value`` overrides applied to every cell
-    rows = "defense"                      # optional; the axis whose labels are the table rows (default "defense")
-    columns = "attack"                    # optional; the axis whose labels are the table columns (default "attack")
+    rows = "defense"                      # optional; the axis whose labels are the table rows
+                                          # (default "defense")
+    columns = "attack"                    # optional; the axis whose labels are the table columns
+                                          # (default "attack")
     baseline = "fedavg"                   # optional; the row label the ranking score compares against
 
     [axes]                                # at least one axis; each is a non-empty list of entries
@@ -19,7 +21,8 @@ Grid file format (TOML)
                {label = "badnets", set = ["attacks.backdoor.name='badnets'", "attacks.plan.malicious=2"]} ]
     defense = [ {label = "fedavg", set = ["defenses.aggregator.name='fedavg'"]},
                 {label = "median", set = ["defenses.aggregator.name='median'"]} ]
-    seed = [0, 1]                         # bare values are allowed on the axis named "seed" only (sets ``seed``)
+    seed = [0, 1]                         # bare values are allowed on the axis named "seed" only
+                                          # (sets ``seed``)
 
 An entry is a table with a ``label`` (unique within its axis; letters, digits, ``._+-`` are kept in folder
 names) and an optional ``set`` list of overrides in the ``--set`` syntax (values are TOML, bare words are

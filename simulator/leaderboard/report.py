@@ -9,26 +9,29 @@ Metrics per cell (read from the run's summary; a missing key shows as "–" and 
 
 Tables have one row per label of the grid's ``rows`` axis (defenses) and, per label of the ``columns`` axis
 (attacks), one column per metric; cells that differ only on the other axes (seeds, alphas ...) are averaged
-(missing values are ignored). The best value of each column is bold (highest MA / TPR / score, lowest BA / FPR /
-PSNR / SSIM / label accuracy / ε).
+(missing values are ignored). The best value of each column is bold (highest MA / TPR / score, lowest BA / FPR
+/ PSNR / SSIM / label accuracy / ε).
 
-Ranking score (integrity track; after the Multi-metrics paper, Huang et al., ICCV 2023): for defense ``d`` with
-the baseline ``f`` (row label ``"fedavg"`` unless the grid sets ``baseline``)::
+Ranking score (integrity track; after the Multi-metrics paper, Huang et al., ICCV 2023): for defense ``d``
+with the baseline ``f`` (row label ``"fedavg"`` unless the grid sets ``baseline``)::
 
-    score(d) = Σ_attacks  mean_o [ (MA[d,a,o] − MA[f,a,o]) / MA[f,a,o]  −  (BA[d,a,o] − BA[f,a,o]) / BA[f,a,o] ]
+    score(d) = Σ_attacks  mean_o [ (MA[d,a,o] − MA[f,a,o]) / MA[f,a,o]
+                                   −  (BA[d,a,o] − BA[f,a,o]) / BA[f,a,o] ]
 
 where ``o`` runs over the combinations of the other axes for which both the ``d`` and the ``f`` cell have an
-MA. A BA term is 0 when either BA is missing (no backdoor, e.g. attack "none") or ``BA[f] = 0``; an attack with
-no such pair adds nothing; ``MA[f] = 0`` pairs are left out. Higher is better: the defense keeps main accuracy
-and cuts backdoor accuracy relative to FedAvg; the baseline scores 0. ``None`` when there is no pair at all.
+MA. A BA term is 0 when either BA is missing (no backdoor, e.g. attack "none") or ``BA[f] = 0``; an attack
+with no such pair adds nothing; ``MA[f] = 0`` pairs are left out. Higher is better: the defense keeps main
+accuracy and cuts backdoor accuracy relative to FedAvg; the baseline scores 0. ``None`` when there is no pair
+at all.
 
 Files written by :func:`write_reports` into the leaderboard folder: ``leaderboard.md``, ``leaderboard.csv``
 (one row per cell; missing values are empty fields), ``heatmap_<metric>.png`` (rows × columns, annotated),
 ``curve_<metric>.png`` when every ``columns`` label is a number (a defense strength: noise σ, pruning ratio,
 sketch ratio ...; one line per row, mean ± standard deviation over the other axes, e.g. "PSNR vs σ") and
 ``leaderboard.html`` (self-contained: heatmaps embedded as data URIs, tables sortable by clicking a header --
-numeric columns sort numerically, missing values last; ``leaderboard.html?table=cells&sort=main_accuracy&dir=desc``
-applies a sort on load by clicking that header; per-cell links to the cell's plots).
+numeric columns sort numerically, missing values last;
+``leaderboard.html?table=cells&sort=main_accuracy&dir=desc`` applies a sort on load by clicking that header;
+per-cell links to the cell's plots).
 """
 
 from __future__ import annotations
@@ -377,10 +380,10 @@ def numeric_columns(cols: list[str]) -> list[float] | None:
 
 
 def write_curves(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """``curve_<metric>.png``: the metric against the numeric ``columns`` axis (a defense strength), one line per
-    row, mean ± standard deviation over the other axes. Nothing when a column label is not a number or there are
-    fewer than two columns. The x axis is logarithmic when the positive values span two decades or more (with a
-    linear stretch around 0 when 0 is one of them)."""
+    """``curve_<metric>.png``: the metric against the numeric ``columns`` axis (a defense strength), one line
+    per row, mean ± standard deviation over the other axes. Nothing when a column label is not a number or
+    there are fewer than two columns. The x axis is logarithmic when the positive values span two decades or
+    more (with a linear stretch around 0 when 0 is one of them)."""
     plt = pyplot()
     rows, cols, metrics = _plotted(grid, records)
     xs = numeric_columns(cols)
@@ -419,7 +422,8 @@ def write_curves(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> li
 
 
 def write_heatmaps(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """``heatmap_<metric>.png`` (rows × columns, mean over other axes, annotated) for each metric with data."""
+    """``heatmap_<metric>.png`` (rows × columns, mean over other axes, annotated) for each metric with
+    data."""
     plt = pyplot()
     rows, cols, metrics = _plotted(grid, records)
     written = []
@@ -479,7 +483,9 @@ _JS = r"""
     Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
       th.addEventListener('click', function () {
         var dir = th.getAttribute('data-dir') === 'asc' ? 'desc' : 'asc';
-        Array.prototype.forEach.call(table.tHead.rows[0].cells, function (o) { o.removeAttribute('data-dir'); });
+        Array.prototype.forEach.call(table.tHead.rows[0].cells, function (o) {
+          o.removeAttribute('data-dir');
+        });
         th.setAttribute('data-dir', dir);
         sortTable(table, col, dir);
       });
@@ -612,7 +618,8 @@ def render_html(
 
 
 def write_reports(grid_run: Any) -> dict[str, Path]:
-    """Write md / csv / heatmaps / html for a :class:`~simulator.leaderboard.runner.GridRun` into its out_dir."""
+    """Write md / csv / heatmaps / html for a :class:`~simulator.leaderboard.runner.GridRun` into its
+    out_dir."""
     grid, out = grid_run.grid, Path(grid_run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = cell_records(grid, grid_run.cells)

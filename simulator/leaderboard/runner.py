@@ -1,4 +1,5 @@
-"""Run a leaderboard grid: resumable (cells are keyed by scenario digest in the results store), optionally parallel.
+"""Run a leaderboard grid: resumable (cells are keyed by scenario digest in the results store), optionally
+parallel.
 
 Every cell calls :func:`simulator.runner.run` with ``write=True``, its own folder
 ``<out_dir>/cells/<label-path>-<digest[:8]>/`` and the shared SQLite store. The store commits each run as it
@@ -10,13 +11,14 @@ A cell that fails (:class:`simulator.runner.RunFailed` or any other exception) i
 status ``failed: <reason>`` and the grid goes on.
 
 Parallelism: ``workers > 1`` runs cells in a :class:`concurrent.futures.ProcessPoolExecutor` with the
-``spawn`` context. Cells with ``simulation.engine = "ray"`` each start their own Ray runtime, which does not mix
-with worker processes: if any cell uses Ray the grid runs with ``workers = 1`` (a warning says so).
+``spawn`` context. Cells with ``simulation.engine = "ray"`` each start their own Ray runtime, which does not
+mix with worker processes: if any cell uses Ray the grid runs with ``workers = 1`` (a warning says so).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import time
 import traceback
@@ -93,7 +95,8 @@ def default_out_dir(grid: Grid) -> Path:
 def _record_failure(
     store: str, digest: str, name: str, out_dir: str, tag: str, reason: str, since: float
 ) -> None:
-    """Mark the cell's ``running`` row (started by this attempt) failed, or add a failed row if it has none."""
+    """Mark the cell's ``running`` row (started by this attempt) failed, or add a failed row if it has
+    none."""
     rs = ResultsStore(store)
     mine = [
         r
@@ -251,7 +254,7 @@ def run_grid(
                         res = fut.result()
                     except Exception as e:
                         res = ("failed", None, f"worker died: {type(e).__name__}: {e}", 0.0)
-                        try:
+                        with contextlib.suppress(Exception):
                             _record_failure(
                                 str(store_p),
                                 cell.digest,
@@ -261,8 +264,6 @@ def run_grid(
                                 res[2] or "",
                                 0.0,
                             )
-                        except Exception:  # pragma: no cover
-                            pass
                     finish(cell, res)
     finally:
         if bar is not None:

@@ -1,15 +1,19 @@
-"""Scenario section ``[audit]``: an empirical privacy audit beside the ledger's ε (see :mod:`simulator.audit`).
+"""Scenario section ``[audit]``: an empirical privacy audit beside the ledger's ε (see
+:mod:`simulator.audit`).
 
 Layout::
 
     [audit]
     level = "client"      # "client": canary clients (Andrew et al., ICLR 2024)
-                          # "record": canary examples in clients' data (Steinke, Nasr, Jagielski, NeurIPS 2023)
+                          # "record": canary examples in clients' data (Steinke, Nasr, Jagielski,
+                          # NeurIPS 2023)
     canaries = 1000       # each inserted with probability ½
     confidence = 0.95     # of the one-run lower bound ε̂
-    canary_norm = 1.0     # client level without DP: the canaries' update norm (default: the round's median norm)
+    canary_norm = 1.0     # client level without DP: the canaries' update norm (default: the round's
+                          # median norm)
 
-Cross-section rules (what each level can audit) are checked with the privacy rules in :mod:`simulator.dp.checks`.
+Cross-section rules (what each level can audit) are checked with the privacy rules in
+:mod:`simulator.dp.checks`.
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ class ModelConfig(Strict):
 
 
 def expected_cohort(num_clients: int, *, clients_per_round: int | None, sampling_rate: float | None) -> float:
-    """The expected number of clients a round samples: ``q·N`` for a sampling rate, else ``min(m, N)``, else ``N``.
+    """The expected number of clients a round samples: ``q·N`` for a sampling rate, else ``min(m, N)``, else
+    ``N``.
 
     The one definition the sampler, the privacy accountant, the audit and the warm start all use.
 

@@ -1,4 +1,5 @@
-"""Scenario section ``[privacy]``: record-level DP (DP-SGD, input perturbation) or client-level DP (DP-FedAvg).
+"""Scenario section ``[privacy]``: record-level DP (DP-SGD, input perturbation) or client-level DP
+(DP-FedAvg).
 
 Layout of the section::
 

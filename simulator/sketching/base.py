@@ -31,10 +31,11 @@ class ArraySpec:
 
 
 class Compressor(ABC):
-    """A client-side encoder and its server-side decoder. Capabilities (read by load-time checks, never names):"""
+    """A client-side encoder and its server-side decoder. Capabilities (read by load-time checks, never
+    names):"""
 
-    #: the server merges payloads before decoding (FetchSGD): there is no per-client update for an aggregator or
-    #: an inversion attack to see
+    #: the server merges payloads before decoding (FetchSGD): there is no per-client update for an aggregator
+    #: or an inversion attack to see
     aggregates_in_sketch_space: bool = False
     #: one client's payload decodes on its own (stateless and linear), so it can be attacked alone
     decodes_alone: bool = False

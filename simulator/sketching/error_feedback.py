@@ -1,21 +1,22 @@
 """Client-side error feedback around a biased (contractive) compressor: ``ef``, ``ef21``, ``econtrol``.
 
-The inner compressor C is top-k or unscaled rand-k (both contractive: E‖C(x) − x‖² ≤ (1 − k/d)‖x‖²); the payload
-is its k indices and values (see :mod:`simulator.sketching.sparsify`). Client memory lives in ``ctx.state``
-(persisted per client across rounds); server memory, where a method needs it, lives in the compressor.
+The inner compressor C is top-k or unscaled rand-k (both contractive: E‖C(x) − x‖² ≤ (1 − k/d)‖x‖²); the
+payload is its k indices and values (see :mod:`simulator.sketching.sparsify`). Client memory lives in
+``ctx.state`` (persisted per client across rounds); server memory, where a method needs it, lives in the
+compressor.
 
 * ``ef`` (Seide et al., Interspeech 2014; Karimireddy et al., ICML 2019, EF-SGD): p = e + Δ, send m = C(p),
   e ← p − m. The server decodes m. Σ_t m_t = Σ_t Δ_t − e_T: what was not sent is sent later.
 * ``ef21`` (Richtárik, Sokolov, Fatkhullin, NeurIPS 2021): the client keeps h_i, sends c = C(Δ − h_i) and sets
   h_i ← h_i + c; the server keeps the same h_i (it sees every c) and decodes client i's estimate as h_i.
-* ``econtrol`` (Gao, Islamov, Stich, ICLR 2024): m = C(η·e_i + Δ − h_i), e_i ← e_i + Δ − h_i − m, h_i ← h_i + m;
-  the server mirrors h_i like EF21. With η = 0 it is EF21 exactly (e_i is then never used).
+* ``econtrol`` (Gao, Islamov, Stich, ICLR 2024): m = C(η·e_i + Δ − h_i), e_i ← e_i + Δ − h_i − m, h_i ← h_i +
+  m; the server mirrors h_i like EF21. With η = 0 it is EF21 exactly (e_i is then never used).
 
-Initialisation: e_i⁰ = h_i⁰ = 0, so a client's first message is C(Δ⁰) and after it h_i = C(Δ⁰), i.e. the papers'
-h_i⁰ = C(g_i⁰) option one round later (the uncompressed h_i⁰ = g_i⁰ option would need a dense first payload,
-which a fixed spec cannot carry). The server decodes the h_i of the clients that replied, so a fedavg aggregator
-averages over the round's participants; with full participation this is the papers' h = mean_i h_i. With partial
-participation the h_i of absent clients go stale on both sides until they next participate.
+Initialisation: e_i⁰ = h_i⁰ = 0, so a client's first message is C(Δ⁰) and after it h_i = C(Δ⁰), i.e. the
+papers' h_i⁰ = C(g_i⁰) option one round later (the uncompressed h_i⁰ = g_i⁰ option would need a dense first
+payload, which a fixed spec cannot carry). The server decodes the h_i of the clients that replied, so a fedavg
+aggregator averages over the round's participants; with full participation this is the papers' h = mean_i h_i.
+With partial participation the h_i of absent clients go stale on both sides until they next participate.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """FetchSGD: count-sketched updates with momentum and error feedback kept in sketch space on the server.
 
-Rothchild, Panda, Ullah, Ivkin, Stoica, Braverman, Gonzalez, Arora, "FetchSGD: Communication-Efficient Federated
-Learning with Sketching", ICML 2020. Clients are stateless: each sends the count sketch S(Δ_i) of its update
-(one hash family for the whole run, since the server's state lives in sketch space). The server, per round:
+Rothchild, Panda, Ullah, Ivkin, Stoica, Braverman, Gonzalez, Arora, "FetchSGD: Communication-Efficient
+Federated Learning with Sketching", ICML 2020. Clients are stateless: each sends the count sketch S(Δ_i) of
+its update (one hash family for the whole run, since the server's state lives in sketch space). The server,
+per round:
 
 1. S = Σ_i w_i S(Δ_i) / Σ_i w_i            (linearity: the sketch of the weighted mean update)
 2. S_u ← ρ·S_u + S                        (momentum in sketch space)
@@ -15,8 +16,8 @@ Learning with Sketching", ICML 2020. Clients are stateless: each sends the count
 
 Updates here are Δ = w_local − w_global (a descent step already), so no sign flip or learning rate enters the
 sketch. With ``error_feedback = false`` steps 3 and 5 are skipped: Δ = Top-k(U(S_u)) and nothing is zeroed.
-Deviation from the paper: no second round trip to fetch the exact values of the k coordinates; their values are
-the sketch's median estimates (the paper's variant without that round).
+Deviation from the paper: no second round trip to fetch the exact values of the k coordinates; their values
+are the sketch's median estimates (the paper's variant without that round).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class FetchSGD(Compressor):
         ``"zero"`` (authors' code) or ``"subtract"`` (paper's Algorithm 1); see the module docstring.
     chunk_size
         Coordinates hashed at once (memory bound); results do not depend on it.
-    """
+    """  # noqa: E501  (the first line is the `privsim list` summary: kept whole)
 
     aggregates_in_sketch_space = True
 

@@ -8,16 +8,16 @@ Three families behind one interface (:class:`SketchOperator`):
 * :class:`SRHT`: subsampled randomized Hadamard transform R = √(D/s)·P·(H/√D)·Σ on the zero-padded vector
   (D = next power of two ≥ d, Σ random signs, H the Walsh–Hadamard matrix applied by a fast transform in
   O(D log D), P a uniform sample of s of the D coordinates without replacement). No matrix is ever built.
-* :class:`CountSketch`: the AMS / CountSketch table with r rows × c columns (bucket hash h_j and sign hash σ_j per
-  row, computed from the seed per index range, so chunks need O(r·chunk) memory). Linear; its unbiased
+* :class:`CountSketch`: the AMS / CountSketch table with r rows × c columns (bucket hash h_j and sign hash σ_j
+  per row, computed from the seed per index range, so chunks need O(r·chunk) memory). Linear; its unbiased
   adjoint estimate is the mean over rows of σ_j(i)·T[j, h_j(i)], the robust one the median over rows
   (used by :meth:`CountSketch.unsketch_topk`, as in FetchSGD / CSVec).
 
 All operators take vectors of shape (d,) or batches (n, d) and return (s,) or (n, s); sketches are flat
 (a count-sketch table is flattened row-major). Randomness is drawn on the CPU from the seed (so every device
-gets the same R) and moved to the input's device; the arithmetic runs there. The sketch framework is that of Song, Wang, Yu, Zhang,
-"Sketching for First Order Method: Efficient Algorithm for Low-Bandwidth Channel and Vulnerability",
-ICML 2023: send R·g, de-sketch with Rᵀ, a fresh R each round from shared randomness.
+gets the same R) and moved to the input's device; the arithmetic runs there. The sketch framework is that of
+Song, Wang, Yu, Zhang, "Sketching for First Order Method: Efficient Algorithm for Low-Bandwidth Channel and
+Vulnerability", ICML 2023: send R·g, de-sketch with Rᵀ, a fresh R each round from shared randomness.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ GAUSSIAN_BLOCK = 1024
 GAUSSIAN_CACHE_ELEMENTS = 1 << 24
 #: Default working-set budget (matrix entries or hashed indices) of one chunk.
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
-#: CountSketch hashes are kept in memory (5 bytes per entry: int32 bucket, int8 sign) when rows·d is at most this;
-#: FetchSGD reuses them every round.
+#: CountSketch hashes are kept in memory (5 bytes per entry: int32 bucket, int8 sign) when rows·d is at most
+#: this; FetchSGD reuses them every round.
 HASH_CACHE_ELEMENTS = 1 << 24
 
 
@@ -71,8 +71,8 @@ class SketchOperator(ABC):
 
     Notes
     -----
-    Sketch framework of Song, Wang, Yu, Zhang (ICML 2023): y = R·x on the wire, x̂ = desketch(y) at the receiver,
-    with E[x̂] = x for the unbiased families.
+    Sketch framework of Song, Wang, Yu, Zhang (ICML 2023): y = R·x on the wire, x̂ = desketch(y) at the
+    receiver, with E[x̂] = x for the unbiased families.
     """
 
     def __init__(self, dim: int, seed: int) -> None:
@@ -103,8 +103,8 @@ class SketchOperator(ABC):
 class GaussianSketch(SketchOperator):
     """Dense Gaussian sketch, entries N(0, 1/s), built chunk by chunk from the seed.
 
-    Song, Wang, Yu, Zhang, ICML 2023 (random Gaussian sketch): E[RᵀR] = I, so ``desketch(sketch(x)) = RᵀRx`` is
-    an unbiased estimate of x with E‖RᵀRx − x‖² = (d + 1)/s·‖x‖².
+    Song, Wang, Yu, Zhang, ICML 2023 (random Gaussian sketch): E[RᵀR] = I, so ``desketch(sketch(x)) = RᵀRx``
+    is an unbiased estimate of x with E‖RᵀRx − x‖² = (d + 1)/s·‖x‖².
 
     Parameters
     ----------
@@ -277,13 +277,13 @@ class SRHT(SketchOperator):
 class CountSketch(SketchOperator):
     """CountSketch / AMS table with ``rows`` × ``cols`` buckets, hashes computed from the seed.
 
-    Charikar, Chen, Farach-Colton (2002) sketch as used by FetchSGD (Rothchild et al., ICML 2020) and CSVec: row j
-    adds σ_j(i)·x_i into bucket h_j(i). Bucket and sign hashes are multiply-add-shift hashes (Dietzfelbinger 1996;
-    2-wise independent) with coefficients from the seed, so hashes of any index range are computed on demand
-    (chunks of ``chunk_size`` coordinates, memory O(rows·chunk)), and kept when rows·d ≤
-    :data:`HASH_CACHE_ELEMENTS`. CSVec uses 4-wise independent signs (polynomials mod a prime); pairwise
-    independence is what the CountSketch estimates (unbiased mean, median heavy hitters) need, and avoids int64
-    modulo, which was 3× slower here.
+    Charikar, Chen, Farach-Colton (2002) sketch as used by FetchSGD (Rothchild et al., ICML 2020) and CSVec:
+    row j adds σ_j(i)·x_i into bucket h_j(i). Bucket and sign hashes are multiply-add-shift hashes
+    (Dietzfelbinger 1996; 2-wise independent) with coefficients from the seed, so hashes of any index range
+    are computed on demand (chunks of ``chunk_size`` coordinates, memory O(rows·chunk)), and kept when rows·d
+    ≤ :data:`HASH_CACHE_ELEMENTS`. CSVec uses 4-wise independent signs (polynomials mod a prime); pairwise
+    independence is what the CountSketch estimates (unbiased mean, median heavy hitters) need, and avoids
+    int64 modulo, which was 3× slower here.
 
     ``desketch`` is the unbiased linear estimate x̂_i = mean_j σ_j(i)·T[j, h_j(i)] (= Rᵀy/rows, E = x); the
     median over rows (:meth:`estimate`) is the robust heavy-hitter estimate used by :meth:`unsketch_topk`.
@@ -338,7 +338,8 @@ class CountSketch(SketchOperator):
         *,
         device: torch.device | str = "cpu",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bucket indices (rows, n; int32 or int64) and signs (rows, n) float32 of coordinates start..stop−1."""
+        """Bucket indices (rows, n; int32 or int64) and signs (rows, n) float32 of coordinates
+        start..stop−1."""
         if self._cached is not None:
             if self._cached[0].device != torch.device(device):
                 self._cached = (self._cached[0].to(device), self._cached[1].to(device))
@@ -370,7 +371,8 @@ class CountSketch(SketchOperator):
         return torch.stack([table[:, j, buckets[j]] * signs[j] for j in range(self.rows)], dim=1)
 
     def estimate(self, y: torch.Tensor, *, method: str = "median") -> torch.Tensor:
-        """Per-coordinate estimates from a table: ``"median"`` or ``"mean"`` over rows; shape like desketch."""
+        """Per-coordinate estimates from a table: ``"median"`` or ``"mean"`` over rows; shape like
+        desketch."""
         if method not in ("median", "mean"):
             raise ValueError(f"method must be 'median' or 'mean', got {method!r}")
         yb, squeeze = _as_batch(y.to(torch.float32), self.sketch_dim)
@@ -390,7 +392,8 @@ class CountSketch(SketchOperator):
         return self.estimate(y, method="mean")
 
     def unsketch_topk(self, y: torch.Tensor, k: int) -> torch.Tensor:
-        """The dense vector keeping the k coordinates of largest |median estimate| (FetchSGD's unSketch(S, k))."""
+        """The dense vector keeping the k coordinates of largest |median estimate|
+        (FetchSGD's unSketch(S, k))."""
         if y.dim() != 1:
             raise ValueError("unsketch_topk takes one table")
         k = min(int(k), self.dim)

@@ -1,4 +1,5 @@
-"""Sketched FedAvg compressors (``gaussian_sketch``, ``srht``, ``count_sketch``), with optional DP on the sketch.
+"""Sketched FedAvg compressors (``gaussian_sketch``, ``srht``, ``count_sketch``), with optional DP on the
+sketch.
 
 Song, Wang, Yu, Zhang, "Sketching for First Order Method: Efficient Algorithm for Low-Bandwidth Channel and
 Vulnerability", ICML 2023: each client sends y_i = R_t·Δ_i with R_t ∈ ℝ^{s×d} drawn afresh every round t from
@@ -22,14 +23,14 @@ sketch space makes the L2 sensitivity of one client's contribution exactly g·C 
 probability; it rarely changes y (‖R·Δ‖ ≈ ‖Δ‖ ≤ C up to O(1/√s) fluctuations). R itself is public and
 independent of the data, so releasing it costs nothing.
 
-What ε this is: per round, each client's sketch is the Gaussian mechanism with noise multiplier z with respect to
-adding or removing that client's contribution (sensitivity g·C, std z·g·C); the sum of the cohort's sketches
-carries noise std z·g·C·√n ≥ z·g·C, so accounting the sum as DP-FedAvg's Gaussian mechanism with (z, C) is
-valid (conservative). Across rounds, compose with client subsampling as for DP-FedAvg: that is what the
+What ε this is: per round, each client's sketch is the Gaussian mechanism with noise multiplier z with respect
+to adding or removing that client's contribution (sensitivity g·C, std z·g·C); the sum of the cohort's
+sketches carries noise std z·g·C·√n ≥ z·g·C, so accounting the sum as DP-FedAvg's Gaussian mechanism with (z,
+C) is valid (conservative). Across rounds, compose with client subsampling as for DP-FedAvg: that is what the
 accountant does with :meth:`SketchCompressor.privacy_params`. For a server that sees each sketch alone and
 replace-one neighbouring (Δ → Δ'), the sensitivity is 2·g·C, i.e. noise multiplier z/2. The de-sketched noise
-Rᵀ·N has norm ≈ √(d/s) times the sketch noise for the Gaussian and SRHT families: sketching buys no utility for
-the same ε.
+Rᵀ·N has norm ≈ √(d/s) times the sketch noise for the Gaussian and SRHT families: sketching buys no utility
+for the same ε.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ PositiveInt = Annotated[int, Field(ge=1)]
 
 
 def clip_to_norm(x: torch.Tensor, bound: float) -> torch.Tensor:
-    """x scaled down to L2 norm ``bound`` when it is longer (McMahan et al., ICLR 2018, DP-FedAvg clipping)."""
+    """x scaled down to L2 norm ``bound`` when it is longer (McMahan et al., ICLR 2018, DP-FedAvg
+    clipping)."""
     norm = float(x.norm())
     return x * (bound / norm) if norm > bound else x
 
@@ -231,7 +233,7 @@ class CountSketchCompressor(SketchCompressor):
     ratio, chunk_size, fresh_each_round, aggregate_in_sketch_space, clip_norm, noise_multiplier
         As for :class:`SketchCompressor`; ``sketch_dim`` does not apply (s = rows·cols). The sketch-space
         clip is √rows·C.
-    """
+    """  # noqa: E501  (the first line is the `privsim list` summary: kept whole)
 
     operator_name = "count_sketch"
 

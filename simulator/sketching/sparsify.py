@@ -2,11 +2,11 @@
 
 Top-k keeps the k largest-magnitude coordinates (Aji & Heafield, EMNLP 2017; Stich, Cordonnier, Jaggi,
 NeurIPS 2018); it is biased but contractive, ‖C(x) − x‖² ≤ (1 − k/d)‖x‖². Rand-k keeps k uniformly random
-coordinates; scaled by d/k it is unbiased (Stich et al. 2018), unscaled it is contractive in expectation with the
-same δ = k/d. k is fixed for a run (from ``k`` or ``k_ratio``), so the spec has fixed shapes.
+coordinates; scaled by d/k it is unbiased (Stich et al. 2018), unscaled it is contractive in expectation with
+the same δ = k/d. k is fixed for a run (from ``k`` or ``k_ratio``), so the spec has fixed shapes.
 
-The server drops payload entries whose index is outside [0, d) and sums duplicate indices: a malformed reply can
-waste its own budget but cannot crash decoding.
+The server drops payload entries whose index is outside [0, d) and sums duplicate indices: a malformed reply
+can waste its own budget but cannot crash decoding.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Contexts for running a compressor outside Flower: one client's, one round's, and a payload check.
 
-Used by the sketching tests and the benchmark; :func:`simulator.round.harness.run_round` runs rounds of encode →
-validate → decode through the round core with them.
+Used by the sketching tests and the benchmark; :func:`simulator.round.harness.run_round` runs rounds of encode
+→ validate → decode through the round core with them.
 """
 
 from __future__ import annotations
