@@ -5,13 +5,18 @@
 * An :class:`InversionAttack` receives a :class:`ServerView` and nothing else: the global model,
   the payload the server received, and public protocol facts. Never the client's data, labels or
   indices; the evaluator holds those.
+* A :class:`PoisoningAttack` (untargeted model poisoning) is a coalition of colluding malicious clients that
+  replaces its updates with crafted ones, knowing the round's benign updates (``"omniscient"``) or only its
+  own honest updates (``"partial"``). The round core runs it on the server side as a simulation device (see
+  :mod:`attacks.poisoning.plugins`); the server's aggregator and defenses see only the resulting updates.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -21,8 +26,18 @@ from simulator.registry import Registry
 from simulator.training import TrainHooks
 
 __all__ = [
-    "ClientAttack", "InversionAttack", "ServerView", "ProtocolInfo", "SketchInfo", "Reconstruction", "PublicData",
-    "CLIENT_ATTACKS", "INVERSION_ATTACKS",
+    "CLIENT_ATTACKS",
+    "INVERSION_ATTACKS",
+    "POISONING_ATTACKS",
+    "ClientAttack",
+    "InversionAttack",
+    "Knowledge",
+    "PoisoningAttack",
+    "ProtocolInfo",
+    "PublicData",
+    "Reconstruction",
+    "ServerView",
+    "SketchInfo",
 ]
 
 
@@ -63,7 +78,12 @@ class ProtocolInfo:
     local_steps: int | None = None
     local_epochs: int | None = None
     batch_size: int | None = None
-    num_examples: int | None = None  # reported by the client in its metrics
+    num_examples: int | None = None  # reported by the client in its metrics (an aggregate: the cohort's sum)
+    #: clients whose payloads the server's payload sums (1: one client's own payload)
+    num_clients: int = 1
+    #: how the payload was aggregated: "none" (one client's payload), "mean" (the example-weighted mean of
+    #: ``num_clients`` payloads, seen in the clear), "secagg" (the same mean out of secure aggregation)
+    aggregate: str = "none"
 
     @property
     def total_steps(self) -> int | None:
@@ -142,6 +162,8 @@ class InversionAttack(ABC):
     wants_sketch: bool = False
     #: the attack works on the device of the view's model (a GPU when ``simulation.device = "cuda"``)
     runs_on_device: bool = False
+    #: the attack is meaningful on the aggregate of several clients' payloads (``ProtocolInfo.num_clients``)
+    works_on_aggregate: bool = False
 
     def prepare(self, public: PublicData | None, *, model: nn.Module, input_shape: tuple[int, ...],
                 num_classes: int) -> None:
@@ -156,5 +178,55 @@ class InversionAttack(ABC):
         ...
 
 
+#: what colluding attackers know when they craft: every benign update of the round, or their own honest ones
+Knowledge = Literal["omniscient", "partial"]
+
+
+class PoisoningAttack(ABC):
+    """Untargeted model poisoning by colluding malicious clients: their ``f`` updates of a round are replaced
+    by crafted ones.
+
+    :meth:`craft` receives ``benign``, the ``(n_b, d)`` updates of the round's benign clients, and ``own``,
+    the ``(f, d)`` honest updates the ``f`` acting attackers computed themselves; it uses ``benign`` when
+    ``knowledge = "omniscient"`` (full knowledge: the attackers know, or can compute, the benign updates)
+    and only ``own`` when ``knowledge = "partial"`` (the attackers know their own data and updates alone;
+    Fang et al., USENIX Security 2020, "partial knowledge"; Shejwalkar & Houmansadr, NDSS 2021, "unknown
+    benign gradients"). It returns the ``(f, d)`` malicious updates, row ``i`` for the attacker of row ``i``
+    of ``own``.
+    """
+
+    def __init__(self, knowledge: Knowledge = "omniscient") -> None:
+        if knowledge not in ("omniscient", "partial"):
+            raise ValueError(f"knowledge must be 'omniscient' or 'partial', got {knowledge!r}")
+        self.knowledge: Knowledge = knowledge
+
+    @property
+    def min_known(self) -> int:
+        """The fewest known updates (rows of :meth:`known`) :meth:`craft` needs (2 for a standard
+        deviation)."""
+        return 1
+
+    @property
+    def target_aggregator(self) -> tuple[str, dict[str, Any]] | None:
+        """``(name, params)`` of the aggregator whose rule ``agr`` must simulate (an AGR-tailored attack that
+        names one); None: the server's own aggregator."""
+        return None
+
+    def known(self, benign: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """The updates the attackers know: ``benign`` (omniscient) or ``own`` (partial)."""
+        return benign if self.knowledge == "omniscient" else own
+
+    @abstractmethod
+    def craft(self, benign: torch.Tensor, own: torch.Tensor, *, num_malicious: int,
+              generator: torch.Generator, agr: Callable[[torch.Tensor], torch.Tensor],
+              global_vector: torch.Tensor) -> torch.Tensor:
+        """The ``(num_malicious, d)`` malicious updates.
+
+        ``agr(updates) -> (d,)`` runs the targeted aggregation rule on an ``(m, d)`` update matrix (rows
+        ``0 … num_malicious − 1`` malicious) without touching the server's state; ``global_vector`` is the
+        model ``w_global`` the round started from; ``generator`` is the attack's seeded randomness."""
+
+
 CLIENT_ATTACKS: Registry[ClientAttack] = Registry("client attack")
 INVERSION_ATTACKS: Registry[InversionAttack] = Registry("inversion attack")
+POISONING_ATTACKS: Registry[PoisoningAttack] = Registry("poisoning attack")
