@@ -1,5 +1,6 @@
-"""[secure_aggregation] in a federated run: the server's plug-ins see only the sum (as SecAgg+ encodes it), the
-load-time rules refuse what would need one client's update, and the ledger's headline becomes the aggregate."""
+"""[secure_aggregation] in a federated run: the server's plug-ins see only the sum (as SecAgg+ encodes it),
+the load-time rules refuse what would need one client's update, and the ledger's headline becomes
+the aggregate."""
 
 from __future__ import annotations
 

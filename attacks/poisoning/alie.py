@@ -13,9 +13,9 @@ with ``n`` all workers of the round and ``f`` the attackers.
 
 Differences from public code (this module follows the paper): FLPoison computes
 ``Φ⁻¹((n − f − s)/(n − f))`` (the fraction over the benign workers only), which is smaller (0.25
-instead of 0.47 for n = 50, f = 10); the NDSS'21 code of Shejwalkar & Houmansadr hard-codes z per f. FLPoison adds ``+z·σ``; the sign only picks the
-side (pass a negative ``z`` for ``μ + |z|·σ``). The standard deviation here is the sample one
-(Bessel-corrected, ``torch.std``); the paper does not say which.
+instead of 0.47 for n = 50, f = 10); the NDSS'21 code of Shejwalkar & Houmansadr hard-codes z per f. FLPoison
+adds ``+z·σ``; the sign only picks the side (pass a negative ``z`` for ``μ + |z|·σ``). The standard deviation
+here is the sample one (Bessel-corrected, ``torch.std``); the paper does not say which.
 """
 
 from __future__ import annotations

@@ -7,10 +7,11 @@ sampled Gaussian event and ``T`` rounds compose ``T`` of them:
 * Poisson client sampling with rate ``q`` → ``PoissonSampledDpEvent(q, GaussianDpEvent(z))``,
   add-or-remove-one neighbouring; reported with the PLD accountant (Koskela et al. 2020; Doroshenko et al.,
   "Connect the Dots", PETS 2022), with RDP (Mironov 2017; Mironov, Talwar, Zhang 2019) as a cross-check.
-* Fixed-size cohorts drawn without replacement → ``SampledWithoutReplacementDpEvent(N, m, GaussianDpEvent(z/2))``
-  under replace-one neighbouring (Wang, Balle, Kasiviswanathan, AISTATS 2019): replacing a client moves the sum
-  by up to ``2C`` and dp-accounting's multiplier is noise std / sensitivity. dp-accounting's PLD accountant
-  does not support this event, so it is analysed with RDP only.
+* Fixed-size cohorts drawn without replacement →
+  ``SampledWithoutReplacementDpEvent(N, m, GaussianDpEvent(z/2))`` under replace-one neighbouring (Wang,
+  Balle, Kasiviswanathan, AISTATS 2019): replacing a client moves the sum by up to ``2C`` and dp-accounting's
+  multiplier is noise std / sensitivity. dp-accounting's PLD accountant does not support this event, so it is
+  analysed with RDP only.
 * No amplification → ``GaussianDpEvent(z)`` per round (the client is assumed to take part in every round).
 
 :func:`privacy_block` writes every parameter needed to recompute ε from summary.json.
@@ -254,8 +255,9 @@ def calibrate_noise_multiplier(
 def client_level_accounting(
     scenario: Any, noise_multiplier: float | None = None, *, accountant: Literal["pld", "rdp"] | None = None
 ) -> ClientLevelAccounting:
-    """The plan of the aggregate view (the scenario's sampling and ``z``): used to calibrate ``z`` and to check
-    a budget at load time; a run's ε comes from its ledger. ``accountant`` overrides ``privacy.accountant``."""
+    """The plan of the aggregate view (the scenario's sampling and ``z``): used to calibrate ``z`` and to
+    check a budget at load time; a run's ε comes from its ledger. ``accountant`` overrides
+    ``privacy.accountant``."""
     p, f, n = scenario.privacy, scenario.federation, scenario.data.num_clients
     m = scenario.num_sampled_expected
     z = p.client.noise_multiplier if noise_multiplier is None else noise_multiplier
@@ -265,7 +267,7 @@ def client_level_accounting(
         sampling=sampling,
         sampling_rate=m / n,
         num_clients=n,
-        sample_size=int(round(m)),
+        sample_size=round(m),
         delta=p.delta,
         accountant=accountant or p.accountant,
     )

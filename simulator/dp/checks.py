@@ -1,4 +1,5 @@
-"""Load-time checks of ``[privacy]`` against the rest of the scenario (registered with :func:`~simulator.scenario.scenario_check`).
+"""Load-time checks of ``[privacy]`` against the rest of the scenario (registered with
+:func:`~simulator.scenario.scenario_check`).
 
 Each returns every :class:`~simulator.scenario.loader.Problem` it finds, so a scenario whose sampling
 scheme and privacy analysis do not match fails at load time instead of reporting a number that does
@@ -252,7 +253,8 @@ def _audit(s: Scenario) -> list[Problem]:
 
 @scenario_check
 def privacy_problems(s: Scenario) -> list[Problem]:
-    """Every mismatch between ``[privacy]`` / ``[audit]`` and the scenario's sampling, aggregator and model."""
+    """Every mismatch between ``[privacy]`` / ``[audit]`` and the scenario's sampling,
+    aggregator and model."""
     common = _common(s) + _audit(s)
     if s.privacy.level == "client":
         return common + _client_level(s)

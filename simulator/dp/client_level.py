@@ -8,11 +8,11 @@ so one client changes the noisy sum by at most ``C`` and the noise on the averag
 
 Adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy, "Differentially Private Learning with Adaptive
 Clipping", NeurIPS 2021), as TF Privacy's quantile estimator runs it: each client sends the *shifted* bit
-``s_i = 1[‖Δ_i‖ ≤ C] − ½ ∈ {−½, +½}``; the server forms the noisy fraction ``b̄ = (Σ s_i + N(0, σ_b²)) / m + ½``
-and updates ``C ← C · exp(−η_C (b̄ − γ))`` (geometric update). Adding or removing a client moves ``Σ s_i`` by
-½ (an unshifted bit in {0, 1} would move it by 1 and double the count's privacy cost); by their Theorem 1 the
-pair (sum, count) is then as private as a single Gaussian with multiplier ``z`` when the update noise uses
-``z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)``.
+``s_i = 1[‖Δ_i‖ ≤ C] − ½ ∈ {−½, +½}``; the server forms the noisy fraction
+``b̄ = (Σ s_i + N(0, σ_b²)) / m + ½`` and updates ``C ← C · exp(−η_C (b̄ − γ))`` (geometric update). Adding or
+removing a client moves ``Σ s_i`` by ½ (an unshifted bit in {0, 1} would move it by 1 and double the count's
+privacy cost); by their Theorem 1 the pair (sum, count) is then as private as a single Gaussian with
+multiplier ``z`` when the update noise uses ``z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def clip_update(delta: torch.Tensor, clip_norm: float) -> tuple[torch.Tensor, fl
 
 
 def update_noise_multiplier(z: float, count_stddev: float | None) -> float:
-    """Noise multiplier for the update so that (update, clipped count) together cost ``z`` (Andrew et al. Thm 1).
+    """Noise multiplier for the update so that (update, clipped count) together cost ``z``
+    (Andrew et al. Thm 1).
 
     >>> round(update_noise_multiplier(1.0, 1.0), 4)
     1.1547
@@ -100,5 +101,6 @@ def noisy_sum_average(
 
 
 def local_noise_std(z: float, clip_norm: float, expected_clients: float) -> float:
-    """Per-client std of the ``local`` variant: ``z·C/√m``, so ``m`` clients' noise sums to ``N(0, (zC)²)``."""
+    """Per-client std of the ``local`` variant: ``z·C/√m``, so ``m`` clients' noise sums to
+    ``N(0, (zC)²)``."""
     return z * clip_norm / math.sqrt(expected_clients)

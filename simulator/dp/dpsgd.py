@@ -1,10 +1,12 @@
-"""Record-level DP-SGD inside a client with Opacus (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016).
+"""Record-level DP-SGD inside a client with Opacus
+(Abadi et al., "Deep Learning with Differential Privacy", CCS 2016).
 
 Each call builds a fresh :class:`opacus.PrivacyEngine` on a private copy of the model (the runtime's model is
 reused across clients and must not keep Opacus hooks), trains, and writes the trained weights back into
 the caller's model. After training, the client's earlier accountant rows (``(z, q, steps)`` of every earlier
 participation, plus any preprocessing release) are put in front of this call's rows in the engine's
-accountant, so the ε that Opacus reports is the client's *cumulative* record-level ε; it is passed on unchanged.
+accountant, so the ε that Opacus reports is the client's *cumulative* record-level ε;
+it is passed on unchanged.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def train_dpsgd(
     cfg:
         Local lr, epochs, (expected) batch size, optimizer.
     noise_multiplier, max_grad_norm:
-        ``z`` and ``C``: per-example gradients are clipped to ``C``, noise ``N(0, (zC)²)`` is added to their sum.
+        ``z`` and ``C``: per-example gradients are clipped to ``C``, noise ``N(0, (zC)²)`` is
+        added to their sum.
     delta:
         δ of the reported ε.
     generator, noise_generator:

@@ -10,7 +10,8 @@ on the transformed features.
 Our implementation, per client, once per run (stored in the client state, so the cost is paid once):
 
 1. clip each flattened example to ``‖x‖ ≤ B``;
-2. private mean ``μ̃ = (Σ x_i + N(0, (z_p·B)² I)) / n`` (add/remove sensitivity ``B``; ``n`` treated as public);
+2. private mean ``μ̃ = (Σ x_i + N(0, (z_p·B)² I)) / n``
+   (add/remove sensitivity ``B``; ``n`` treated as public);
 3. private radius: a noisy histogram (``N(0, z_p²)`` per bin; one example is in one bin, sensitivity 1) of
    ``‖x_i − μ̃‖`` over geometric bins ``2B·2^{-k}``; ``r̃`` is the smallest edge whose noisy cumulative count
    reaches ``quantile · n``;

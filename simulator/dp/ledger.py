@@ -1,27 +1,28 @@
 """The privacy ledger: every release a run makes, as dp-accounting events, per server view.
 
 A run's ε is computed from what actually ran, never from scenario-level formulas. Each mechanism appends one
-dp-accounting :class:`~dp_accounting.dp_event.DpEvent` per release (an aggregate, an update seen in the clear, a
-sketch, a clipped count) to every *view* the scenario allows:
+dp-accounting :class:`~dp_accounting.dp_event.DpEvent` per release (an aggregate, an update seen in the clear,
+a sketch, a clipped count) to every *view* the scenario allows:
 
 * ``aggregate`` — an observer of the released aggregates (the model sequence);
 * ``update_in_clear`` — a server that reads each client's reply (no secure aggregation);
 * ``forced_target`` — a client the server forces into a round (no sampling amplification there);
 * ``records`` — a client's own records under record-level DP.
 
-An event's noise multiplier is always *noise std / L2 distance between the released statistic on two neighbouring
-inputs under the view's relation*: a clipped update moves a sum by ``C`` when a client is added or removed and by
-``2C`` when it is replaced. Each view lists the relation to hand dp-accounting (``dp_accounting_relation``, see
-:func:`computation_relation`) so that its accountants read the multipliers that way. A release without noise is a
-:class:`~dp_accounting.dp_event.NonPrivateDpEvent` (ε = ∞). Views whose events differ per individual
-(``per_subject``) keep one event list per subject (a client id) and report the worst subject.
+An event's noise multiplier is always *noise std / L2 distance between the released statistic on two
+neighbouring inputs under the view's relation*: a clipped update moves a sum by ``C`` when a client is added
+or removed and by ``2C`` when it is replaced. Each view lists the relation to hand dp-accounting
+(``dp_accounting_relation``, see :func:`computation_relation`) so that its accountants read the multipliers
+that way. A release without noise is a :class:`~dp_accounting.dp_event.NonPrivateDpEvent` (ε = ∞). Views whose
+events differ per individual (``per_subject``) keep one event list per subject (a client id) and report the
+worst subject.
 
-ε(δ) of a view is the composition of its events: exact (dp-accounting's closed-form Gaussian privacy loss) when all
-are unsampled Gaussians, else with dp-accounting's PLD accountant when it supports them
-(Koskela et al. 2020; Doroshenko et al., "Connect the Dots", PETS 2022), else its RDP accountant (Mironov 2017;
-Wang, Balle, Kasiviswanathan, AISTATS 2019 for sampling without replacement). :meth:`PrivacyLedger.to_dict`
-lists every event (as dp-accounting's own named-tuple fields) so that anyone can recompute ε with dp-accounting
-alone; the run's headline ``privacy.epsilon`` is the worst view.
+ε(δ) of a view is the composition of its events: exact (dp-accounting's closed-form Gaussian privacy loss)
+when all are unsampled Gaussians, else with dp-accounting's PLD accountant when it supports them
+(Koskela et al. 2020; Doroshenko et al., "Connect the Dots", PETS 2022), else its RDP accountant (Mironov
+2017; Wang, Balle, Kasiviswanathan, AISTATS 2019 for sampling without replacement).
+:meth:`PrivacyLedger.to_dict` lists every event (as dp-accounting's own named-tuple fields) so that anyone can
+recompute ε with dp-accounting alone; the run's headline ``privacy.epsilon`` is the worst view.
 
 >>> from dp_accounting import dp_event as E
 >>> led = PrivacyLedger(delta=1e-5)
@@ -178,10 +179,10 @@ def computation_relation(event: E.DpEvent, relation: str) -> str:
     """The relation to hand dp-accounting so that it reads every multiplier as std / neighbour distance.
 
     dp-accounting's RDP accountant reads a Gaussian's multiplier as std / distance under any relation, and
-    ``SampledWithoutReplacementDpEvent`` needs REPLACE_ONE; its PLD accountant under REPLACE_ONE reads a Gaussian's
-    multiplier against *half* the distance (its inputs are replaced within a ball). So a replace-one view whose
-    events are plain Gaussians (multipliers already against the 2C distance) is composed under ADD_OR_REMOVE_ONE,
-    where the PLD of a Gaussian depends on std / distance alone.
+    ``SampledWithoutReplacementDpEvent`` needs REPLACE_ONE; its PLD accountant under REPLACE_ONE reads a
+    Gaussian's multiplier against *half* the distance (its inputs are replaced within a ball). So a
+    replace-one view whose events are plain Gaussians (multipliers already against the 2C distance) is
+    composed under ADD_OR_REMOVE_ONE, where the PLD of a Gaussian depends on std / distance alone.
     """
     if relation == "replace_one" and not _has_wor(event):
         return "add_or_remove_one"
@@ -275,8 +276,8 @@ def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
 def compose_epsilon(
     events: list[E.DpEvent], *, relation: str, delta: float, accountant: str | None = None
 ) -> tuple[float, str]:
-    """ε(δ) of the composition of ``events`` and the accountant used: ``gaussian`` (exact) when every event is an
-    unsampled Gaussian, else dp-accounting's PLD when it can, else its RDP."""
+    """ε(δ) of the composition of ``events`` and the accountant used: ``gaussian`` (exact) when every event is
+    an unsampled Gaussian, else dp-accounting's PLD when it can, else its RDP."""
     if not events:
         return 0.0, accountant or "pld"
     groups = _grouped(events)
@@ -378,7 +379,8 @@ class PrivacyLedger:
 
     # ---- summary.json ----
     def to_dict(self) -> dict[str, Any]:
-        """``privacy.ledger``: per view, its relation, accountant, ε and the worst subject's events, grouped."""
+        """``privacy.ledger``: per view, its relation, accountant, ε and the worst subject's
+        events, grouped."""
         views: dict[str, Any] = {}
         for name, v in self.views.items():
             eps, acc, subject = self._worst_sequence(v)

@@ -170,7 +170,8 @@ class RecordLevelDP(PrivacyMechanism):
             "one record of a client: every DP-SGD step (and DPSGD-F release) that client ran, composed; "
             "the worst client"
             if cfg.mechanism == "gradient"
-            else "one example's features (replace-one; labels are released as is): the client's one noisy copy",
+            else "one example's features (replace-one; labels are released as is): "
+            "the client's one noisy copy",
             relation="add_or_remove_one" if cfg.mechanism == "gradient" else "replace_one",
             per_subject=True,
         )
@@ -385,7 +386,7 @@ def _flat_rows(rows: list[tuple[float, float, int]]) -> list[float]:
 
 def _rows_of(flat: Any) -> list[tuple[float, float, int]]:
     vals = [float(v) for v in (flat if isinstance(flat, (list, tuple)) else [])]
-    return [(vals[i], vals[i + 1], int(round(vals[i + 2]))) for i in range(0, len(vals) - 2, 3)]
+    return [(vals[i], vals[i + 1], round(vals[i + 2])) for i in range(0, len(vals) - 2, 3)]
 
 
 def _row_event(z: float, q: float, steps: int) -> E.DpEvent:
@@ -411,23 +412,25 @@ def _gaussian_accounting(delta: float) -> Any:
 class ClientLevelDP(PrivacyMechanism):
     """DP-FedAvg with fixed or adaptive clipping and central or local ("distributed") Gaussian noise.
 
-    * ``central``: clients clip; the (trusted) server adds ``N(0, (z_Δ·C)²)`` to the sum of the received clipped
-      updates and divides by ``m``; the noise std on the average is ``z_Δ·C/m``.
+    * ``central``: clients clip; the (trusted) server adds ``N(0, (z_Δ·C)²)`` to the sum of the received
+      clipped updates and divides by ``m``; the noise std on the average is ``z_Δ·C/m``.
     * ``local``: each client adds ``N(0, (z_Δ·C)²/m)`` to its clipped update, so ``m`` clients' noise sums to
-      the central noise; when fewer than ``m`` replies arrive the server tops the sum's noise up to ``(z_Δ·C)²``.
-      Without secure aggregation the server reads every noisy update: the ``update_in_clear`` view (local DP,
-      replace-one, multiplier ``z_Δ/(2√m)`` per round the client took part, no amplification) is the headline.
+      the central noise; when fewer than ``m`` replies arrive the server tops the sum's noise up to
+      ``(z_Δ·C)²``. Without secure aggregation the server reads every noisy update: the ``update_in_clear``
+      view (local DP, replace-one, multiplier ``z_Δ/(2√m)`` per round the client took part, no amplification)
+      is the headline.
 
-    Adaptive clipping (Andrew et al., NeurIPS 2021) as TF Privacy's quantile estimator runs it: each client sends
-    the shifted bit ``b_i − ½ ∈ {−½, +½}`` (sensitivity ½), the server adds ``N(0, σ_b²)`` to their sum, so the pair
-    (update sum, bit sum) is one Gaussian release with multiplier ``(z_Δ⁻² + (2σ_b)⁻²)^(−1/2) = z`` when
-    ``z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)`` (their Theorem 1). The ledger computes every round's multiplier from the
-    noise stds that ran and the sensitivities (``C``, ``½``; doubled under replace-one), not from this formula.
+    Adaptive clipping (Andrew et al., NeurIPS 2021) as TF Privacy's quantile estimator runs it: each client
+    sends the shifted bit ``b_i − ½ ∈ {−½, +½}`` (sensitivity ½), the server adds ``N(0, σ_b²)`` to their sum,
+    so the pair (update sum, bit sum) is one Gaussian release with multiplier
+    ``(z_Δ⁻² + (2σ_b)⁻²)^(−1/2) = z`` when ``z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)`` (their Theorem 1). The ledger
+    computes every round's multiplier from the noise stds that ran and the sensitivities (``C``, ``½``;
+    doubled under replace-one), not from this formula.
 
     Views (see :mod:`simulator.dp.ledger`): ``aggregate`` (the released noisy sums, with the sampling's
     amplification); ``forced_target`` (clients the server forces into rounds: those rounds are not amplified);
-    ``update_in_clear`` (local noise: each noisy update; central noise with a curious in-run server: the clipped
-    update before the noise, a non-private release).
+    ``update_in_clear`` (local noise: each noisy update; central noise with a curious in-run server: the
+    clipped update before the noise, a non-private release).
     """
 
     ledger: PrivacyLedger  # always present: this mechanism claims an ε
@@ -526,13 +529,15 @@ class ClientLevelDP(PrivacyMechanism):
             )
         if self.secure_aggregation:
             led.notes.append(
-                f"secure aggregation: the sum is of SecAgg+-quantised updates, so one client moves it by at most "
-                f"C + {self.sensitivity_slack:.3g} (one rounding step per coordinate); the multipliers use that"
+                "secure aggregation: the sum is of SecAgg+-quantised updates, so one client moves it "
+                f"by at most C + {self.sensitivity_slack:.3g} (one rounding step per coordinate); "
+                "the multipliers use that"
             )
         return led
 
     def _round_multiplier(self, noise_std_on_sum: float, clip_norm: float) -> float:
-        """The multiplier of this round's release (update sum + shifted-bit sum) w.r.t. one client's effect."""
+        """The multiplier of this round's release (update sum + shifted-bit sum)
+        w.r.t. one client's effect."""
         k = 2.0 if self.replace_one else 1.0
         parts = [(noise_std_on_sum, k * (clip_norm + self.sensitivity_slack))]
         if self.adaptive is not None:

@@ -1,19 +1,22 @@
-"""Accounting for DP on the sketch (Song, Wang, Yu, Zhang, ICML 2023): the ε of a sketching compressor's noise.
+"""Accounting for DP on the sketch (Song, Wang, Yu, Zhang, ICML 2023):
+the ε of a sketching compressor's noise.
 
 A sketching compressor with ``clip_norm = C`` and ``noise_multiplier = z`` (see
-:mod:`simulator.sketching.sketched`) releases, per sampled client and round, ``R·clip(Δ)`` clipped to ``g·C`` in
-sketch space plus ``N(0, (z·g·C)²)``. Every round appends to the run's :class:`~simulator.dp.ledger.PrivacyLedger`:
+:mod:`simulator.sketching.sketched`) releases, per sampled client and round, ``R·clip(Δ)`` clipped to ``g·C``
+in sketch space plus ``N(0, (z·g·C)²)``. Every round appends to the run's
+:class:`~simulator.dp.ledger.PrivacyLedger`:
 
-* ``update_in_clear`` (the headline: this simulator has no secure aggregation, so the server reads each client's
-  sketch) — replacing the client's data moves its own sketch by up to ``2·g·C``: ``GaussianDpEvent(z/2)`` for each
-  round the client replied, replace-one, no amplification (the server knows who took part). This is the local-DP
-  guarantee of one client, and it holds whatever the server does with the sketches (post-processing).
-* ``aggregate`` — only when the aggregator sums the sketches (``fedavg``): the *sum* of the cohort's sketches as
-  seen behind a secure aggregation. Adding or removing one client moves the sum by at most ``g·C`` and the sum
-  carries noise of std ``z·g·C·√n ≥ z·g·C`` (n ≥ 1 replies), so the sampled Gaussian with multiplier ``z``
-  (``z/2`` replace-one for fixed-size cohorts) is DP-FedAvg's analysis. It assumes the secure aggregation that the
-  run does not simulate, so it is listed beside the headline, never instead of it. With a robust aggregator
-  (Krum, median ...) the release is not a sum and the view is not offered.
+* ``update_in_clear`` (the headline: this simulator has no secure aggregation, so the server reads each
+  client's sketch) — replacing the client's data moves its own sketch by up to ``2·g·C``:
+  ``GaussianDpEvent(z/2)`` for each round the client replied, replace-one, no amplification (the server knows
+  who took part). This is the local-DP guarantee of one client, and it holds whatever the server does with the
+  sketches (post-processing).
+* ``aggregate`` — only when the aggregator sums the sketches (``fedavg``): the *sum* of the cohort's sketches
+  as seen behind a secure aggregation. Adding or removing one client moves the sum by at most ``g·C`` and the
+  sum carries noise of std ``z·g·C·√n ≥ z·g·C`` (n ≥ 1 replies), so the sampled Gaussian with multiplier ``z``
+  (``z/2`` replace-one for fixed-size cohorts) is DP-FedAvg's analysis. It assumes the secure aggregation that
+  the run does not simulate, so it is listed beside the headline, never instead of it. With a robust
+  aggregator (Krum, median ...) the release is not a sum and the view is not offered.
 """
 
 from __future__ import annotations

@@ -440,11 +440,11 @@ def run_secaggplus(
 
 @dataclass
 class FlowerSecAggPlus:
-    """The server step's secure sum (:class:`simulator.round.secure_sum.SecureSum`) computed by running Flower's
-    SecAgg+ protocol (``SecAggPlusWorkflow`` + ``secaggplus_mod``) over the round's updates, one protocol client
-    per cohort client. Each client drops after sharing its keys with probability ``drop_after_share_keys``
-    (seeded from ``key``); the protocol recovers the survivors' sum, and only the survivors count as
-    aggregated. ``last`` keeps the last protocol run (timings, survivors)."""
+    """The server step's secure sum (:class:`simulator.round.secure_sum.SecureSum`) computed by running
+    Flower's SecAgg+ protocol (``SecAggPlusWorkflow`` + ``secaggplus_mod``) over the round's updates, one
+    protocol client per cohort client. Each client drops after sharing its keys with probability
+    ``drop_after_share_keys`` (seeded from ``key``); the protocol recovers the survivors' sum, and only the
+    survivors count as aggregated. ``last`` keeps the last protocol run (timings, survivors)."""
 
     cfg: SecureAggregationConfig
     key: int | None

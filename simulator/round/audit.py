@@ -1,10 +1,10 @@
 """The ``[audit] level = "client"`` glue inside a run: canary clients join steps 10-11 of every round.
 
 At step 10 the round's participating inserted canaries (:class:`~simulator.audit.canaries.CanaryClients`) are
-appended to the per-client update matrix as extra clients with their own ids (``−1 − j``), so the aggregator and
-the DP mechanism treat them exactly like clients (a canary's update has the clip norm, so clipping leaves it
-unchanged; canaries do not vote on an adaptive clip norm, so they cannot drag it down). After step 11 the released
-aggregate is scored. Canaries are evaluator
+appended to the per-client update matrix as extra clients with their own ids (``−1 − j``), so the aggregator
+and the DP mechanism treat them exactly like clients (a canary's update has the clip norm, so clipping leaves
+it unchanged; canaries do not vote on an adaptive clip norm, so they cannot drag it down). After step 11 the
+released aggregate is scored. Canaries are evaluator
 state: no plug-in learns which were inserted, and no record lists them among the accepted clients.
 """
 
@@ -84,7 +84,7 @@ class ClientAudit:
             [weights, torch.full((len(take),), w, dtype=weights.dtype, device=weights.device)]
         )
         ctx = dataclasses.replace(
-            ctx, client_ids=ctx.client_ids + ids, num_examples=ctx.num_examples + (int(round(w)),) * len(ids)
+            ctx, client_ids=ctx.client_ids + ids, num_examples=ctx.num_examples + (round(w),) * len(ids)
         )
         return updates, weights, ctx, CanaryRound(ids, [{} for _ in ids])
 
@@ -131,7 +131,8 @@ class ClientAudit:
 def record_audit_block(
     canaries: RecordCanaries, model: nn.Module, cfg: AuditConfig, privacy: PrivacyMechanism, delta: float
 ) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """``[audit] level = "record"``: score the canary examples on the final model; the block and the scores."""
+    """``[audit] level = "record"``: score the canary examples on the final model;
+    the block and the scores."""
     scores = canaries.scores(model)
     block = audit_block(
         scores,

@@ -7,10 +7,10 @@
 5. defend    privacy (clip / local noise), the client-defense chain in order, then compression
 6. reply     the payload (named numpy arrays) and the metrics the server may read
 
-The Flower ClientApp (:mod:`simulator.flower.client_app`) is a thin adapter around :func:`client_step`: it turns
-a Flower message into the inputs and the :class:`ClientReply` back into a message. The leakage experiment calls
-the same stages (:func:`inspect_model`, :func:`defend_update`) on its single victim, and the warm start calls
-:func:`client_step` with no plug-ins.
+The Flower ClientApp (:mod:`simulator.flower.client_app`) is a thin adapter around :func:`client_step`: it
+turns a Flower message into the inputs and the :class:`ClientReply` back into a message. The leakage
+experiment calls the same stages (:func:`inspect_model`, :func:`defend_update`) on its single victim, and the
+warm start calls :func:`client_step` with no plug-ins.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class ModelRefused(RuntimeError):
 
 @dataclass(frozen=True)
 class ClientPlugins:
-    """The plug-ins a client runs; the defaults are a plain FedAvg client (no DP, no defense, dense update)."""
+    """The plug-ins a client runs; the defaults are a plain FedAvg client
+    (no DP, no defense, dense update)."""
 
     privacy: PrivacyMechanism = field(default_factory=NoPrivacy)
     defenses: Sequence[ClientDefense] = ()
@@ -52,8 +53,9 @@ class ClientPlugins:
 
 @dataclass(frozen=True)
 class ClientReply:
-    """Step 6: what the client sends. ``metrics`` always holds ``num-examples``, ``train-loss``, ``local-steps``
-    and ``partition-id``, plus what the privacy mechanism reports (a record-level ε, the clip bit ...)."""
+    """Step 6: what the client sends. ``metrics`` always holds ``num-examples``, ``train-loss``,
+    ``local-steps`` and ``partition-id``, plus what the privacy mechanism reports (a record-level ε,
+    the clip bit ...)."""
 
     payload: dict[str, np.ndarray]
     metrics: dict[str, float]

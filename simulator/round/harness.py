@@ -1,4 +1,5 @@
-"""A compressor through the round core without training or Flower: steps 5 (encode), 7 (validate) and 8 (decode).
+"""A compressor through the round core without training or Flower:
+steps 5 (encode), 7 (validate) and 8 (decode).
 
 For the sketching tests and benchmarks: each client encodes its given update with its persistent state
 (error-feedback memory) through :func:`simulator.round.defend_update`, the payloads are validated against the

@@ -1,9 +1,9 @@
 """Secure aggregation inside the server step: the aggregator, the observer and the defenses see the sum alone.
 
 ``mode = "simulated"``: the round's per-client updates (which exist only because the clients run in this
-process) are encoded exactly as Flower's SecAgg+ encodes them (:func:`simulator.secagg.encoding.simulate`:
-weighting by ``num_examples / max_weight``, clipping, stochastic quantisation, the modular sum) and replaced by
-the decoded weighted mean before any server plug-in runs. What leaves this stage is what the real protocol
+process) are encoded exactly as Flower's SecAgg+ encodes them (:func:`simulator.secagg.encoding.secure_mean`:
+weighting by ``num_examples / max_weight``, clipping, stochastic quantisation, the modular sum) and replaced
+by the decoded weighted mean before any server plug-in runs. What leaves this stage is what the real protocol
 reveals: the aggregate, the number of clients in it and their total weight (Bell et al., CCS 2020, SecAgg+;
 Flower's ``SecAggPlusWorkflow`` for the encoding).
 """
@@ -18,14 +18,14 @@ import torch
 
 from simulator.context import RoundContext, private_generator
 from simulator.scenario.secure_aggregation import SecureAggregationConfig
-from simulator.secagg.encoding import SecAggParams, SecAggResult, precision_problems, simulate
+from simulator.secagg.encoding import SecAggParams, precision_problems, secure_mean
 
 __all__ = ["SecureSum", "SecureSumAborted", "SimulatedSecureAggregation", "secagg_params"]
 
 
 class SecureSumAborted(RuntimeError):
-    """The protocol halted without a sum (too few surviving clients or shares); the round leaves the model as it
-    was, which is what a real deployment does."""
+    """The protocol halted without a sum (too few surviving clients or shares); the round leaves the model as
+    it was, which is what a real deployment does."""
 
 
 class SecureSum(Protocol):
@@ -58,7 +58,6 @@ class SimulatedSecureAggregation:
 
     cfg: SecureAggregationConfig
     key: int | None
-    last: SecAggResult | None = None
 
     def check(self, counts: Sequence[int]) -> list[str]:
         """Precision problems of this encoding for the federation's example counts (empty: fine)."""
@@ -75,5 +74,5 @@ class SimulatedSecureAggregation:
         counts = [max(1, round(float(w))) for w in weights]
         params = secagg_params(self.cfg, counts)
         g = private_generator(self.key, ctx.server_round, "secure-aggregation")
-        self.last = simulate(updates.detach().cpu(), counts, params, generator=g)
-        return self.last.aggregate.to(device=updates.device, dtype=updates.dtype), tuple(ctx.client_ids)
+        agg = secure_mean(updates.detach().cpu(), counts, params, generator=g)
+        return agg.to(device=updates.device, dtype=updates.dtype), tuple(ctx.client_ids)

@@ -258,7 +258,8 @@ def server_step(
             )
         poisoned = plugins.poisoner.poison(updates, weights, ctx, malicious, plugins.aggregator)
         updates = poisoned.updates
-    # 8c. secure aggregation: from here on the server holds SecAgg+'s decoded weighted mean, nothing per client
+    # 8c. secure aggregation: from here on the server holds SecAgg+'s decoded weighted mean,
+    # nothing per client
     if plugins.secure_sum is not None and updates is not None:
         if len(valid) < 2:
             return RoundOutcome(

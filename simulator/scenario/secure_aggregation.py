@@ -1,13 +1,14 @@
 """Scenario section ``[secure_aggregation]``: the server sees only the sum of the cohort's updates.
 
 ``mode = "simulated"`` (the default) encodes every update as Flower's SecAgg+ does (weighting by
-``num_examples / max_weight``, clipping to ``±clipping_range``, stochastic quantisation to ``quantization_range``
-levels, a sum mod ``modulus``) and hands the server the decoded sum alone: the protocol's numeric error without its
-cryptography (:mod:`simulator.secagg.encoding`). ``mode = "secaggplus"`` runs Flower's own protocol
-(``SecAggPlusWorkflow`` + ``secaggplus_mod``) with ``num_shares`` and ``reconstruction_threshold``.
+``num_examples / max_weight``, clipping to ``±clipping_range``, stochastic quantisation to
+``quantization_range`` levels, a sum mod ``modulus``) and hands the server the decoded sum alone: the
+protocol's numeric error without its cryptography (:mod:`simulator.secagg.encoding`). ``mode = "secaggplus"``
+runs Flower's own protocol (``SecAggPlusWorkflow`` + ``secaggplus_mod``) with ``num_shares`` and
+``reconstruction_threshold``.
 
-``max_weight`` defaults to the largest client's example count (no precision lost); Flower's own default is 1000,
-which with 10 examples per client shifts the aggregate by several per cent (refused at load).
+``max_weight`` defaults to the largest client's example count (no precision lost); Flower's own default is
+1000, which with 10 examples per client shifts the aggregate by several per cent (refused at load).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ __all__ = ["SecureAggregationConfig"]
 
 
 class SecureAggregationConfig(Strict):
-    """What the secure aggregation protocol reveals (the sum, the count, the total weight) and its encoding."""
+    """What the secure aggregation protocol reveals (the sum, the count, the total
+    weight) and its encoding."""
 
     mode: Literal["simulated", "secaggplus"] = "simulated"
     max_weight: float | None = Field(default=None, gt=0.0)  # None: the largest client's example count

@@ -1,8 +1,8 @@
 """Load-time checks of ``[secure_aggregation]`` (registered with :func:`~simulator.scenario.scenario_check`).
 
-Behind secure aggregation the server holds the cohort's sum alone, so everything that reads one client's update
-on the server is refused, with what works instead: FedAvg (a function of the sum), norm bounds and DP noise added
-by the clients, DP noise the server adds to the sum, server defenses on the aggregate.
+Behind secure aggregation the server holds the cohort's sum alone, so everything that reads one client's
+update on the server is refused, with what works instead: FedAvg (a function of the sum), norm bounds and DP
+noise added by the clients, DP noise the server adds to the sum, server defenses on the aggregate.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def secure_aggregation_problems(s: Scenario) -> list[Problem]:
         return [
             Problem(
                 "secure_aggregation",
-                "a leakage experiment has one payload; set [leakage] clients = K and secure_aggregation = true "
-                "to attack a secure sum of K clients",
+                "a leakage experiment has one payload; set [leakage] clients = K and "
+                "secure_aggregation = true to attack a secure sum of K clients",
             )
         ]
     out: list[Problem] = []
@@ -41,7 +41,8 @@ def secure_aggregation_problems(s: Scenario) -> list[Problem]:
         out.append(
             Problem(
                 "defenses.aggregator.name",
-                f"{agg!r} reads each client's update, but secure aggregation reveals only their sum; {_WORKS}",
+                f"{agg!r} reads each client's update, but secure aggregation reveals only their sum; "
+                f"{_WORKS}",
             )
         )
     if s.attacks.inversion is not None:

@@ -13,9 +13,9 @@ Data flow of one round (Flower's, with this module's names):
    ``weight_factor = round(ratio · quantization_range)`` (Python's round, half to even), and the update is
    multiplied by ``weight_factor / quantization_range`` *in the update's dtype* (float32 for a torch model);
 2. client: each weighted value is clipped to ``±clipping_range`` — after weighting, so the effective clip of
-   the raw update is ``clipping_range · max_weight / num_examples`` — shifted by ``+clipping_range`` and scaled
-   by ``quantization_range / (2·clipping_range)`` onto ``[0, quantization_range]``, then stochastically rounded
-   (down with probability ``ceil(x) − x``);
+   the raw update is ``clipping_range · max_weight / num_examples`` — shifted by ``+clipping_range`` and
+   scaled by ``quantization_range / (2·clipping_range)`` onto ``[0, quantization_range]``, then stochastically
+   rounded (down with probability ``ceil(x) − x``);
 3. client: ``[weight_factor, q_1 … q_d]`` plus its private mask and pairwise masks, mod ``modulus``, is what
    it uploads. The masks cancel in the server's sum (pairwise masks by construction, private masks once the
    server rebuilds them from the unmask-stage shares), so they are omitted here: the sum of the unmasked
@@ -31,8 +31,8 @@ Data flow of one round (Flower's, with this module's names):
 What the server learns: the aggregate, the number of clients ``n`` in the sum, the total quantised weight
 ``Σ weight_factor`` — and, on Flower's legacy path, every client's ``num_examples`` and metrics in plaintext.
 
-Precision: one quantisation step is ``Δ = 2·clipping_range / quantization_range`` (3.8e-6 with the defaults) of
-the *weighted* value, i.e. ``Δ · max_weight / num_examples`` of the update itself. With Flower's default
+Precision: one quantisation step is ``Δ = 2·clipping_range / quantization_range`` (3.8e-6 with the defaults)
+of the *weighted* value, i.e. ``Δ · max_weight / num_examples`` of the update itself. With Flower's default
 ``max_weight = 1000`` and 10 examples per client that is 3.8e-4 per coordinate — 100 times coarser than with
 ``max_weight = 10`` — which is what :func:`precision_problems` reports.
 """
@@ -57,6 +57,7 @@ __all__ = [
     "precision_problems",
     "quantization_step",
     "relative_error_bound",
+    "secure_mean",
     "simulate",
     "weight_factor",
 ]
@@ -103,10 +104,10 @@ class SecAggResult:
     """One simulated SecAgg+ round: the aggregate and what the protocol reveals beside it.
 
     ``aggregate``: float64 (d,), the weighted mean the strategy receives. ``count``: clients in the sum.
-    ``total_weight``: ``Σ weight_factor / quantization_range`` (≈ Σ num_examples / max_weight), revealed by the
-    unmasked sum. ``max_abs_error_bound``: a bound on ``|aggregate − Σ n_i Δ_i / Σ n_i|`` in every coordinate
-    (quantisation, weight rounding and clipping, all included). ``num_clipped``: weighted values that hit
-    ``±clipping_range``.
+    ``total_weight``: ``Σ weight_factor / quantization_range`` (≈ Σ num_examples / max_weight), revealed by
+    the unmasked sum. ``max_abs_error_bound``: a bound on ``|aggregate − Σ n_i Δ_i / Σ n_i|`` in every
+    coordinate (quantisation, weight rounding and clipping, all included). ``num_clipped``: weighted values
+    that hit ``±clipping_range``.
     """
 
     aggregate: Tensor
@@ -146,8 +147,8 @@ def encode_client(
 ) -> tuple[np.ndarray, int]:
     """What one client contributes to the SecAgg+ sum: ``(q, weight_factor)``.
 
-    ``q`` is int64 (d,) in ``[0, quantization_range]``: the update weighted by ``weight_factor / Q``, clipped to
-    ``±clipping_range``, shifted and stochastically rounded, computed in the update's dtype as Flower does.
+    ``q`` is int64 (d,) in ``[0, quantization_range]``: the update weighted by ``weight_factor / Q``, clipped
+    to ``±clipping_range``, shifted and stochastically rounded, computed in the update's dtype as Flower does.
     The masks are left out: pairwise masks cancel in the sum mod ``modulus`` and private masks are removed by
     the server, so the unmasked sum is the same. ``generator`` (CPU) draws the ``d`` float64 uniforms of the
     stochastic rounding (Flower draws them from NumPy's global RNG).
@@ -187,8 +188,9 @@ def _unmasked_sum(
 def aggregate(encoded: Sequence[np.ndarray], weight_factors: Sequence[int], params: SecAggParams) -> Tensor:
     """The server's side: sum mod ``modulus``, dequantise, remove the clients' offsets, un-weight.
 
-    Returns the float64 (d,) weighted mean that Flower's workflow hands to ``Strategy.aggregate_fit`` (in every
-    client's ``FitRes``). The clients in the sum (``len(encoded)``) and ``Σ weight_factors`` are revealed.
+    Returns the float64 (d,) weighted mean that Flower's workflow hands to ``Strategy.aggregate_fit`` (in
+    every client's ``FitRes``). The clients in the sum (``len(encoded)``) and ``Σ weight_factors``
+    are revealed.
     """
     total, total_wf = _unmasked_sum(encoded, weight_factors, params)
     if total_wf == 0:
@@ -235,9 +237,10 @@ def error_bound(
 ) -> float:
     """Worst-case absolute error of one aggregate coordinate from quantisation (no clipping).
 
-    ``Σ_i (1 + fp) · Δ / Σ_i w_i``: each client's stochastic rounding is off by less than one step ``Δ`` of its
-    weighted value (plus ``fp`` steps of float error in ``dtype``), and the server divides by the total weight.
-    For equal counts this is ``(1 + fp) · Δ · max_weight / num_examples``; an int is one client's count.
+    ``Σ_i (1 + fp) · Δ / Σ_i w_i``: each client's stochastic rounding is off by less than one step ``Δ`` of
+    its weighted value (plus ``fp`` steps of float error in ``dtype``), and the server divides by the total
+    weight. For equal counts this is ``(1 + fp) · Δ · max_weight / num_examples``;
+    an int is one client's count.
     """
     counts = _counts(num_examples)
     total = sum(weight_factor(n, params) for n in counts) / params.quantization_range
@@ -346,6 +349,49 @@ def _describe(counts: list[int]) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # One round
 # ---------------------------------------------------------------------------------------------------------
+
+
+def secure_mean(
+    updates: Tensor, num_examples: Sequence[int], params: SecAggParams, *, generator: torch.Generator
+) -> Tensor:
+    """:func:`simulate`'s aggregate, vectorised over the clients and without the error bound: what the runtime
+    calls every round. Same encoding, same draws (the ``(n, d)`` uniforms in row order), same float64 result.
+
+    >>> u = torch.tensor([[0.5, -0.25], [0.125, 1.0]])
+    >>> g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    >>> p = SecAggParams(max_weight=4.0)
+    >>> bool(torch.equal(secure_mean(u, [2, 4], p, generator=g1),
+    ...                  simulate(u, [2, 4], p, generator=g2).aggregate))
+    True
+    """
+    if updates.ndim != 2 or updates.shape[0] != len(num_examples):
+        raise ValueError(f"updates must be (n, d) with n = {len(num_examples)}, got {tuple(updates.shape)}")
+    if not updates.is_floating_point():
+        raise TypeError(f"updates must be floating point, got {updates.dtype}")
+    dtype = torch.float64 if updates.dtype == torch.float64 else torch.float32
+    a = updates.detach().to(device="cpu", dtype=dtype)
+    if not bool(torch.isfinite(a).all()):
+        raise ValueError("update has non-finite values; SecAgg+ cannot encode NaN or inf")
+    wfs = [weight_factor(int(k), params) for k in num_examples]
+    total_wf = sum(wfs) % params.modulus
+    if total_wf == 0:
+        raise ValueError(
+            "the total weight is 0 mod modulus: every client's num_examples / max_weight rounds to "
+            "0, or the sum of the weights overflowed"
+        )
+    c, big_q = params.clipping_range, params.quantization_range
+    ratio = torch.tensor([wf / big_q for wf in wfs], dtype=torch.float64).to(dtype)[:, None]
+    x = torch.clamp_(a * ratio, -c, c).add_(c).mul_(torch.tensor(big_q / (2 * c), dtype=dtype))
+    up = torch.ceil(x)
+    # up − x is exact in x's dtype (Sterbenz: up and x are within one unit, both below 2^24), so comparing the
+    # float64 uniforms with it decides exactly as Flower's float64 ``u < up − x`` does
+    ups = up.sum(dim=0, dtype=torch.float64).to(torch.int64)  # integers below n·2^24: exact in float64
+    down = torch.rand(x.shape, generator=generator, dtype=torch.float64) < up.sub_(x)
+    total = (ups - down.sum(dim=0)) % params.modulus
+    vec = total.to(torch.float64) * (2 * c / big_q) - c
+    vec += -(len(wfs) - 1) * c
+    vec *= big_q / total_wf
+    return vec
 
 
 def simulate(
