@@ -21,10 +21,13 @@ SMALL = {
     "sketch_inverting_gradients": {"iterations": 3, "restarts": 1},
     "generative_latent": {"iterations": 2, "restarts": 2, "prior_epochs": 1, "use_cache": False},
     "gifd": {"iterations": 2, "restarts": 1, "feature_iterations": 2, "prior_epochs": 1, "use_cache": False},
+    "cocktail_party": {"refine_iterations": 20},
+    "aggregate_labels": {},
 }
 # attacks that need another model, batch, server or payload than leakage_ig's CNN on two images
 OVERRIDES = {
     "analytic_fc": ["model.name=mlp"],
+    "cocktail_party": ["model.name=mlp"],
     "soft_label": ["leakage.images=[5]"],
     "robbing_the_fed": ['leakage.server="malicious"', "leakage.public_images=60"],
     "generative_latent": ["leakage.public_images=64"],

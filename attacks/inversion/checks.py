@@ -8,7 +8,7 @@ from simulator.scenario.loader import Problem, scenario_check
 from simulator.scenario.schema import Scenario
 from simulator.sketching.base import COMPRESSORS
 
-__all__ = ["inversion_problems"]
+__all__ = ["aggregate_problems", "inversion_problems"]
 
 
 def _flag(name: str, attr: str) -> bool:
@@ -105,6 +105,44 @@ def inversion_problems(s: Scenario) -> list[Problem]:
                 "decoding; there is no per-client update to attack (use a compressor "
                 "that decodes each client: srht, gaussian_sketch, count_sketch with "
                 "aggregate_in_sketch_space = false)",
+            )
+        )
+    return out
+
+
+@scenario_check
+def aggregate_problems(s: Scenario) -> list[Problem]:
+    """What a leakage aggregate (``[leakage] clients > 1``) cannot run: compression other than none, and an
+    inversion attack that does not declare ``works_on_aggregate``."""
+    cfg = s.leakage
+    if cfg is None or cfg.clients == 1:
+        return []
+    out: list[Problem] = []
+    k = cfg.clients
+    if s.compression.name != "none":
+        out.append(
+            Problem(
+                "leakage.clients",
+                f"clients = {k}: an aggregate of several clients supports "
+                f"compression none only (got {s.compression.name!r})",
+            )
+        )
+    inv = s.attacks.inversion
+    if (
+        inv is not None
+        and inv.name in INVERSION_ATTACKS
+        and not getattr(INVERSION_ATTACKS.get(inv.name).factory, "works_on_aggregate", False)
+    ):
+        able = sorted(
+            e.name for e in INVERSION_ATTACKS.entries() if getattr(e.factory, "works_on_aggregate", False)
+        )
+        out.append(
+            Problem(
+                "leakage.clients",
+                f"clients = {k}: the server sees only the aggregate of the "
+                f"clients' payloads, and {inv.name!r} does not declare that it "
+                f"works on one (works_on_aggregate); attacks that do: "
+                f"{', '.join(able)}",
             )
         )
     return out

@@ -63,6 +63,7 @@ class SketchInvertingGradients(InvertingGradients):
 
     attack_name = "sketch_inverting_gradients"
     wants_sketch = True
+    works_on_aggregate = False  # matches one client's sketch; a leakage aggregate refuses compression anyway
     # the operators build sketches with chunked in-place ops, untested under vmap and torch.compile: eager
     # loop
     supports_vmap = False

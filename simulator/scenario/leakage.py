@@ -1,4 +1,5 @@
-"""Scenario section ``[leakage]``: a standalone leakage experiment (one client, one model, one payload).
+"""Scenario section ``[leakage]``: a standalone leakage experiment (one model, one payload; one client, or an
+aggregate of several).
 
 ``label_smoothing`` and ``mixup_lambda`` give the victim soft labels (Wang, Liang & He, ICLR 2024):
 with mixup, each victim image ``x`` is replaced by ``λx + (1−λ)x'`` for a seeded partner ``x'`` from the
@@ -11,13 +12,28 @@ The victim's data set and the model come from ``[data]`` and ``[model]``, the cl
 ``[defenses.client]`` (applied in order, as in step 5 of a federated round) and the attack from
 ``[attacks.inversion]``; this section says which images the victim holds, the state of the model
 and the client protocol (FedSGD gradient or FedAvg local steps).
+
+Aggregates. ``clients = K`` (default 1) makes K victims: each holds ``num_images`` images of a seeded draw
+(K · ``num_images`` in all), or, with ``images`` given, the listed images split evenly in list order (the
+list's length must be a multiple of K). Every client computes its payload (same protocol, same model) and
+applies the client defenses alone; the server then sees one vector:
+
+* ``secure_aggregation = true``: the example-weighted mean out of Flower's SecAgg+ numerics
+  (:func:`simulator.secagg.simulate`, default parameters with ``max_weight`` = the largest client's example
+  count, so no precision is lost to the weights; its stochastic rounding is seeded from the scenario seed);
+* ``secure_aggregation = false`` with K > 1: the same example-weighted mean, in the clear — what FedAvg
+  reveals to a server that keeps only the aggregate (it could also keep every client's update; that is the
+  single-client setting, K = 1).
+
+The attack must work on aggregates (``works_on_aggregate``), and compression must be none, when K > 1.
+Secure aggregation needs at least two clients (Flower's SecAgg+ refuses fewer).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from simulator.scenario.base import Strict
 
@@ -43,6 +59,26 @@ class LeakageConfig(Strict):
     server: Literal["honest", "malicious"] = "honest"  # a malicious server may modify the model it sends
     # the attacker's public split (images outside the victim batch)
     public_images: int = Field(default=1000, ge=1)
+    clients: int = Field(default=1, ge=1)  # victims whose payloads the server receives as one aggregate
+    secure_aggregation: bool = False  # the aggregate comes out of (simulated) SecAgg+; else a clear mean
+
+    @field_validator("secure_aggregation")
+    @classmethod
+    def _secagg(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("clients", 1) < 2:
+            raise ValueError(
+                "secure aggregation needs at least 2 clients (Flower's SecAgg+ refuses fewer); "
+                "set leakage.clients >= 2"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _split(self) -> LeakageConfig:
+        if self.images is not None and len(self.images) % self.clients:
+            raise ValueError(
+                f"images: {len(self.images)} listed images do not split evenly over clients = {self.clients}"
+            )
+        return self
 
     @field_validator("images")
     @classmethod
@@ -58,4 +94,10 @@ class LeakageConfig(Strict):
 
     @property
     def batch(self) -> int:
-        return len(self.images) if self.images is not None else self.num_images
+        """Images per client."""
+        return len(self.images) // self.clients if self.images is not None else self.num_images
+
+    @property
+    def total_images(self) -> int:
+        """Images of all clients."""
+        return self.batch * self.clients

@@ -66,6 +66,10 @@ class Scenario(Strict):
         for key in ("audit", "secure_aggregation"):
             if d.get(key, 0) is None:
                 d.pop(key)
+        leak = d.get("leakage") or {}
+        if leak.get("clients") == 1 and leak.get("secure_aggregation") is False:  # one client: the old digest
+            leak.pop("clients")
+            leak.pop("secure_aggregation")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
