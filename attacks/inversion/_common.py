@@ -8,6 +8,15 @@ have sent for candidate inputs ``x`` and labels ``y``, differentiably in ``x``:
   ``θ_{t+1} = θ_t − η ∇θ L(f_θ(x_t), y_t)``, returning ``Δ = θ_K − θ_0`` (functional SGD through
   ``torch.func.functional_call``, as in Geiping et al. 2020, Sec. 5 "federated averaging").
 
+On the aggregate of K > 1 clients (``ProtocolInfo.num_clients``) the server's payload is the
+example-weighted mean of K payloads, each computed alone from the same global model: the candidate
+batch is split into K equal shares in order (client c holds rows ``c·n/K … (c+1)·n/K − 1``), each share
+runs its own local steps, and the simulator returns the mean of the K results. For a FedAvg update this
+is not the update of the pooled batch (K clients take K independent trajectories, each with the
+per-client step count); for a FedSGD gradient it differs only through batch statistics (BatchNorm), so
+the split is used there only for models with BatchNorm layers, and the pooled gradient, which is the
+same mean, otherwise.
+
 Everything is written with ``torch.func`` so that one restart is a pure function of its inputs,
 several restarts run as one batched tensor under ``torch.func.vmap``, and the whole step can be
 captured by ``torch.compile`` (a CUDA graph on the GPU). The simulation runs on a private copy of the
@@ -19,6 +28,7 @@ model on each call, and vmap and graph capture see a pure function.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections.abc import Callable
 from typing import cast
@@ -90,18 +100,48 @@ class PayloadSimulator:
         self.kind = view.protocol.kind
         if self.kind not in ("gradient", "update"):
             raise ValueError(f"unknown protocol kind {self.kind!r}")
+        self.clients = max(int(view.protocol.num_clients), 1)
+        norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+        has_bn = any(isinstance(m, norms) for m in self.model.modules())
+        #: simulate each client's share alone and average (an aggregate of FedAvg updates, or of FedSGD
+        #: gradients through BatchNorm's batch statistics); else one pass over the whole candidate batch
+        self.split = self.clients > 1 and (self.kind == "update" or has_bn)
         if self.kind == "update":
-            if view.protocol.lr is None or view.protocol.total_steps is None:
+            # local steps of one client: ``total_steps`` of the per-client example count (the protocol's
+            # ``num_examples`` of an aggregate is the cohort's sum)
+            own = view.protocol
+            if self.clients > 1 and own.num_examples is not None:
+                own = dataclasses.replace(own, num_examples=-(-own.num_examples // self.clients))
+            if view.protocol.lr is None or own.total_steps is None:
                 raise ValueError("an update attack needs the public local lr and number of local steps")
             self.lr = float(view.protocol.lr)
-            self.steps = int(view.protocol.total_steps)
+            self.steps = int(own.total_steps)
 
     def _loss(self, params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         state = {**dict(zip(self.names, params)), **self.buffers}
         return client_loss(functional_call(self.model, state, (x,)), y)
 
     def simulate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The payload for inputs ``x`` (B, C, H, W) and labels ``y`` (hard or soft)."""
+        """The payload for inputs ``x`` (B, C, H, W) and labels ``y`` (hard or soft); on an aggregate of K
+        clients, the mean of the K clients' payloads on equal shares of the batch (B a multiple of K)."""
+        if not self.split:
+            return self._client(x, y)
+        n, k = int(x.shape[0]), self.clients
+        if n % k:
+            raise ValueError(
+                f"the payload aggregates {k} clients: the candidate batch of {n} images must split into "
+                f"{k} equal shares (set num_images to a multiple of {k})"
+            )
+        per = n // k
+        total: tuple[torch.Tensor, ...] | None = None
+        for c in range(k):  # equal shares: the example-weighted mean is the plain mean
+            own = self._client(x[c * per : (c + 1) * per], y[c * per : (c + 1) * per])
+            total = own if total is None else tuple(a + b for a, b in zip(total, own))
+        assert total is not None  # k >= 2
+        return tuple(t / k for t in total)
+
+    def _client(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One client's payload on its batch ``(x, y)``."""
         g = grad(self._loss)
         if self.kind == "gradient":
             return tuple(g(self.params, x, y))

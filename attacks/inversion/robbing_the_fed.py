@@ -28,6 +28,27 @@ imprint rows still get exactly ``c_j x_j``. ``scale`` multiplies the measurement
 small scale makes the imprint gradient large next to the imprint weights, so a FedAvg update
 ``Δ = w_local − w_global`` keeps the gradient's digits in float32.
 
+Loudness. What the original model sees, ``gain/K · Σ_i ReLU(w·x − o_i)``, does not depend on ``scale``;
+the imprint gradient does: ``c_j = gain / (scale · K) · (1/B) · Σ_pixels ∂ℓ_j/∂(model input)``. This is
+breaching's ``gain`` (``ImprintBlock``: measurement rows and biases times ``gain``, back-projection times
+``1/gain``, "dampen layer to reduce gradient magnitude"; its Robbing-the-Fed config uses 1, i.e.
+``c_j = (1/B) Σ_pixels ∂ℓ_j/∂out``), not ours: our ``gain`` is the size of the residual perturbation. A
+loud imprint matters wherever the payload carries an *absolute* error: SecAgg+ quantises every
+coordinate to a step of ``2 · clipping_range / quantization_range`` (3.8e-6 with Flower's defaults), and
+a bin is read as ``(∂W_i − ∂W_{i+1}) / (∂b_i − ∂b_{i+1})``, so ``c_j`` must be some 100 steps for 40 dB.
+With ``scale = 1e-2`` and ``gain = 1e-2`` (``gain / (scale · K) ≈ 0.008`` at 128 bins, imprint gradients
+~1e-5) 16 clients × 4 mnist5k digits gave 0 of 64 digits through SecAgg+; ``scale = 1e-4`` (≈ 0.8, about
+breaching's factor 1) 42 of 64 (0.66; 43 without secure aggregation), and ``gain = 1`` with
+``scale = 1e-2`` 40 of 64, but it moves the model's outputs 100 times more. The default
+``scale`` is therefore ``1e-4``: the server crafts the model before any payload exists (the
+:class:`ServerView` with ``protocol.aggregate`` comes afterwards), so one default has to serve a single
+client's payload and a secure aggregate alike, and a loud imprint costs nothing in either. The exception
+is ``multi_step = True``: between local steps the offsets move by ``η · ∂L/∂b_i / scale`` in
+measurement units, which grows as ``gain / scale²``, so loud bins smear (measured on the 4-step update of
+``scenarios/inversion_defense_pipeline.toml``: 0.03 of 64 digits at ``scale = 1e-4`` against 0.22 at
+``1e-2``); there the default stays ``1e-2`` (quiet: a multi-step update through SecAgg+ asks for an
+explicit choice between the two).
+
 Scale-free: the ratio is unchanged by the loss's batch mean or by the learning rate, so a one-step
 update ``Δ = −η ∇θ L`` works as a gradient does. With several local steps (FedAvg) every image still
 imprints ``x_j`` times a scalar on the rows of its bins at each step, but the imprint weights and the
@@ -172,7 +193,9 @@ class RobbingTheFed(InversionAttack):
         Bin offsets at equal-mass quantiles of the public measurement (``"quantile"``, the paper's CDF)
         or of a normal distribution fitted to it (``"gaussian"``).
     scale
-        Factor on the measurement rows and offsets (small: imprint gradients large next to the weights).
+        Factor on the measurement rows and offsets (small: imprint gradients large next to the weights and
+        loud above SecAgg+'s quantisation, see "Loudness" in the module docstring); None: ``1e-4``, or
+        ``1e-2`` with ``multi_step`` (bins that move less between local steps).
     gain
         Size of the residual perturbation the original model sees (per pixel, in measurement ranges).
     min_bias_share
@@ -201,7 +224,7 @@ class RobbingTheFed(InversionAttack):
         bins: Annotated[int, Field(ge=2)] = 128,
         measurement: Literal["brightness", "random"] = "brightness",
         placement: Literal["quantile", "gaussian"] = "quantile",
-        scale: Annotated[float, Field(gt=0)] = 1e-2,
+        scale: Annotated[float, Field(gt=0)] | None = None,
         gain: Annotated[float, Field(gt=0)] = 1e-2,
         min_bias_share: Annotated[float, Field(ge=0, lt=1)] = 1e-4,
         dedupe_db: Annotated[float, Field(gt=0)] | None = 80.0,
@@ -211,7 +234,8 @@ class RobbingTheFed(InversionAttack):
         seed: int = 0,
     ) -> None:
         self.bins, self.measurement, self.placement = bins, measurement, placement
-        self.scale, self.gain, self.min_bias_share = scale, gain, min_bias_share
+        self.scale: float = scale if scale is not None else (1e-2 if multi_step else 1e-4)
+        self.gain, self.min_bias_share = gain, min_bias_share
         self.dedupe_db, self.trim_to_batch, self.label_strategy = dedupe_db, trim_to_batch, label_strategy
         self.multi_step, self.seed = multi_step, seed
         self.offsets: torch.Tensor | None = None
@@ -308,6 +332,7 @@ class RobbingTheFed(InversionAttack):
                 "bin_indices": [int(i) for i in idx],
                 "measurement": self.measurement,
                 "placement": self.placement,
+                "scale": self.scale,
                 "exact": kind == "gradient" or steps == 1,
                 "seconds": time.perf_counter() - t0,
             },
