@@ -59,8 +59,8 @@ class InvertingGradients(InversionAttack):
     supports_compile = True
     runs_on_device = True
     #: a batch gradient is already an average over examples (Geiping et al.); on the example-weighted mean of
-    #: K clients' FedSGD gradients the objective is exact, on K clients' FedAvg updates the simulated
-    #: update (local steps over the pooled batch, in order) is an approximation
+    #: K clients' FedSGD gradients the objective is exact, and on K clients' FedAvg updates the payload
+    #: simulator runs each client's share of the candidate batch from the same global model and averages
     works_on_aggregate = True
 
     def __init__(
