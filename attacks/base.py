@@ -29,15 +29,20 @@ __all__ = [
     "CLIENT_ATTACKS",
     "INVERSION_ATTACKS",
     "POISONING_ATTACKS",
+    "Adaptation",
     "ClientAttack",
+    "DefenseAware",
     "InversionAttack",
     "Knowledge",
     "PoisoningAttack",
+    "Probe",
     "ProtocolInfo",
     "PublicData",
     "Reconstruction",
     "ServerView",
     "SketchInfo",
+    "Verdict",
+    "defense_aware",
 ]
 
 
@@ -52,7 +57,9 @@ class ClientAttack:
         edge-case attacker's private set; None for none. Called once when the data is built."""
         return None
 
-    def poison(self, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def poison(
+        self, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The attacker's training set for this round (step 1 of the round)."""
         return x, y
 
@@ -165,8 +172,9 @@ class InversionAttack(ABC):
     #: the attack is meaningful on the aggregate of several clients' payloads (``ProtocolInfo.num_clients``)
     works_on_aggregate: bool = False
 
-    def prepare(self, public: PublicData | None, *, model: nn.Module, input_shape: tuple[int, ...],
-                num_classes: int) -> None:
+    def prepare(  # noqa: B027 -- optional hook: most attacks need no set-up, so not abstract
+        self, public: PublicData | None, *, model: nn.Module, input_shape: tuple[int, ...], num_classes: int
+    ) -> None:
         """Attacker-side set-up with public data only (train a prior, calibrate bins); default none."""
 
     def server_model(self, model: nn.Module) -> nn.Module:
@@ -174,8 +182,7 @@ class InversionAttack(ABC):
         return model
 
     @abstractmethod
-    def reconstruct(self, view: ServerView) -> Reconstruction:
-        ...
+    def reconstruct(self, view: ServerView) -> Reconstruction: ...
 
 
 #: what colluding attackers know when they craft: every benign update of the round, or their own honest ones
@@ -217,14 +224,82 @@ class PoisoningAttack(ABC):
         return benign if self.knowledge == "omniscient" else own
 
     @abstractmethod
-    def craft(self, benign: torch.Tensor, own: torch.Tensor, *, num_malicious: int,
-              generator: torch.Generator, agr: Callable[[torch.Tensor], torch.Tensor],
-              global_vector: torch.Tensor) -> torch.Tensor:
+    def craft(
+        self,
+        benign: torch.Tensor,
+        own: torch.Tensor,
+        *,
+        num_malicious: int,
+        generator: torch.Generator,
+        agr: Callable[[torch.Tensor], torch.Tensor],
+        global_vector: torch.Tensor,
+    ) -> torch.Tensor:
         """The ``(num_malicious, d)`` malicious updates.
 
         ``agr(updates) -> (d,)`` runs the targeted aggregation rule on an ``(m, d)`` update matrix (rows
         ``0 … num_malicious − 1`` malicious) without touching the server's state; ``global_vector`` is the
         model ``w_global`` the round started from; ``generator`` is the attack's seeded randomness."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the rule a defense-aware attack adapts to did with the acting attackers' candidate rows, in the
+    attackers' simulation of the round: per row (the order of ``own``), whether it entered the aggregate and
+    the rule's score for it (the rule's own semantics, e.g. ``‖Δ‖ / M`` for norm clipping)."""
+
+    accepted: tuple[bool, ...]
+    scores: tuple[float, ...]
+
+
+#: ``probe(rows) -> Verdict``: the rule run on the round's update matrix with the acting attackers' rows
+#: replaced by ``rows`` (``(f, d)``), on a copy of the rule (the server's state never changes)
+Probe = Callable[[torch.Tensor], Verdict]
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """A defense-aware attack's answer: the ``(f, d)`` rows the attackers send, the share ``mix`` of their own
+    (backdoor) update kept in them (1: unchanged; 0: the benign mean), and whether the rows pass the rule's
+    test in the attackers' simulation (False: nothing they tried passed)."""
+
+    updates: torch.Tensor
+    mix: float = 1.0
+    passes: bool = True
+
+
+class DefenseAware(ABC):
+    """A client attack whose acting attackers, knowing the round's benign updates, reshape their updates to
+    pass an aggregation rule's acceptance test (an adaptive, omniscient attacker).
+
+    The attackers train their backdoor through the normal client step; the round core then runs
+    :meth:`adapt` on the server side, after decoding, as a simulation device (as for a
+    :class:`PoisoningAttack`): ``benign`` are the ``(n_b, d)`` benign updates of the round, ``own`` the
+    ``(f, d)`` updates the acting attackers computed; the returned rows replace theirs before the server's
+    plug-ins see the matrix. ``rule`` is the registry name of the rule adapted to; ``probe`` runs it."""
+
+    @property
+    def target_aggregator(self) -> tuple[str, dict[str, Any] | None] | None:
+        """``(name, params)`` of the rule the attackers adapt to; None: the server's own aggregator (its
+        params and its state). ``params`` None: the server's own instance when it runs that rule (attackers
+        who know the defense's params), else the rule's defaults."""
+        return None
+
+    @abstractmethod
+    def adapt(self, benign: torch.Tensor, own: torch.Tensor, *, rule: str, probe: Probe) -> Adaptation:
+        """The rows the acting attackers send (row ``i`` for the attacker of row ``i`` of ``own``)."""
+
+
+def defense_aware(attack: ClientAttack | None) -> DefenseAware | None:
+    """The defense-aware attack in a chain of wrappers (``attack``, ``attack.base``, ...), or None. Wherever
+    it sits in the chain, its adaptation is the last edit of the update (it runs on the server side)."""
+    for _ in range(64):  # wrappers nest a few levels at most
+        if attack is None:
+            return None
+        if isinstance(attack, DefenseAware):
+            return attack
+        nxt = getattr(attack, "base", None)
+        attack = nxt if isinstance(nxt, ClientAttack) else None
+    return None
 
 
 CLIENT_ATTACKS: Registry[ClientAttack] = Registry("client attack")

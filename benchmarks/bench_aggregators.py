@@ -12,6 +12,7 @@ warm-up run (CUDA runs are synchronised). Target: Multi-metrics, Krum and FLAME 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -53,10 +54,13 @@ def time_one(
 
     def once() -> float:
         agg = AGGREGATORS.create(name, {})
+        c = ctx
+        if agg.needs_root_update:  # FLTrust: the server's own update (here the round's mean, as in the tests)
+            c = dataclasses.replace(ctx, root_update=updates.mean(dim=0))
         if updates.is_cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        res = agg.aggregate(updates, weights, ctx)
+        res = agg.aggregate(updates, weights, c)
         float(res.update[0])  # forces completion on any device
         if updates.is_cuda:
             torch.cuda.synchronize()

@@ -41,9 +41,16 @@ class Aggregator(ABC):
 
     ``needs_individual_updates``: the rule reads each client's update (distances, coordinate-wise statistics,
     per-client clipping); it cannot run behind secure aggregation, where the server holds only the sum. A rule
-    that is a function of the weighted sum alone (FedAvg) sets it to False."""
+    that is a function of the weighted sum alone (FedAvg) sets it to False.
+
+    ``needs_root_update``: the rule compares the clients' updates with the server's own update on a small
+    clean root set it holds (FLTrust); the engine then draws ``root_size`` examples for that set and fills
+    ``ctx.root_update`` every round (the server trains a copy of the global model on it with the clients'
+    recipe). A rule without it never sees a root update."""
 
     needs_individual_updates: bool = True
+    needs_root_update: bool = False
+    root_size: int = 0  # examples of the server's root set (read only when needs_root_update)
 
     @abstractmethod
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregationResult:

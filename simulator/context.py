@@ -100,6 +100,9 @@ class RoundContext:
     num_examples: tuple[int, ...]
     num_clients: int
     expected_clients_per_round: float
+    # the server's own update on its clean root set this round (FLTrust's g₀), filled by the round core when
+    # the aggregator declares ``needs_root_update``; None otherwise
+    root_update: torch.Tensor | None = None
 
     def generator(self, purpose: str) -> torch.Generator:
         return make_generator(self.seed, self.server_round, "server", purpose)

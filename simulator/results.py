@@ -101,6 +101,8 @@ class RoundRecord:
     inversion: InversionRound | None = None
     poisoned: list[int] = field(default_factory=list)  # [attacks.poisoning]: rows replaced by crafted updates
     poisoning_skipped: str | None = None  # why the acting attackers stayed honest this round
+    adapted: list[int] = field(default_factory=list)  # a defense-aware backdoor: rows the adaptation replaced
+    adapt_mix: float | None = None  # the share of the backdoor update kept in them
 
     def flat(self) -> dict[str, Any]:
         d: dict[str, Any] = {k: getattr(self, k) for k in _PLAIN_FIELDS}
@@ -117,6 +119,8 @@ class RoundRecord:
             d["poisoned"] = self.poisoned
         if self.poisoning_skipped is not None:
             d["poisoning_skipped"] = self.poisoning_skipped
+        if self.adapted:
+            d["adapted"], d["adapt_mix"] = self.adapted, self.adapt_mix
         d.update(self.privacy)
         if self.inversion is not None:
             d["inversion"] = {str(k): v for k, v in self.inversion.per_client.items()}

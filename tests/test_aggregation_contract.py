@@ -28,7 +28,7 @@ WITH_NOISE: dict[str, dict[str, Any]] = {
 }
 
 
-def make_ctx(ids: list[int], d: int, *, seed: int = 3) -> RoundContext:
+def make_ctx(ids: list[int], d: int, *, seed: int = 3, root: torch.Tensor | None = None) -> RoundContext:
     return RoundContext(
         server_round=2,
         seed=seed,
@@ -38,7 +38,13 @@ def make_ctx(ids: list[int], d: int, *, seed: int = 3) -> RoundContext:
         num_examples=tuple(10 + (i % 7) for i in ids),
         num_clients=500,
         expected_clients_per_round=float(len(ids)),
+        root_update=root,
     )
+
+
+def root_for(name: str, updates: torch.Tensor) -> torch.Tensor | None:
+    """The server's root update for a rule that needs one (FLTrust): here the mean of the round's updates."""
+    return updates.mean(dim=0) if AGGREGATORS.get(name).factory.needs_root_update else None
 
 
 def build(name: str, params: dict[str, dict[str, Any]] | None = None) -> Aggregator:
@@ -69,7 +75,7 @@ def test_contract(name: str) -> None:
     updates = torch.randn(n, d, generator=g) * 0.1
     weights = torch.randint(1, 30, (n,), generator=g).to(torch.float32)
     ids = [5 * i + 1 for i in range(n)]
-    ctx = make_ctx(ids, d)
+    ctx = make_ctx(ids, d, root=root_for(name, updates))
     a = build(name, WITH_NOISE).aggregate(updates, weights, ctx)
     b = build(name, WITH_NOISE).aggregate(updates.clone(), weights.clone(), ctx)
     assert a.update.shape == (d,) and a.update.dtype == updates.dtype
@@ -84,7 +90,7 @@ def test_identical_updates_are_a_fixed_point(name: str) -> None:
     n, d = 12, 64
     one = torch.linspace(-0.2, 0.3, d)  # norm ≈ 1.2: inside norm clipping's default bound 3
     updates = one.repeat(n, 1)
-    ctx = make_ctx(list(range(n)), d)
+    ctx = make_ctx(list(range(n)), d, root=root_for(name, updates))
     res = build(name, NO_NOISE).aggregate(updates, torch.arange(1.0, n + 1), ctx)
     if name == "foolsgold":
         assert torch.equal(res.update, torch.zeros(d)) and res.accepted == ()
@@ -104,9 +110,12 @@ def test_permutation_invariance(name: str, data: st.DataObject) -> None:
     updates = torch.randn(n, d, generator=g) * torch.rand(n, 1, generator=g).add(0.2)
     weights = torch.randint(1, 30, (n,), generator=g).to(torch.float32)
     ids = torch.randperm(1000, generator=g)[:n].tolist()
-    res = build(name, WITH_NOISE).aggregate(updates, weights, make_ctx(ids, d))
+    root = root_for(name, updates)
+    res = build(name, WITH_NOISE).aggregate(updates, weights, make_ctx(ids, d, root=root))
     p = torch.tensor(perm)
-    res_p = build(name, WITH_NOISE).aggregate(updates[p], weights[p], make_ctx([ids[i] for i in perm], d))
+    res_p = build(name, WITH_NOISE).aggregate(
+        updates[p], weights[p], make_ctx([ids[i] for i in perm], d, root=root)
+    )
     # float summation order changes with the permutation: allow float32 rounding
     torch.testing.assert_close(res_p.update, res.update, atol=1e-5, rtol=1e-4)
     assert set(res_p.accepted) == set(res.accepted)

@@ -2,7 +2,15 @@
 
 Data-level: ``badnets``, ``dba``, ``edge_case``. Model-level, over a data-level ``base``
 (:mod:`attacks.backdoor.compose`): ``model_replacement`` / ``constrain_and_scale``, ``pgd``,
-``neurotoxin``.
+``neurotoxin``. Defense-aware, over any ``base``: ``adaptive`` (:mod:`attacks.backdoor.adaptive`).
 """
 
-from attacks.backdoor import badnets, dba, edge_case, model_replacement, neurotoxin, pgd  # noqa: F401
+from attacks.backdoor import (  # noqa: F401
+    adaptive,
+    badnets,
+    dba,
+    edge_case,
+    model_replacement,
+    neurotoxin,
+    pgd,
+)

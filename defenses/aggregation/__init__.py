@@ -6,6 +6,7 @@ from defenses.aggregation import (  # noqa: F401
     dnc,
     fedavg,
     flame,
+    fltrust,
     foolsgold,
     krum,
     median,

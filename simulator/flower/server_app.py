@@ -2,6 +2,13 @@
 
 The same function drives Ray's simulation engine (``run_simulation``) and the inline engine.
 Results leave through a :class:`RoundSink` as each round finishes.
+
+An aggregator that ``needs_root_update`` (FLTrust) makes the server hold a small clean root set: ``root_size``
+examples drawn, seeded by the scenario seed, uniformly without replacement from the global test split. That
+is an assumption of the rule (the server's data come from the clients' distribution, as in the paper's main
+setting); the drawn examples are removed from the evaluator's test set, so main and backdoor accuracies are
+measured on data the server never trained on (the test set shrinks by ``root_size``; the defense block of
+summary.json records both sizes).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -32,7 +40,14 @@ from simulator.scenario import Problem, Scenario, ScenarioError
 from simulator.training import evaluate
 from simulator.warm_start import apply_warm_start
 
-__all__ = ["RoundSink", "ServerOutcome", "discover_partitions", "make_server_app", "server_main"]
+__all__ = [
+    "RoundSink",
+    "ServerOutcome",
+    "discover_partitions",
+    "make_server_app",
+    "root_split",
+    "server_main",
+]
 
 
 class RoundSink(Protocol):
@@ -94,9 +109,28 @@ def discover_partitions(grid: Grid, num_nodes: int, *, timeout: float = 300.0) -
     return out
 
 
-def _evaluator(rt: Runtime):
+def root_split(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(root, rest)``: ``size`` of the ``n`` test-split positions drawn uniformly without replacement
+    (seeded), and the others, both sorted.
+
+    >>> root, rest = root_split(10, 3, seed=0)
+    >>> len(root), len(rest), sorted(set(root) | set(rest)) == list(range(10))
+    (3, 7, True)
+    """
+    if not 0 < size < n:
+        raise ValueError(f"a root set of {size} examples needs a test split larger than that (it has {n})")
+    rng = np.random.default_rng(derive_seed(seed, "fltrust", "root-set"))
+    root = np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
+    return root, np.setdiff1d(np.arange(n, dtype=np.int64), root)
+
+
+def _evaluator(rt: Runtime, keep: np.ndarray | None = None):
+    """Main (and backdoor) accuracy on the global test split, or on its positions ``keep``."""
     s = rt.scenario
     test_x, test_y = rt.data.test.x, rt.data.test.y
+    if keep is not None:
+        idx = torch.as_tensor(keep, dtype=torch.long)
+        test_x, test_y = test_x[idx], test_y[idx]
     bd = rt.attack.backdoor_testset(test_x, test_y) if rt.attack is not None else None
 
     def run(model: torch.nn.Module) -> dict[str, float]:
@@ -168,8 +202,17 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
         observer=observer,
         audit=audit,
     )
+    keep = None
+    agg = strategy.plugins.aggregator
+    if agg.needs_root_update:  # the server's root set, out of the evaluator's test set
+        try:
+            root, keep = root_split(len(rt.data.test), agg.root_size, s.seed)
+        except ValueError as e:
+            raise ScenarioError(s.source, [Problem("defenses.aggregator.params.root_size", str(e))]) from None
+        ridx = torch.as_tensor(root, dtype=torch.long)
+        strategy.use_root(rt.data.test.x[ridx], rt.data.test.y[ridx])
     initial = flatten(model.state_dict(), rt.layout).clone()
-    evaluate_model = _evaluator(rt)
+    evaluate_model = _evaluator(rt, keep)
     sink.on_start(s, rt)
 
     # ---- CONNECT: all nodes registered, partition of each node known ----
@@ -219,6 +262,8 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
             rt.record_canaries, model, s.audit, rt.privacy, s.privacy.delta
         )
     outcome.defense = _defense_block(s, outcome.records)
+    if keep is not None:
+        outcome.defense.update(root_examples=len(rt.data.test) - len(keep), test_examples=len(keep))
     if observer is not None:
         outcome.inversion = observer.summary()
         outcome.attacked = observer.attacked

@@ -4,31 +4,72 @@
 guaranteed when the plan says so, stragglers dropped) instead of FedAvg's ``random.sample``;
 ``aggregate_train`` unpacks the replies, validates them (step 7, :func:`simulator.round.validate_replies`),
 runs :func:`simulator.round.server_step` (steps 8-12) and writes the round's record.
+
+The strategy also builds the server-side simulation stages the scenario asks for: the poisoning stage
+(``[attacks.poisoning]``), the adaptation stage of a defense-aware backdoor (``adaptive``), and, for an
+aggregator that ``needs_root_update`` (FLTrust), the server's own update on its root set
+(:class:`RootTrainer`, given the root examples by the ServerApp with :meth:`PrivsimStrategy.use_root`).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from defenses.base import Aggregator, ServerDefense
-from simulator.context import RoundContext
-from simulator.flat import flatten, load_vector
+from simulator.context import RoundContext, make_generator
+from simulator.flat import Layout, flatten, load_vector, model_vector
 from simulator.flower.replies import unpack
 from simulator.flower.runtime import Runtime
 from simulator.results import RoundRecord
-from simulator.round import Observer, Poisoner, ServerPlugins, server_step, validate_replies
+from simulator.round import Adapter, Observer, Poisoner, ServerPlugins, server_step, validate_replies
 from simulator.round.audit import ClientAudit
 from simulator.round.secure_sum import SecureSum
 from simulator.sampling import Cohort
+from simulator.training import LocalTrainConfig, train_local
 
-__all__ = ["PrivsimStrategy"]
+__all__ = ["PrivsimStrategy", "RootTrainer"]
+
+
+class RootTrainer:
+    """The server's own update on its clean root set (FLTrust's g₀; Cao et al., NDSS 2021): a private copy of
+    the model, loaded with the round's global model, trained with the clients' local recipe
+    (:class:`~simulator.training.LocalTrainConfig`: optimizer, lr, epochs, batch size, step cap) on the root
+    examples, with training randomness seeded by (scenario seed, round); returns ``w − w_global``. Plain SGD
+    even when the clients run DP-SGD: the root set is the server's own data."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        train: LocalTrainConfig,
+        *,
+        seed: int,
+        layout: Layout,
+    ) -> None:
+        self.model = copy.deepcopy(model)
+        self.x, self.y, self.train, self.seed, self.layout = x, y, train, seed, layout
+
+    def __call__(self, ctx: RoundContext) -> torch.Tensor:
+        load_vector(self.model, ctx.global_vector, self.layout)
+        train_local(
+            self.model,
+            self.x,
+            self.y,
+            self.train,
+            generator=make_generator(self.seed, ctx.server_round, "fltrust-root"),
+        )
+        return model_vector(self.model, self.layout) - ctx.global_vector
 
 
 class PrivsimStrategy(FedAvg):
@@ -47,7 +88,7 @@ class PrivsimStrategy(FedAvg):
     ) -> None:
         super().__init__(
             fraction_train=1.0,
-            fraction_evaluate=0.0,
+            fraction_evaluate=1.0,  # unused (configure_evaluate sends nothing); 0.0 makes Flower warn
             min_train_nodes=1,
             min_evaluate_nodes=0,
             min_available_nodes=1,
@@ -65,6 +106,7 @@ class PrivsimStrategy(FedAvg):
             audit=audit,
             secure_sum=secure_sum,
             poisoner=Poisoner.from_spec(poisoning) if poisoning is not None else None,
+            adapter=Adapter.for_attack(runtime.attack, runtime.scenario.defenses.aggregator.name),
         )
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.partition_of: dict[int, int] = {}  # node id -> partition id
@@ -72,6 +114,12 @@ class PrivsimStrategy(FedAvg):
         self.record: RoundRecord | None = None
         self.client_metrics: list[dict[str, Any]] = []  # metrics of this round's valid replies
         self.valid_ids: tuple[int, ...] = ()  # partitions whose replies passed validation
+
+    def use_root(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Give the server its root set: from now on every round's server step gets the server's own update
+        on it (``ctx.root_update``), for an aggregator that ``needs_root_update``."""
+        root = RootTrainer(self.model, x, y, self.rt.train, seed=self.rt.scenario.seed, layout=self.rt.layout)
+        self.plugins = dataclasses.replace(self.plugins, root_update=root)
 
     def set_nodes(self, partition_of: dict[int, int]) -> None:
         self.partition_of = dict(partition_of)
@@ -149,6 +197,8 @@ class PrivsimStrategy(FedAvg):
         )
         rec.inversion = out.observed
         rec.poisoned, rec.poisoning_skipped = list(out.poisoned), out.poisoning_skipped
+        if out.adapted is not None and out.adapted.replaced:
+            rec.adapted, rec.adapt_mix = list(out.adapted.replaced), out.adapted.mix
         rec.accepted = out.accepted
         rec.clients_aggregated = len(out.accepted)
         rec.audit_canaries = out.canaries

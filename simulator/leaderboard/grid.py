@@ -6,7 +6,7 @@ Grid file format (TOML)
 
     name = "leaderboard_smoke"            # required; names the grid, its cells and its output folder
     description = "..."                   # optional
-    track = "integrity"                   # "integrity" (MA / BA / TPR / FPR / ranking score)
+    track = "integrity"                   # "integrity" (MA / BA / MA drop / TPR / FPR / ranking score)
                                           # or "privacy" (MA / PSNR / SSIM / label accuracy / epsilon)
     base = "quickstart.toml"              # the base scenario, a path relative to the grid file
     overrides = ["federation.rounds=2"]   # optional; ``key.path=value`` overrides applied to every cell

@@ -3,26 +3,47 @@
 Metrics per cell (read from the run's summary; a missing key shows as "–" and never fails):
 
 * integrity track: ``MA`` = ``final.main_accuracy``, ``BA`` = ``final.backdoor_accuracy``, ``TPR`` / ``FPR`` =
-  ``defense.tpr`` / ``defense.fpr`` (mean detection rates over the rounds);
+  ``defense.tpr`` / ``defense.fpr`` (mean detection rates over the rounds), and ``MA drop`` =
+  ``accuracy_drop`` (below);
 * privacy track: ``MA``, ``PSNR`` / ``SSIM`` / ``label acc`` = ``inversion.psnr`` / ``.ssim`` /
   ``.label_accuracy``, ``ε`` = ``privacy.epsilon``.
 
+Accuracy drop (integrity track; the measure of untargeted poisoning, issue 18): for a cell ``(d, a, o)`` --
+defense ``d``, attack ``a``, ``o`` the labels of the other axes (alpha, seed ...) --::
+
+    accuracy_drop[d,a,o] = MA[d,none,o] − MA[d,a,o]
+
+the main accuracy the attack costs that defense; positive = the attack hurt, lower is better for the
+defense; 0 on the attack-free cells themselves. The attack-free cells are those whose label on the attack
+axis (the axis named ``"attack"``, else the ``columns`` axis) is ``"none"``; a cell without such a partner,
+or either MA missing, has no drop. One run cannot compute it -- it needs the attack-free run -- so it is not
+in any run's ``summary.json`` (:func:`cell_metrics` leaves it ``None``): the issue's ``final.accuracy_drop``
+is this grid-level metric, filled in by :func:`cell_records` from the grid's cells.
+
 Tables have one row per label of the grid's ``rows`` axis (defenses) and, per label of the ``columns`` axis
-(attacks), one column per metric; cells that differ only on the other axes (seeds, alphas ...) are averaged
-(missing values are ignored). The best value of each column is bold (highest MA / TPR / score, lowest BA / FPR
-/ PSNR / SSIM / label accuracy / ε).
+(attacks), a group of columns: ``MA``, ``BA`` and ``MA drop`` (the drop only for the attacks other than
+``"none"``, when the grid has a ``"none"`` column). ``BA`` is left out for an untargeted attack (a column that
+ran -- some cell has an MA -- and no cell of which has a BA), and for ``"none"`` when every other column is
+such an attack; before anything ran every column keeps its BA. Cells that differ only on the other axes
+(seeds, alphas ...) are averaged (missing values are ignored). The best value of each column is bold
+(highest MA / TPR / score, lowest BA / MA drop / FPR / PSNR / SSIM / label accuracy / ε).
 
 Ranking score (integrity track; after the Multi-metrics paper, Huang et al., ICCV 2023): for defense ``d``
-with the baseline ``f`` (row label ``"fedavg"`` unless the grid sets ``baseline``)::
+with the baseline ``f`` (row label ``"fedavg"`` unless the grid sets ``baseline``), with relative changes
+``ΔX[d,a,o] = (X[d,a,o] − X[f,a,o]) / X[f,a,o]``::
 
-    score(d) = Σ_attacks  mean_o [ (MA[d,a,o] − MA[f,a,o]) / MA[f,a,o]
-                                   −  (BA[d,a,o] − BA[f,a,o]) / BA[f,a,o] ]
+    score(d) =   Σ_{a backdoor}    mean_o [ ΔMA[d,a,o] − ΔBA[d,a,o] ]
+               + Σ_{a untargeted}  mean_o   ΔMA[d,a,o]
 
 where ``o`` runs over the combinations of the other axes for which both the ``d`` and the ``f`` cell have an
-MA. A BA term is 0 when either BA is missing (no backdoor, e.g. attack "none") or ``BA[f] = 0``; an attack
-with no such pair adds nothing; ``MA[f] = 0`` pairs are left out. Higher is better: the defense keeps main
-accuracy and cuts backdoor accuracy relative to FedAvg; the baseline scores 0. ``None`` when there is no pair
-at all.
+MA. A *backdoor* attack is a column some cell of which has a BA; every other column -- untargeted poisoning
+(sign flip, ALIE, Min-Max, label flipping ...) and the attack-free ``"none"`` -- is *untargeted* and adds its
+relative MA change only. Within a backdoor column a BA term is 0 when either BA is missing or ``BA[f] = 0``
+(so backdoor-only grids score exactly as before untargeted attacks existed). An attack with no pair adds
+nothing; ``MA[f] = 0`` pairs are left out. Higher is better: the defense keeps main accuracy and cuts
+backdoor accuracy relative to FedAvg; the baseline scores 0. ``None`` when there is no pair at all. The
+untargeted term is relative to the baseline under the same attack, so it grows large where the attack breaks
+FedAvg: a defense keeping 90 % where FedAvg falls to 10 % adds (0.9 − 0.1) / 0.1 = 8.
 
 Files written by :func:`write_reports` into the leaderboard folder: ``leaderboard.md``, ``leaderboard.csv``
 (one row per cell; missing values are empty fields), ``heatmap_<metric>.png`` (rows × columns, annotated),
@@ -55,17 +76,23 @@ from simulator.plots import pyplot
 from simulator.results import ResultsStore
 
 __all__ = [
+    "ATTACK_FREE",
     "INTEGRITY_METRICS",
     "MISSING",
     "PRIVACY_METRICS",
     "Metric",
     "Table",
+    "add_accuracy_drop",
+    "attack_axis",
+    "backdoor_columns",
     "cell_metrics",
     "cell_records",
+    "integrity_notes",
     "leaderboard_table",
     "outcomes_from_store",
     "print_tables",
     "ranking_scores",
+    "ranking_terms",
     "render_html",
     "render_markdown",
     "write_csv",
@@ -75,6 +102,7 @@ __all__ = [
 ]
 
 MISSING = "–"
+ATTACK_FREE = "none"  # the attack-axis label of the attack-free cells (the reference of ``accuracy_drop``)
 
 
 @dataclass(frozen=True)
@@ -89,6 +117,7 @@ class Metric:
 INTEGRITY_METRICS = (
     Metric("main_accuracy", "MA", "max"),
     Metric("backdoor_accuracy", "BA", "min"),
+    Metric("accuracy_drop", "MA drop", "min"),
     Metric("tpr", "TPR", "max"),
     Metric("fpr", "FPR", "min"),
 )
@@ -103,6 +132,7 @@ PRIVACY_METRICS = (
 ALL_KEYS = (
     "main_accuracy",
     "backdoor_accuracy",
+    "accuracy_drop",
     "tpr",
     "fpr",
     "psnr",
@@ -127,7 +157,12 @@ def _block(summary: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def cell_metrics(summary: dict[str, Any] | None) -> dict[str, float | None]:
-    """All leaderboard metrics of one run summary (``None`` for anything missing or non-numeric)."""
+    """All leaderboard metrics of one run summary (``None`` for anything missing or non-numeric).
+
+    ``accuracy_drop`` is always ``None`` here: it compares the run with the attack-free run of the same
+    defense and other axes, which a single summary does not hold; :func:`cell_records` fills it in from the
+    grid's cells (:func:`add_accuracy_drop`).
+    """
     s = summary if isinstance(summary, dict) else {}
     final, defense, inv, priv, audit = (
         _block(s, k) for k in ("final", "defense", "inversion", "privacy", "audit")
@@ -135,6 +170,7 @@ def cell_metrics(summary: dict[str, Any] | None) -> dict[str, float | None]:
     return {
         "main_accuracy": _num(final.get("main_accuracy")),
         "backdoor_accuracy": _num(final.get("backdoor_accuracy")),
+        "accuracy_drop": None,  # grid-level: needs the attack-free cell (add_accuracy_drop)
         "tpr": _num(defense.get("tpr")),
         "fpr": _num(defense.get("fpr")),
         "psnr": _num(inv.get("psnr")),
@@ -153,25 +189,34 @@ def _rel(x: float | None, ref: float | None) -> float | None:
     return (x - ref) / ref
 
 
-def ranking_scores(records: list[dict[str, Any]], baseline: str = "fedavg") -> dict[str, float | None]:
-    """The Multi-metrics ranking score of each row label (defense); formula in the module docstring.
+def backdoor_columns(records: list[dict[str, Any]]) -> set[str]:
+    """The column labels (attacks) some cell of which has a backdoor accuracy; the others are untargeted."""
+    return {r["col"] for r in records if _num(r.get("backdoor_accuracy")) is not None}
+
+
+def ranking_terms(records: list[dict[str, Any]], baseline: str = "fedavg") -> dict[str, dict[str, float]]:
+    """Each row's per-attack term of the ranking score (formula in the module docstring).
+
+    The term of a backdoor column (:func:`backdoor_columns`) is ``mean_o [ΔMA − ΔBA]``, that of an untargeted
+    column (no cell with a BA, including ``"none"``) ``mean_o ΔMA``, both against the ``baseline`` row.
 
     Parameters
     ----------
     records
-        One dict per cell with ``row`` (defense label), ``col`` (attack label), ``others`` (a hashable of the
-        other axes' labels), ``main_accuracy`` and ``backdoor_accuracy`` (``None`` when missing).
+        As for :func:`ranking_scores`.
     baseline
         The row label compared against.
 
     Returns
     -------
     dict
-        Row label -> score (``None`` when the row has no cell paired with a baseline cell).
+        Row label -> {column label -> term}, for the columns with at least one pair (rows without any pair
+        map to an empty dict).
     """
     base = {(r["col"], r["others"]): r for r in records if r["row"] == baseline}
+    targeted = backdoor_columns(records)
     rows = list(dict.fromkeys(r["row"] for r in records))
-    out: dict[str, float | None] = {}
+    out: dict[str, dict[str, float]] = {}
     for row in rows:
         per_attack: dict[str, list[float]] = {}
         for r in records:
@@ -183,10 +228,37 @@ def ranking_scores(records: list[dict[str, Any]], baseline: str = "fedavg") -> d
             d_ma = _rel(_num(r.get("main_accuracy")), _num(b.get("main_accuracy")))
             if d_ma is None:
                 continue
-            d_ba = _rel(_num(r.get("backdoor_accuracy")), _num(b.get("backdoor_accuracy")))
+            d_ba = None
+            if r["col"] in targeted:
+                d_ba = _rel(_num(r.get("backdoor_accuracy")), _num(b.get("backdoor_accuracy")))
             per_attack.setdefault(r["col"], []).append(d_ma - (d_ba if d_ba is not None else 0.0))
-        out[row] = sum(sum(v) / len(v) for v in per_attack.values()) if per_attack else None
+        out[row] = {col: sum(v) / len(v) for col, v in per_attack.items()}
     return out
+
+
+def ranking_scores(records: list[dict[str, Any]], baseline: str = "fedavg") -> dict[str, float | None]:
+    """The ranking score of each row label (defense): the Multi-metrics score (relative MA change minus
+    relative BA change) on backdoor attacks plus the relative MA change on untargeted ones; formula in the
+    module docstring.
+
+    Parameters
+    ----------
+    records
+        One dict per cell with ``row`` (defense label), ``col`` (attack label), ``others`` (a hashable of the
+        other axes' labels), ``main_accuracy`` and ``backdoor_accuracy`` (``None`` when missing). A column is
+        a backdoor attack when one of its records has a backdoor accuracy, else untargeted.
+    baseline
+        The row label compared against.
+
+    Returns
+    -------
+    dict
+        Row label -> score (``None`` when the row has no cell paired with a baseline cell).
+    """
+    return {
+        row: (sum(terms.values()) if terms else None)
+        for row, terms in ranking_terms(records, baseline).items()
+    }
 
 
 @dataclass
@@ -221,8 +293,36 @@ def _axis_labels(grid: Grid, axis: str, present: list[str]) -> list[str]:
     return list(dict.fromkeys(present))
 
 
+def attack_axis(grid: Grid) -> str:
+    """The axis whose ``"none"`` label marks the attack-free cells: ``"attack"`` if the grid has it, else the
+    ``columns`` axis."""
+    return "attack" if "attack" in grid.axes else grid.columns
+
+
+def add_accuracy_drop(records: list[dict[str, Any]], axes: Sequence[str], attack: str) -> None:
+    """Set each record's ``accuracy_drop`` (in place): the MA of its attack-free partner -- the record with
+    ``"none"`` on the ``attack`` axis and the same labels on every other axis in ``axes`` -- minus its own MA;
+    ``None`` without a finished partner or an MA. Failed records are never a partner."""
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(r.get(a) for a in axes if a != attack)
+
+    ref = {
+        key(r): r["main_accuracy"]
+        for r in records
+        if r.get(attack) == ATTACK_FREE and r.get("status") != "failed" and r.get("main_accuracy") is not None
+    }
+    for r in records:
+        ma, ref_ma = _num(r.get("main_accuracy")), _num(ref.get(key(r)))
+        ok = r.get("status") != "failed"
+        r["accuracy_drop"] = ref_ma - ma if ok and ma is not None and ref_ma is not None else None
+
+
 def cell_records(grid: Grid, outcomes: list[Any]) -> list[dict[str, Any]]:
-    """One flat record per cell outcome: axis labels, row/col/others keys, status, metrics, folder."""
+    """One flat record per cell outcome: axis labels, row/col/others keys, status, metrics, folder.
+
+    The integrity track's ``accuracy_drop`` is computed here, across cells (:func:`add_accuracy_drop`).
+    """
     recs = []
     for o in outcomes:
         c = o.cell
@@ -243,12 +343,47 @@ def cell_records(grid: Grid, outcomes: list[Any]) -> list[dict[str, Any]]:
                 **m,
             }
         )
+    if grid.track == "integrity":
+        add_accuracy_drop(recs, list(grid.axes), attack_axis(grid))
     return recs
 
 
 def _with_data(metrics: tuple[Metric, ...], records: list[dict[str, Any]]) -> list[Metric]:
     """The metrics that at least one record has (all of them when none has any, so the table still shows)."""
     return [m for m in metrics if any(r[m.key] is not None for r in records)] or list(metrics)
+
+
+def _untargeted(col: str, records: list[dict[str, Any]]) -> bool:
+    """A column (attack) that ran (some cell has an MA) and has no backdoor accuracy anywhere."""
+    mine = [r for r in records if r["col"] == col]
+    return (
+        col != ATTACK_FREE
+        and any(r["main_accuracy"] is not None for r in mine)
+        and all(r["backdoor_accuracy"] is None for r in mine)
+    )
+
+
+def _integrity_groups(grid: Grid, cols: list[str], records: list[dict[str, Any]]) -> list[tuple[str, Metric]]:
+    """The (column label, metric) pairs of the integrity table: MA, BA and MA drop per attack (see the module
+    docstring: no BA for untargeted attacks; no drop for ``"none"`` itself, nor in a grid without it)."""
+    ma, ba, drop = (
+        next(m for m in INTEGRITY_METRICS if m.key == k)
+        for k in ("main_accuracy", "backdoor_accuracy", "accuracy_drop")
+    )
+    untargeted = {c for c in cols if _untargeted(c, records)}
+    attacks = [c for c in cols if c != ATTACK_FREE]
+    no_ba = set(untargeted)
+    if attacks and set(attacks) <= untargeted:
+        no_ba.add(ATTACK_FREE)
+    with_drop = grid.columns == attack_axis(grid) and ATTACK_FREE in cols
+    out: list[tuple[str, Metric]] = []
+    for c in cols:
+        out.append((c, ma))
+        if c not in no_ba:
+            out.append((c, ba))
+        if with_drop and c != ATTACK_FREE:
+            out.append((c, drop))
+    return out
 
 
 def leaderboard_table(grid: Grid, records: list[dict[str, Any]]) -> Table:
@@ -264,15 +399,15 @@ def leaderboard_table(grid: Grid, records: list[dict[str, Any]]) -> Table:
         return sum(vals) / len(vals) if vals else None
 
     if grid.track == "integrity":
-        per_col = [m for m in INTEGRITY_METRICS if m.key in ("main_accuracy", "backdoor_accuracy")]
+        groups = _integrity_groups(grid, cols, ok)
         tail = [m for m in INTEGRITY_METRICS if m.key in ("tpr", "fpr")]
-        title = "Integrity track: main accuracy (MA) / backdoor accuracy (BA)"
+        title = "Integrity track: main accuracy (MA) / backdoor accuracy (BA) / MA drop"
     else:  # a leakage grid has no MA or ε, a DP grid no PSNR: show the metrics some cell has
-        per_col, tail = _with_data(PRIVACY_METRICS, ok), []
+        groups, tail = [(c, m) for c in cols for m in _with_data(PRIVACY_METRICS, ok)], []
         title = "Privacy track: main accuracy / inversion PSNR, SSIM, label accuracy / ε"
-    headers = [f"{c} {m.header}" for c in cols for m in per_col] + [m.header for m in tail]
-    keys = [f"{c}:{m.key}" for c in cols for m in per_col] + [m.key for m in tail]
-    better: list[str | None] = [*(m.better for _c in cols for m in per_col), *(m.better for m in tail)]
+    headers = [f"{c} {m.header}" for c, m in groups] + [m.header for m in tail]
+    keys = [f"{c}:{m.key}" for c, m in groups] + [m.key for m in tail]
+    better: list[str | None] = [*(m.better for _c, m in groups), *(m.better for m in tail)]
     scores: dict[str, float | None] = {}
     if grid.track == "integrity":
         scores = ranking_scores(ok, baseline=grid.baseline)
@@ -281,11 +416,39 @@ def leaderboard_table(grid: Grid, records: list[dict[str, Any]]) -> Table:
         better.append("max")
     t = Table(title=title, label_header=grid.rows, headers=headers, keys=keys, better=better)
     for row in rows:
-        vals = [mean(row, c, m.key) for c in cols for m in per_col] + [mean(row, None, m.key) for m in tail]
+        vals = [mean(row, c, m.key) for c, m in groups] + [mean(row, None, m.key) for m in tail]
         if grid.track == "integrity":
             vals.append(scores.get(row))
         t.rows.append((row, vals))
     return t
+
+
+def integrity_notes(grid: Grid, records: list[dict[str, Any]]) -> list[str]:
+    """The integrity track's explanations under the table: MA drop and the ranking-score formula, with the
+    grid's backdoor and untargeted columns named."""
+    cols = _axis_labels(grid, grid.columns, [r["col"] for r in records])
+    ok = [r for r in records if r["status"] != "failed"]
+    targeted = backdoor_columns(ok)
+    f = grid.baseline
+    notes = [
+        f"MA drop = MA of the attack-free cell ({attack_axis(grid)} = '{ATTACK_FREE}') of the same "
+        f"{grid.rows} and other axes − the cell's MA; positive = the attack cost accuracy, lower is better. "
+        "A single run cannot compute it (it needs the attack-free run), so it is not in any cell's "
+        "summary.json: the issue's final.accuracy_drop is this grid-level column (also in leaderboard.csv "
+        "and heatmap_accuracy_drop.png).",
+        f"score(d) = Σ_backdoor attacks mean_o[ΔMA − ΔBA] + Σ_untargeted attacks mean_o[ΔMA], with "
+        f"ΔX = (X[d,a,o] − X[{f},a,o]) / X[{f},a,o] against '{f}' under the same attack a and other axes o; "
+        "higher is better, the baseline scores 0. A backdoor attack is a column with a BA; the others "
+        "(untargeted poisoning and 'none') count their relative MA change only.",
+    ]
+    bd = [c for c in cols if c in targeted]
+    un = [c for c in cols if c not in targeted]
+    if bd or un:
+        notes.append(
+            f"Backdoor columns (ΔMA − ΔBA): {', '.join(bd) or MISSING}; "
+            f"MA-only columns (ΔMA): {', '.join(un) or MISSING}."
+        )
+    return notes
 
 
 def render_markdown(grid: Grid, table: Table, records: list[dict[str, Any]]) -> str:
@@ -307,11 +470,8 @@ def render_markdown(grid: Grid, table: Table, records: list[dict[str, Any]]) -> 
     if others:
         lines += ["", f"Values are means over {', '.join(others)}."]
     if grid.track == "integrity":
-        lines += [
-            "",
-            f"score: Σ over attacks of (relative MA change − relative BA change) against "
-            f"'{grid.baseline}'; higher is better.",
-        ]
+        for note in integrity_notes(grid, records):
+            lines += ["", note]
     failed = [r for r in records if r["status"] == "failed"]
     lines += [
         "",
@@ -577,6 +737,8 @@ def render_html(
     others = [a for a in grid.axes if a not in (grid.rows, grid.columns)]
     if others:
         h.append(f"<p>Values are means over {html.escape(', '.join(others))}. Click a header to sort.</p>")
+    if grid.track == "integrity":
+        h += [f"<p>{html.escape(note)}</p>" for note in integrity_notes(grid, records)]
     if heatmaps:
         h.append("<h2>Plots</h2><div>")
         for p in heatmaps:

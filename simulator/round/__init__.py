@@ -1,8 +1,9 @@
 """The round core: DESIGN.md's numbered round as pure, typed functions that every engine calls.
 
 :func:`client_step` (steps 1-6), :func:`validate_replies` (step 7) and :func:`server_step` (steps 8-12,
-with the poisoning stage of ``[attacks.poisoning]`` after 8). The Flower ClientApp and strategy are thin
-adapters around them; the leakage experiment and the warm start call them too.
+with the poisoning stage of ``[attacks.poisoning]`` and the adaptation stage of a defense-aware backdoor after
+8). The Flower ClientApp and strategy are thin adapters around them; the leakage experiment and the warm start
+call them too.
 """
 
 from simulator.round.client_step import (
@@ -14,9 +15,12 @@ from simulator.round.client_step import (
     inspect_model,
 )
 from simulator.round.server_step import (
+    Adapted,
+    Adapter,
     Observer,
     Poisoned,
     Poisoner,
+    RootUpdate,
     RoundOutcome,
     ServerPlugins,
     decode_updates,
@@ -26,6 +30,8 @@ from simulator.round.server_step import (
 from simulator.round.validate import Candidate, ValidReply, Verdicts, validate_replies
 
 __all__ = [
+    "Adapted",
+    "Adapter",
     "Candidate",
     "ClientPlugins",
     "ClientReply",
@@ -33,6 +39,7 @@ __all__ = [
     "Observer",
     "Poisoned",
     "Poisoner",
+    "RootUpdate",
     "RoundOutcome",
     "ServerPlugins",
     "ValidReply",

@@ -2,7 +2,10 @@
 
 7. validate   :func:`simulator.round.validate.validate_replies` (before this step)
 8. desketch   the compressor turns payloads back into per-client updates (or their aggregate in sketch space)
+   root       an aggregator that ``needs_root_update`` (FLTrust) gets the server's own update on its root set
+              in ``ctx.root_update`` (``ServerPlugins.root_update`` computes it)
    poison     a :class:`Poisoner`, if configured, replaces the acting attackers' rows with crafted updates
+   adapt      an :class:`Adapter` (a defense-aware backdoor, ``adaptive``) replaces them with reshaped ones
 9. observe    an observer (the in-run inversion attack) sees the decoded updates of the round, if configured
 10. aggregate the aggregator over the full list → update, accepted ids, per-client scores (audit canaries
     join)
@@ -19,18 +22,33 @@ benign rows (``knowledge = "omniscient"``) or from the attackers' own honest row
 equivalent to colluding attackers who know those updates and send the crafted ones; the observer, the
 aggregator and the defenses see only the resulting update matrix, with no flag (see
 :mod:`attacks.poisoning.plugins`).
+
+The adaptation stage (a defense-aware client attack, :class:`attacks.base.DefenseAware`, e.g. the
+``adaptive`` backdoor) is the same device for backdoors: the acting attackers trained their backdoor through
+the client step; here their rows are replaced by the attack's
+:meth:`~attacks.base.DefenseAware.adapt` of them, given the benign rows and a probe that runs the rule they
+adapt to (a deep copy of the server's aggregator, or of the rule they name) on the round with their rows
+replaced.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from attacks.base import POISONING_ATTACKS, PoisoningAttack
+from attacks.base import (
+    POISONING_ATTACKS,
+    ClientAttack,
+    DefenseAware,
+    PoisoningAttack,
+    Verdict,
+    defense_aware,
+)
 from defenses.aggregation.fedavg import FedAvg
 from defenses.base import AGGREGATORS, Aggregator, ServerDefense
 from simulator.context import RoundContext, make_generator
@@ -44,9 +62,12 @@ from simulator.scenario.base import PluginSpec
 from simulator.sketching.base import Compressor, Identity
 
 __all__ = [
+    "Adapted",
+    "Adapter",
     "Observer",
     "Poisoned",
     "Poisoner",
+    "RootUpdate",
     "RoundOutcome",
     "ServerPlugins",
     "decode_updates",
@@ -57,6 +78,8 @@ __all__ = [
 #: step 9: (round, valid replies, per-client updates or None, round context) -> what the attack achieved, if
 #: it ran
 Observer = Callable[[int, list[ValidReply], "torch.Tensor | None", RoundContext], InversionRound | None]
+#: after step 8: (round context) -> the server's own update on its root set this round (FLTrust's g₀)
+RootUpdate = Callable[[RoundContext], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -171,6 +194,87 @@ def _agr(
 
 
 @dataclass(frozen=True)
+class Adapted:
+    """What the adaptation stage did: the update matrix after it, the partition ids whose rows it replaced,
+    the share of their backdoor update kept (``mix``), whether the rows pass the rule in the attackers'
+    simulation, and why it left the round alone (None: it ran, or there was nothing to adapt)."""
+
+    updates: torch.Tensor
+    replaced: tuple[int, ...] = ()
+    mix: float | None = None
+    passes: bool | None = None
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """The adaptation stage (after step 8): a defense-aware client attack
+    (:class:`~attacks.base.DefenseAware`) reshapes the acting attackers' rows to pass ``rule``, knowing the
+    round's benign rows (a simulation device; see the module docstring).
+
+    ``target`` is the rule the attack names (built once, from ``AGGREGATORS``); without one (no rule named, or
+    the server's rule named without params) the probes run the server's own aggregator in its current state.
+    Every probe runs on a deep copy, so the server's state never changes. ``rule`` is the registry name of the
+    rule adapted to (the attack shapes its rows per rule)."""
+
+    attack: DefenseAware
+    rule: str
+    target: Aggregator | None = None
+
+    @classmethod
+    def for_attack(cls, attack: ClientAttack | None, aggregator: str) -> Adapter | None:
+        """The adapter of a run whose client attack is (or wraps) a defense-aware attack, else None;
+        ``aggregator`` is the registry name of the server's aggregator."""
+        found = defense_aware(attack)
+        if found is None:
+            return None
+        t = found.target_aggregator
+        if t is None or (t[0] == aggregator and t[1] is None):  # the server's own instance
+            return cls(found, aggregator)
+        import_plugins()
+        return cls(found, t[0], AGGREGATORS.create(t[0], t[1] or {}))
+
+    def adapt(
+        self,
+        updates: torch.Tensor,
+        weights: torch.Tensor,
+        ctx: RoundContext,
+        malicious: Sequence[int],
+        aggregator: Aggregator,
+    ) -> Adapted:
+        """Replace the rows of ``updates`` (rows follow ``ctx.client_ids``) that belong to ``malicious``."""
+        bad = set(malicious)
+        mal = [i for i, cid in enumerate(ctx.client_ids) if cid in bad]
+        if not mal:
+            return Adapted(updates)
+        ben = [i for i, cid in enumerate(ctx.client_ids) if cid not in bad]
+        if not ben:
+            why = "no benign update to adapt to: the attackers sent theirs unchanged"
+            return Adapted(updates, skipped=why)
+        rule_agg = self.target if self.target is not None else aggregator
+        ids = [ctx.client_ids[i] for i in mal]
+
+        def probe(rows: torch.Tensor) -> Verdict:
+            u = updates.clone()
+            u[mal] = rows.to(device=u.device, dtype=u.dtype)
+            res = copy.deepcopy(rule_agg).aggregate(u, weights, ctx)
+            kept = set(res.accepted)
+            return Verdict(
+                tuple(c in kept for c in ids), tuple(float(res.scores.get(c, math.nan)) for c in ids)
+            )
+
+        out = self.attack.adapt(updates[ben], updates[mal], rule=self.rule, probe=probe)
+        if tuple(out.updates.shape) != (len(mal), updates.shape[1]):
+            raise ValueError(
+                f"{type(self.attack).__name__}.adapt returned shape {tuple(out.updates.shape)}, expected "
+                f"{(len(mal), updates.shape[1])}"
+            )
+        new = updates.clone()
+        new[mal] = out.updates.to(device=updates.device, dtype=updates.dtype)
+        return Adapted(new, replaced=tuple(ids), mix=out.mix, passes=out.passes)
+
+
+@dataclass(frozen=True)
 class ServerPlugins:
     """The plug-ins the server runs; the defaults are plain FedAvg (McMahan et al., AISTATS 2017)."""
 
@@ -182,6 +286,9 @@ class ServerPlugins:
     audit: ClientAudit | None = None  # [audit] level = "client": canary clients join steps 10-11
     poisoner: Poisoner | None = None  # [attacks.poisoning]: the acting attackers' crafted updates (after 8)
     secure_sum: SecureSum | None = None  # [secure_aggregation]: plug-ins see the sum alone
+    # the server's own update on its root set, for an aggregator that needs_root_update (FLTrust)
+    root_update: RootUpdate | None = None
+    adapter: Adapter | None = None  # a defense-aware backdoor: the attackers' reshaped updates (after 8)
 
 
 @dataclass
@@ -197,6 +304,7 @@ class RoundOutcome:
     skipped: str | None = None
     poisoned: tuple[int, ...] = ()  # partition ids whose updates the poisoning stage replaced
     poisoning_skipped: str | None = None  # why the poisoning stage left this round's attackers honest
+    adapted: Adapted | None = None  # what the adaptation stage did (a defense-aware backdoor), if it ran
 
 
 def round_weights(
@@ -248,6 +356,14 @@ def server_step(
         updates, summed = decode_updates(plugins.compressor, [r.arrays for r in valid], weights, ctx)
         if summed is not None:
             update, accepted = summed, ctx.client_ids
+    # 8a. root: the server's own update on its root set (FLTrust), before the attackers' simulations need it
+    if updates is not None and plugins.secure_sum is None and plugins.aggregator.needs_root_update:
+        if plugins.root_update is None:
+            raise ValueError(
+                f"{type(plugins.aggregator).__name__} needs the server's root update (needs_root_update) and "
+                "the engine gave no root_update to the server step"
+            )
+        ctx = dataclasses.replace(ctx, root_update=plugins.root_update(ctx).to(gvec.device))
     # 8b. poison (a simulation of colluding attackers; the plug-ins below see only the resulting matrix)
     poisoned: Poisoned | None = None
     if plugins.poisoner is not None and malicious and valid:
@@ -258,6 +374,16 @@ def server_step(
             )
         poisoned = plugins.poisoner.poison(updates, weights, ctx, malicious, plugins.aggregator)
         updates = poisoned.updates
+    # 8b'. adapt (the same device for a defense-aware backdoor: the attackers' rows, reshaped)
+    adapted: Adapted | None = None
+    if plugins.adapter is not None and malicious and valid:
+        if updates is None:
+            raise ValueError(
+                "the adaptive backdoor needs per-client updates; the compressor aggregates in sketch space "
+                "(the scenario checks refuse this combination)"
+            )
+        adapted = plugins.adapter.adapt(updates, weights, ctx, malicious, plugins.aggregator)
+        updates = adapted.updates
     # 8c. secure aggregation: from here on the server holds SecAgg+'s decoded weighted mean,
     # nothing per client
     if plugins.secure_sum is not None and updates is not None:
@@ -289,6 +415,7 @@ def server_step(
         canaries=len(canary.ids),
         poisoned=poisoned.replaced if poisoned else (),
         poisoning_skipped=poisoned.skipped if poisoned else None,
+        adapted=adapted,
     )
     # 11. noise
     update = privacy.server_aggregate(update, [r.metrics for r in valid] + canary.metrics, ctx)

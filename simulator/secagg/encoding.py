@@ -380,14 +380,23 @@ def secure_mean(
             "0, or the sum of the weights overflowed"
         )
     c, big_q = params.clipping_range, params.quantization_range
-    ratio = torch.tensor([wf / big_q for wf in wfs], dtype=torch.float64).to(dtype)[:, None]
-    x = torch.clamp_(a * ratio, -c, c).add_(c).mul_(torch.tensor(big_q / (2 * c), dtype=dtype))
-    up = torch.ceil(x)
-    # up − x is exact in x's dtype (Sterbenz: up and x are within one unit, both below 2^24), so comparing the
-    # float64 uniforms with it decides exactly as Flower's float64 ``u < up − x`` does
-    ups = up.sum(dim=0, dtype=torch.float64).to(torch.int64)  # integers below n·2^24: exact in float64
-    down = torch.rand(x.shape, generator=generator, dtype=torch.float64) < up.sub_(x)
-    total = (ups - down.sum(dim=0)) % params.modulus
+    scale = torch.tensor(big_q / (2 * c), dtype=dtype)
+    d = a.shape[1]
+    ups = torch.zeros(d, dtype=torch.float64)  # Σ_i ceil(x_i): integers below n·2^24, exact in float64
+    downs = torch.zeros(d, dtype=torch.int64)  # Σ_i [client i rounds down]
+    x, up = torch.empty(d, dtype=dtype), torch.empty(d, dtype=dtype)
+    u, down = torch.empty(d, dtype=torch.float64), torch.empty(d, dtype=torch.bool)
+    for row, wf in zip(a, wfs, strict=True):  # one client at a time: buffers stay small and are reused
+        torch.mul(row, torch.tensor(wf / big_q, dtype=torch.float64).to(dtype), out=x)
+        x.clamp_(-c, c).add_(c).mul_(scale)
+        torch.ceil(x, out=up)
+        ups += up
+        # up − x is exact in x's dtype (Sterbenz: both within one unit, below 2^24), so comparing the float64
+        # uniforms with it decides exactly as Flower's float64 ``u < up − x`` does
+        u.uniform_(0.0, 1.0, generator=generator)
+        torch.lt(u, up.sub_(x), out=down)
+        downs += down
+    total = (ups.to(torch.int64) - downs) % params.modulus
     vec = total.to(torch.float64) * (2 * c / big_q) - c
     vec += -(len(wfs) - 1) * c
     vec *= big_q / total_wf
