@@ -107,14 +107,15 @@ def test_both_poisoning_grids_expand_every_cell_into_a_valid_scenario(grids: dic
         assert s.model.warm_start is not None and s.model.warm_start.rounds == 20
         assert s.federation.rounds == 10
         assert s.data.partitioner.params["alpha"] == float(c.labels["alpha"])
-    # the small grid: the cheap setting, alpha 0.5 only
-    assert len(small.cells) == len(ATTACKS) * len(small.axes["defense"])
+    # the small grid: the cheap setting, both alphas
+    assert len(small.cells) == len(ATTACKS) * len(small.axes["defense"]) * 2
     for c in small.cells:
         s = c.scenario
         assert (s.model.name, s.model.params["hidden"], s.data.max_examples) == ("mlp", [64], 2000)
         assert (s.data.num_clients, s.federation.clients_per_round) == (20, 10)
         assert s.model.warm_start is not None and s.model.warm_start.rounds == 5
-        assert s.federation.rounds == 5 and s.data.partitioner.params["alpha"] == 0.5
+        assert s.federation.rounds == 5
+        assert s.data.partitioner.params["alpha"] == float(c.labels["alpha"])
 
 
 # ---------------------------------------------------------------- accuracy drop
