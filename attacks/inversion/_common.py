@@ -45,6 +45,7 @@ __all__ = [
     "PayloadSimulator",
     "client_loss",
     "compile_step_fn",
+    "first_layer_input",
     "gradient_distance",
     "simulation_copy",
     "total_variation",
@@ -211,3 +212,45 @@ def compile_step_fn(
         )
         return fn, False
     return compiled, True
+
+
+def first_layer_input(
+    model: nn.Module, input_shape: tuple[int, ...], who: str
+) -> tuple[str, nn.Module, bool]:
+    """The model's first parameterised layer that runs, found with forward pre-hooks on a seeded probe input
+    (registration order need not be execution order): ``(name, module, raw)``, ``raw`` telling whether it
+    receives the probe itself, flattened (nothing transforms the input before it). ``who`` names the caller in
+    errors."""
+    seen: list[tuple[str, nn.Module, torch.Tensor]] = []
+
+    def grab(name: str) -> Callable[[nn.Module, tuple], None]:
+        def hook(mod: nn.Module, args: tuple) -> None:
+            if not seen:
+                seen.append((name, mod, args[0].detach().clone()))
+
+        return hook
+
+    handles = [
+        m.register_forward_pre_hook(grab(n))
+        for n, m in model.named_modules()
+        if next(m.parameters(recurse=False), None) is not None
+    ]
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        raise ValueError(f"{who} needs a model with parameters") from None
+    probe = torch.rand((1, *input_shape), generator=torch.Generator().manual_seed(0)).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not seen:
+        raise ValueError(f"{who}: no parameterised layer ran on the input")
+    name, mod, inp = seen[0]
+    raw = inp.numel() == probe.numel() and bool(torch.allclose(inp.flatten(), probe.flatten()))
+    return name, mod, raw

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from typing import Annotated
 
 import torch
@@ -46,6 +45,7 @@ from pydantic import Field
 from torch import nn
 
 from attacks.base import INVERSION_ATTACKS, InversionAttack, Reconstruction, ServerView
+from attacks.inversion._common import first_layer_input
 from attacks.labels import last_linear
 from simulator.flat import layout_of, unflatten
 
@@ -72,37 +72,7 @@ def first_linear_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:
         When the first parameterised layer is not a biased ``nn.Linear``, or when it does not see the raw
         input (a normalisation or another transform runs before it).
     """
-    seen: list[tuple[str, nn.Module, torch.Tensor]] = []
-
-    def grab(name: str) -> Callable[[nn.Module, tuple], None]:
-        def hook(mod: nn.Module, args: tuple) -> None:
-            if not seen:
-                seen.append((name, mod, args[0].detach().clone()))
-
-        return hook
-
-    handles = [
-        m.register_forward_pre_hook(grab(n))
-        for n, m in model.named_modules()
-        if next(m.parameters(recurse=False), None) is not None
-    ]
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        raise ValueError("analytic_fc needs a model with parameters") from None
-    probe = torch.rand((1, *input_shape), generator=torch.Generator().manual_seed(0)).to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(probe)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if not seen:
-        raise ValueError("analytic_fc: no parameterised layer ran on the input")
-    name, mod, inp = seen[0]
+    name, mod, raw = first_layer_input(model, input_shape, "analytic_fc")
     if not isinstance(mod, nn.Linear) or mod.bias is None:
         kind = type(mod).__name__ + ("" if not isinstance(mod, nn.Linear) else " without bias")
         raise ValueError(
@@ -110,7 +80,7 @@ def first_linear_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:
             f"bias on the flattened input; the first layer {name!r} is a {kind} (use an "
             f"optimisation attack such as inverting_gradients for this model)"
         )
-    if inp.numel() != probe.numel() or not torch.allclose(inp.flatten(), probe.flatten()):
+    if not raw:
         raise ValueError(
             f"analytic_fc: the first linear layer {name!r} does not receive the raw flattened "
             f"input (something transforms the input before it)"

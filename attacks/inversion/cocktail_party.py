@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from typing import Annotated, Literal
 
 import numpy as np
@@ -72,7 +71,7 @@ from pydantic import Field
 from torch import nn
 
 from attacks.base import INVERSION_ATTACKS, InversionAttack, Reconstruction, ServerView
-from attacks.inversion._common import total_variation
+from attacks.inversion._common import first_layer_input, total_variation
 from attacks.labels import LabelStrategy, num_images_of, recover_labels
 from attacks.progress import steps
 from simulator.flat import layout_of, unflatten
@@ -100,37 +99,7 @@ def first_dense_layer(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[s
         When the first parameterised layer is not an ``nn.Linear`` (a CNN: its first layer is a convolution)
         or does not see the raw input.
     """
-    seen: list[tuple[str, nn.Module, torch.Tensor]] = []
-
-    def grab(name: str) -> Callable[[nn.Module, tuple], None]:
-        def hook(mod: nn.Module, args: tuple) -> None:
-            if not seen:
-                seen.append((name, mod, args[0].detach().clone()))
-
-        return hook
-
-    handles = [
-        m.register_forward_pre_hook(grab(n))
-        for n, m in model.named_modules()
-        if next(m.parameters(recurse=False), None) is not None
-    ]
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        raise ValueError("cocktail_party needs a model with parameters") from None
-    probe = torch.rand((1, *input_shape), generator=torch.Generator().manual_seed(0)).to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(probe)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if not seen:
-        raise ValueError("cocktail_party: no parameterised layer ran on the input")
-    name, mod, inp = seen[0]
+    name, mod, raw = first_layer_input(model, input_shape, "cocktail_party")
     if not isinstance(mod, nn.Linear):
         raise ValueError(
             f"cocktail_party needs a model whose first layer is fully connected on the flattened "
@@ -138,7 +107,7 @@ def first_dense_layer(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[s
             f"{type(mod).__name__} (the paper's CNN variant, embeddings + feature inversion, is not "
             f"implemented; use inverting_gradients on this model)"
         )
-    if inp.numel() != probe.numel() or not torch.allclose(inp.flatten(), probe.flatten()):
+    if not raw:
         raise ValueError(
             f"cocktail_party: the first linear layer {name!r} does not receive the raw flattened "
             f"input (something transforms the input before it)"

@@ -42,6 +42,9 @@ class MinMax(PoisoningAttack):
         super().__init__(**kwargs)
         self.perturbation, self.gamma_init, self.tol = perturbation, gamma_init, tol
 
+    #: the paper's search for this attack's γ (Min-Sum subclasses this with its own condition)
+    _updates = staticmethod(min_max_updates)
+
     @property
     def min_known(self) -> int:
         return 2
@@ -56,7 +59,7 @@ class MinMax(PoisoningAttack):
         agr: Callable[[torch.Tensor], torch.Tensor],
         global_vector: torch.Tensor,
     ) -> torch.Tensor:
-        return min_max_updates(
+        return self._updates(
             self.known(benign, own),
             num_malicious=num_malicious,
             perturbation=self.perturbation,

@@ -3,20 +3,15 @@ Poisoning Attacks and Defenses for Federated Learning", NDSS 2021, Sec. IV)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any
-
-import torch
-from pydantic import Field
-
-from attacks.base import POISONING_ATTACKS, PoisoningAttack
-from attacks.poisoning.min_max import Perturbation, min_sum_updates
+from attacks.base import POISONING_ATTACKS
+from attacks.poisoning.min_max import min_sum_updates
+from attacks.poisoning.plugins.min_max import MinMax
 
 __all__ = ["MinSum"]
 
 
 @POISONING_ATTACKS.register("min_sum")
-class MinSum(PoisoningAttack):
+class MinSum(MinMax):
     """Min-Sum (Shejwalkar & Houmansadr, NDSS 2021): every attacker sends ``μ + γ·∇p``, ``γ`` the largest
     value whose sum of squared distances to the known updates stays within the largest such sum of a known
     update.
@@ -32,35 +27,4 @@ class MinSum(PoisoningAttack):
         ``γ_init`` and ``τ`` of the paper's halving search (10 and 10⁻⁵).
     """
 
-    def __init__(
-        self,
-        *,
-        perturbation: Perturbation = "std",
-        gamma_init: Annotated[float, Field(gt=0.0)] = 10.0,
-        tol: Annotated[float, Field(gt=0.0)] = 1e-5,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.perturbation, self.gamma_init, self.tol = perturbation, gamma_init, tol
-
-    @property
-    def min_known(self) -> int:
-        return 2
-
-    def craft(
-        self,
-        benign: torch.Tensor,
-        own: torch.Tensor,
-        *,
-        num_malicious: int,
-        generator: torch.Generator,
-        agr: Callable[[torch.Tensor], torch.Tensor],
-        global_vector: torch.Tensor,
-    ) -> torch.Tensor:
-        return min_sum_updates(
-            self.known(benign, own),
-            num_malicious=num_malicious,
-            perturbation=self.perturbation,
-            gamma_init=self.gamma_init,
-            tol=self.tol,
-        )
+    _updates = staticmethod(min_sum_updates)
