@@ -47,6 +47,7 @@ TINY = [
         ),
         (["compression={name='srht', params={ratio=0.1}}"], "compression.name"),
         (["federation.clients_per_round=1"], "federation.clients_per_round"),
+        (["secure_aggregation={mode='secaggplus'}", "simulation.engine='ray'"], "secure_aggregation.mode"),
     ],
 )
 def test_what_needs_one_clients_update_is_refused_at_load(sets: list[str], field: str) -> None:
@@ -179,3 +180,9 @@ def test_flowers_own_secaggplus_in_a_run_matches_the_simulated_mode_and_recovers
 def test_secaggplus_dropouts_need_the_protocol() -> None:
     with pytest.raises(ScenarioError, match="drop_after_share_keys"):
         load_scenario(QUICK, ["secure_aggregation={drop_after_share_keys=0.2}"])
+
+
+def test_a_leakage_scenario_points_to_its_own_aggregate_setting() -> None:
+    with pytest.raises(ScenarioError, match=r"\[leakage\] clients = K") as e:
+        load_scenario("scenarios/leakage_ig.toml", ["secure_aggregation={}"])
+    assert any(p.path == "secure_aggregation" for p in e.value.problems)

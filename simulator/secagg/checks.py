@@ -81,8 +81,8 @@ def secure_aggregation_problems(s: Scenario) -> list[Problem]:
         out.append(
             Problem(
                 "secure_aggregation.mode",
-                "'secaggplus' runs Flower's protocol in-process (simulation.engine = 'inline'); "
-                "use mode = 'simulated' on the Ray engine",
+                "'secaggplus' runs Flower's secure aggregation protocol in-process "
+                "(simulation.engine = 'inline'); use mode = 'simulated' on the Ray engine",
             )
         )
     return out
