@@ -58,7 +58,7 @@ from attacks.base import CLIENT_ATTACKS, Adaptation, DefenseAware, Probe, Verdic
 from simulator.registry import BadParams, UnknownName, all_registries
 from simulator.scenario.loader import Problem, scenario_check
 from simulator.scenario.schema import Scenario
-from simulator.sketching.base import COMPRESSORS
+from simulator.sketching.checks import scenario_compressor
 
 __all__ = [
     "AdaptiveBackdoor",
@@ -292,10 +292,7 @@ def adaptive_problems(s: Scenario) -> list[Problem]:
                 "or use a backdoor without adapt_to",
             )
         )
-    try:
-        comp = COMPRESSORS.create(s.compression.name, s.compression.params)
-    except (ValueError, TypeError, KeyError):
-        comp = None  # reported by the compression checks
+    comp = scenario_compressor(s)  # None: reported by the compression checks
     if comp is not None and comp.aggregates_in_sketch_space:
         out.append(
             Problem(

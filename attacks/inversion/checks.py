@@ -6,7 +6,7 @@ from __future__ import annotations
 from attacks.base import INVERSION_ATTACKS
 from simulator.scenario.loader import Problem, scenario_check
 from simulator.scenario.schema import Scenario
-from simulator.sketching.base import COMPRESSORS
+from simulator.sketching.checks import scenario_compressor
 
 __all__ = ["aggregate_problems", "inversion_problems"]
 
@@ -15,13 +15,6 @@ def _flag(name: str, attr: str) -> bool:
     if name not in INVERSION_ATTACKS:
         return False  # the registry check reports unknown names
     return bool(getattr(INVERSION_ATTACKS.get(name).factory, attr, False))
-
-
-def _compressor(s: Scenario) -> object | None:
-    try:
-        return COMPRESSORS.create(s.compression.name, s.compression.params)
-    except (ValueError, TypeError, KeyError):
-        return None  # reported by the compression checks
 
 
 @scenario_check
@@ -46,7 +39,7 @@ def inversion_problems(s: Scenario) -> list[Problem]:
                     f'server = "malicious" (got {server!r})',
                 )
             )
-        comp = _compressor(s)
+        comp = scenario_compressor(s)
         if comp is not None and (
             not getattr(comp, "decodes_alone", False) or getattr(comp, "aggregates_in_sketch_space", False)
         ):
@@ -96,7 +89,7 @@ def inversion_problems(s: Scenario) -> list[Problem]:
                 '"malicious"',
             )
         )
-    comp = _compressor(s)
+    comp = scenario_compressor(s)
     if comp is not None and getattr(comp, "aggregates_in_sketch_space", False):
         out.append(
             Problem(

@@ -16,7 +16,7 @@ from attacks.base import POISONING_ATTACKS
 from simulator.registry import BadParams, UnknownName, all_registries, did_you_mean
 from simulator.scenario.loader import Problem, scenario_check
 from simulator.scenario.schema import Scenario
-from simulator.sketching.base import COMPRESSORS
+from simulator.sketching.checks import scenario_compressor
 
 __all__ = ["poisoning_problems"]
 
@@ -112,10 +112,7 @@ def poisoning_problems(s: Scenario) -> list[Problem]:
                 "[attacks.plan] to at least one client",
             )
         )
-    try:
-        comp = COMPRESSORS.create(s.compression.name, s.compression.params)
-    except (ValueError, TypeError, KeyError):
-        comp = None  # reported by the compression checks
+    comp = scenario_compressor(s)  # None: reported by the compression checks
     if comp is not None and comp.aggregates_in_sketch_space:
         out.append(
             Problem(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from simulator.scenario.loader import Problem, scenario_check
 from simulator.scenario.schema import Scenario
-from simulator.sketching.base import COMPRESSORS
+from simulator.sketching.base import COMPRESSORS, Compressor
 
-__all__ = ["compression_problems"]
+__all__ = ["compression_problems", "scenario_compressor"]
 
 
 @scenario_check
@@ -43,3 +43,12 @@ def compression_problems(s: Scenario) -> list[Problem]:
             )
         ]
     return out
+
+
+def scenario_compressor(s: Scenario) -> Compressor | None:
+    """The scenario's compressor, for other checks to read its capability flags; None when it cannot be
+    built (:func:`compression_problems` reports why)."""
+    try:
+        return COMPRESSORS.create(s.compression.name, s.compression.params)
+    except (ValueError, TypeError, KeyError):
+        return None
