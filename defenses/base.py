@@ -46,10 +46,16 @@ class Aggregator(ABC):
     ``needs_root_update``: the rule compares the clients' updates with the server's own update on a small
     clean root set it holds (FLTrust); the engine then draws ``root_size`` examples for that set and fills
     ``ctx.root_update`` every round (the server trains a copy of the global model on it with the clients'
-    recipe). A rule without it never sees a root update."""
+    recipe). A rule without it never sees a root update.
+
+    ``selects_clients``: the rule may leave clients out of the aggregate (Krum, FLAME, FoolsGold ...), so its
+    ``accepted`` set is a detection decision and the detection rates (TPR / FPR) measure it. A rule that by
+    construction accepts every client (FedAvg, median, trimmed mean, norm clipping ...) sets it to False: its
+    rates would be 0 by definition, and reports show "n/a" for them instead."""
 
     needs_individual_updates: bool = True
     needs_root_update: bool = False
+    selects_clients: bool = True
     root_size: int = 0  # examples of the server's root set (read only when needs_root_update)
 
     @abstractmethod

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -26,6 +25,7 @@ from simulator.leaderboard.report import (
     render_html,
     render_markdown,
 )
+from tests.helpers.chromium import chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "scenarios" / "leaderboard_smoke.toml"
@@ -216,7 +216,7 @@ def test_missing_metrics_render_as_dash() -> None:
     g = load_grid(SMOKE)
     outs = [_Outcome(c, "completed", {"final": {}}) for c in g.cells]
     md = render_markdown(g, leaderboard_table(g, cell_records(g, outs)), cell_records(g, outs))
-    assert "| fedavg | – | – | – | – | – |" in md
+    assert "| fedavg | – | – | n/a | n/a | – |" in md  # FedAvg never leaves a client out: no detection rates
 
 
 # ---------------------------------------------------------------- running the smoke grid
@@ -281,8 +281,8 @@ def test_resume_after_sigkill_skips_finished_cells(smoke_run: dict[str, Any]) ->
     rerun, before, n = smoke_run["rerun"], smoke_run["before"], smoke_run["n"]
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     k = len(before)
-    assert f"{n} cells: {n - k} completed, {k} skipped" in rerun.stdout
-    assert rerun.stderr.count("skipped    ") == k
+    assert f"{n} cells: {n - k} completed, {k} done (stored)" in rerun.stdout
+    assert rerun.stderr.count("done (stored)  ") == k
     after = _completed_rows(smoke_run["store"])
     digests = [r[1] for r in after]
     assert sorted(digests) == sorted(c.digest for c in load_grid(SMOKE).cells)  # every cell once
@@ -326,22 +326,7 @@ def test_cli_show_prints_tables(smoke_run: dict[str, Any]) -> None:
 
 
 def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return str(shutil.which(name))
-    try:
-        subprocess.run(
-            ["apt-get", "install", "-y", "chromium", "chromium-driver"],
-            capture_output=True,
-            timeout=600,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError) as e:
-        pytest.skip(f"headless Chromium unavailable and `apt-get install chromium` failed: {e}")
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.skip("headless Chromium unavailable after apt-get install chromium")
-    return path
+    return chromium()  # skips locally, fails under CI when absent; never installs anything
 
 
 def _dump_dom(page: Path, query: str, tmp: Path) -> str:
@@ -442,7 +427,7 @@ def test_failed_cells_are_recorded_and_the_grid_goes_on(
         "failed: ValueError: boom"
     ]  # the stale 'running' row marked failed
     md = (tmp_path / "out" / "leaderboard.md").read_text()
-    assert "0 run now, 0 from the store, 2 failed" in md and "ValueError: boom" in md
+    assert "0 run now, 0 done (stored), 2 failed" in md and "ValueError: boom" in md
     assert (tmp_path / "out" / "leaderboard.html").is_file() and (
         tmp_path / "out" / "leaderboard.csv"
     ).is_file()
@@ -542,8 +527,8 @@ def test_privacy_tables_show_only_the_metrics_some_cell_has() -> None:
     t = leaderboard_table(g, cell_records(g, outs))
     assert t.headers == ["0 PSNR", "0 SSIM", "0 label acc", "1e-1 PSNR", "1e-1 SSIM", "1e-1 label acc"]
     html = render_html(g, t, cell_records(g, outs), Path("."))
-    assert ">ε<" not in html and ">MA<" not in html
+    assert ">ε (record)<" not in html and ">ε (client)<" not in html and ">MA<" not in html
     empty = leaderboard_table(g, cell_records(g, [_Outcome(c, "completed", {}) for c in g.cells]))
     assert (
-        len(empty.headers) == 2 * 6
-    )  # nothing measured yet: every metric (ε and the audit ε̂ too) stays, as "–"
+        len(empty.headers) == 2 * 8
+    )  # nothing measured yet: every metric (both ε and both audit ε̂ too) stays, as "–"

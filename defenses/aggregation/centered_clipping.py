@@ -91,6 +91,8 @@ class CenteredClipping(Aggregator):
         ``"previous"`` (the last round's aggregate; zero in the first round) or ``"zero"``.
     """
 
+    selects_clients = False  # clips every client, rejects none: no detection rates
+
     def __init__(
         self,
         *,

@@ -19,6 +19,7 @@ class FedAvg(Aggregator):
     """Example-weighted mean of all updates (McMahan et al., 2017); no defense."""
 
     needs_individual_updates = False  # a function of the weighted sum: runs behind secure aggregation
+    selects_clients = False  # every client enters the mean: no detection rates
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         return AggregationResult(

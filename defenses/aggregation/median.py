@@ -46,6 +46,8 @@ class Median(Aggregator):
     Euclidean distance of the client's update to the median (higher = more suspicious).
     """
 
+    selects_clients = False  # every client is accepted (no rejection): no detection rates
+
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         med = coordinatewise_median(updates)
         scores = distance_scores(updates, med)

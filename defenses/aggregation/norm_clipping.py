@@ -45,6 +45,8 @@ class NormClipping(Aggregator):
         FLPoison).
     """
 
+    selects_clients = False  # clips every client, rejects none: no detection rates
+
     def __init__(self, max_norm: float = 3.0, noise_std: float = 0.0) -> None:
         if max_norm <= 0 or noise_std < 0:
             raise ValueError("need max_norm > 0 and noise_std >= 0")

@@ -76,6 +76,8 @@ class RFA(Aggregator):
         Relative objective improvement below which the iteration stops.
     """
 
+    selects_clients = False  # every client gets a positive weight: no detection rates
+
     def __init__(self, max_iter: int = 100, nu: float = 1e-6, ftol: float = 1e-8) -> None:
         if max_iter < 0 or nu <= 0 or ftol < 0:
             raise ValueError("need max_iter >= 0, nu > 0, ftol >= 0")

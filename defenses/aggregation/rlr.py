@@ -54,6 +54,8 @@ class RLR(Aggregator):
         8 with 40; BackFed uses 8). A value above the round's client count flips every coordinate.
     """
 
+    selects_clients = False  # flips coordinates' learning rate, rejects no client: no detection rates
+
     def __init__(self, threshold: float = 4.0) -> None:
         if threshold < 0:
             raise ValueError("threshold must be >= 0")

@@ -67,6 +67,8 @@ class TrimmedMean(Aggregator):
         Fraction trimmed from each end per coordinate, in ``[0, 0.5)``; ``⌊β·n⌋`` values per side.
     """
 
+    selects_clients = False  # trims values per coordinate, never a client: no detection rates
+
     def __init__(self, beta: float = 0.2) -> None:
         trim_count(1, beta)  # validates the range
         self.beta = beta

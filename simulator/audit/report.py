@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from simulator.audit.estimators import auc, epsilon_from_mu, gaussian_dp_mu, one_run_epsilon_lower_bound
-from simulator.plots import pyplot
+from simulator.plots import fit_text, pyplot, save_figure, text_height, wrap
 
-__all__ = ["audit_block", "headline_statistic", "plot_scores"]
+__all__ = ["audit_block", "headline_statistic", "plot_scores", "scores_figure"]
 
 
 def _one(s_in: np.ndarray, s_out: np.ndarray, *, delta: float, confidence: float) -> dict[str, Any]:
@@ -87,11 +87,15 @@ def audit_block(
     return block
 
 
-def plot_scores(scores: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, title: str) -> Path:
-    """One histogram panel per statistic: inserted vs not-inserted canaries' scores."""
+def scores_figure(scores: dict[str, tuple[np.ndarray, np.ndarray]], *, title: str) -> Any:
+    """One histogram panel per statistic: inserted vs not-inserted canaries' scores (texts fitted)."""
     plt = pyplot()
     n = max(len(scores), 1)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+    width, fs = max(4.2 * n, 5.0), 10.0
+    head = wrap(title, width - 0.3, fs)
+    fig, axes = plt.subplots(
+        1, n, figsize=(width, 3.4 + text_height(head, fs)), dpi=110, squeeze=False, layout="constrained"
+    )
     for ax, (name, (s_in, s_out)) in zip(axes[0], scores.items()):
         lo = float(min(np.min(s_in, initial=0), np.min(s_out, initial=0)))
         hi = float(max(np.max(s_in, initial=0), np.max(s_out, initial=0)))
@@ -101,9 +105,11 @@ def plot_scores(scores: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *,
         ax.set_title(name.replace("_", " "), fontsize=10)
         ax.set_xlabel("score")
         ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.suptitle(head, fontsize=fs)
+    fit_text(fig)
+    return fig
+
+
+def plot_scores(scores: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, title: str) -> Path:
+    """Write :func:`scores_figure` to ``path`` (PNG)."""
+    return save_figure(scores_figure(scores, title=title), path)

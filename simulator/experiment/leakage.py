@@ -54,6 +54,7 @@ from simulator.context import ClientContext, RoundContext, derive_seed, make_gen
 from simulator.data import DATASETS
 from simulator.flat import flatten, layout_of, model_vector
 from simulator.models import build_model
+from simulator.plots import fit_text, pyplot, save_figure, text_height, wrap
 from simulator.results import ResultsStore, RunResult, default_out_dir, versions
 from simulator.round import ClientPlugins, decode_updates, defend_update, inspect_model
 from simulator.scenario import Problem, Scenario, ScenarioError
@@ -67,9 +68,11 @@ __all__ = [
     "attack_update",
     "client_payload",
     "gradient_view",
+    "grid_figure",
     "label_count_metrics",
     "last_layer_case",
     "prepare_leakage",
+    "psnr_text",
     "run_experiment",
     "run_leakage",
     "save_grid",
@@ -466,22 +469,38 @@ def _plain(info: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(info, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def save_grid(
-    path: Path, truth: torch.Tensor, recon: torch.Tensor, *, max_images: int = 8, title: str = ""
-) -> None:
-    """An image grid: ground truth in the top row, the (matched) reconstruction below (matplotlib, Agg)."""
-    # deferred: matplotlib loads only when a figure is drawn
-    import matplotlib
+#: the side of one image cell of a reconstruction grid, in pixels (a 32×32 image is drawn 8× larger, enough to
+#: judge a reconstruction by eye), and the widest grid written: more than 8 images get smaller cells (16: 143
+#: px, 32: 71 px), never below ``GRID_MIN_CELL_PX``
+GRID_CELL_PX = 264
+GRID_MAX_WIDTH_PX = 2400
+GRID_MIN_CELL_PX = 64
+GRID_DPI = 120
 
-    matplotlib.use("Agg")
-    # deferred: matplotlib loads only when a figure is drawn
-    import matplotlib.pyplot as plt
 
-    n = min(int(truth.shape[0]), max_images)
-    fig, axes = plt.subplots(2, n, figsize=(max(1.6 * n + 0.6, 3.2), 3.4), squeeze=False)
+def grid_figure(truth: torch.Tensor, recon: torch.Tensor, *, max_images: int = 8, title: str = "") -> Any:
+    """An image grid: ground truth in the top row, the (matched) reconstruction below; each image
+    :data:`GRID_CELL_PX` pixels wide at :data:`GRID_DPI` dpi (smaller when more images would make the grid
+    wider than :data:`GRID_MAX_WIDTH_PX`), the title wrapped to the grid's width. Returns the figure."""
+    plt = pyplot()
+    n = max(min(int(truth.shape[0]), max_images), 1)
+    cell_px = max(GRID_MIN_CELL_PX, min(GRID_CELL_PX, (GRID_MAX_WIDTH_PX - 100) // n))
+    cell = cell_px / GRID_DPI * 1.06  # inches per image, with room for the spacing between axes
+    fs = 9.0 if cell_px >= GRID_CELL_PX else 8.0
+    width = max(n * cell + 0.45, 4.2)
+    head = wrap(title, width - 0.2, fs) if title else ""
+    height = 2 * cell + 0.2 + (text_height(head, fs) + 0.15 if head else 0.0)
+    fig, axes = plt.subplots(2, n, figsize=(width, height), dpi=GRID_DPI, squeeze=False, layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.0, hspace=0.0)
     for row, imgs, label in ((0, truth, "truth"), (1, recon, "reconstruction")):
         for i in range(n):
             ax = axes[row][i]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if i >= int(imgs.shape[0]):
+                continue
             img = imgs[i].detach().float().clamp(0, 1).permute(1, 2, 0).numpy()
             ax.imshow(
                 img[..., 0] if img.shape[-1] == 1 else img,
@@ -490,16 +509,35 @@ def save_grid(
                 vmax=1,
                 interpolation="nearest",
             )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_ylabel(label, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    if head:
+        fig.suptitle(head, fontsize=fs)
+    fit_text(fig)
+    return fig
+
+
+def save_grid(
+    path: Path, truth: torch.Tensor, recon: torch.Tensor, *, max_images: int = 8, title: str = ""
+) -> None:
+    """Write :func:`grid_figure` (truth row, reconstruction row) to ``path`` (PNG)."""
+    save_figure(grid_figure(truth, recon, max_images=max_images, title=title), path)
+
+
+def psnr_text(inversion: dict[str, Any]) -> str:
+    """The mean PSNR of an ``inversion`` summary block for people: ``"22.78 dB"``, ``"∞ (exact)"`` for an
+    exact reconstruction (PSNR +∞, written "inf" in summary.json; ``null`` with MSE 0 in older files), ``"–"``
+    when there is none.
+
+    >>> psnr_text({"psnr": "inf"}), psnr_text({"psnr": 22.777}), psnr_text({"psnr": None})
+    ('∞ (exact)', '22.78 dB', '–')
+    """
+    p = inversion.get("psnr")
+    if isinstance(p, str):
+        p = float(p) if p.strip().lower() in ("inf", "infinity") else None
+    if p is None and inversion.get("mse") == 0.0:
+        p = math.inf
+    if not isinstance(p, (int, float)) or math.isnan(p):
+        return "–"
+    return "∞ (exact)" if math.isinf(p) and p > 0 else f"{p:.2f} dB"
 
 
 def _summary(
@@ -558,16 +596,13 @@ def run_leakage(scenario: Scenario, out_dir: Path) -> dict[str, Any]:
             case.truth_x,
             torch.full_like(case.truth_x[:keep], 0.5),
             max_images=keep,
-            title=f"client refused the model: {case.refused}"[:90],
+            title=f"client refused the model: {case.refused}",
         )
         return summary
     order = summary["inversion"]["order"]
     shown = aligned(recon.images, case.truth_x, order)
-    p = summary["inversion"]["psnr"]  # None in JSON when the reconstruction is exact (MSE 0, PSNR inf)
     rf = summary["inversion"].get("recovered_fraction")
-    title = f"{summary['inversion']['attack']}: mean PSNR " + (
-        f"{p:.2f} dB" if p is not None else "∞ (exact)"
-    )
+    title = f"{summary['inversion']['attack']}: mean PSNR {psnr_text(summary['inversion'])}"
     if rf is not None:
         title += f", {rf:.0%} of {case.truth_x.shape[0]} images recovered (≥ 40 dB)"
     save_grid(out / "reconstruction.png", case.truth_x, shown, max_images=keep, title=title)

@@ -6,7 +6,19 @@ Metrics per cell (read from the run's summary; a missing key shows as "–" and 
   ``defense.tpr`` / ``defense.fpr`` (mean detection rates over the rounds), and ``MA drop`` =
   ``accuracy_drop`` (below);
 * privacy track: ``MA``, ``PSNR`` / ``SSIM`` / ``label acc`` = ``inversion.psnr`` / ``.ssim`` /
-  ``.label_accuracy``, ``ε`` = ``privacy.epsilon``.
+  ``.label_accuracy``; ``ε (record)`` and ``ε (client)`` = ``privacy.epsilon`` in the column of the run's
+  ``privacy.level`` (record-level DP-SGD / input perturbation: the worst client's ε over its records;
+  client-level DP-FedAvg or noisy sketches: the ε of one client's participation), and ``ε̂ (record audit)`` /
+  ``ε̂ (client audit)`` = ``audit.epsilon_lower`` by ``audit.level``. The two kinds of ε protect different
+  units and are never mixed in one column; an ε whose level the summary does not state (none is written so)
+  gets a column of its own, ``ε (level not stated)``, shown only when some cell has one.
+
+Values shown for people: an exact reconstruction (PSNR +∞, written "inf" in summary.json) is ``∞ (exact)``,
+a value, sorted as the highest PSNR, never as missing; an ε of +∞ (a release without noise) is ``∞``. The
+detection rates of an aggregator that never leaves a client out
+(:attr:`defenses.base.Aggregator.selects_clients` False: FedAvg, median, trimmed mean, norm clipping ...)
+are ``n/a``, not a measured 0. A cell finished in an earlier run and read back from the results store is
+``done (stored)`` (:func:`status_text`).
 
 Accuracy drop (integrity track; the measure of untargeted poisoning, issue 18): for a cell ``(d, a, o)`` --
 defense ``d``, attack ``a``, ``o`` the labels of the other axes (alpha, seed ...) --::
@@ -71,14 +83,16 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from defenses.base import AGGREGATORS
 from simulator.leaderboard.grid import Grid
-from simulator.plots import pyplot
+from simulator.plots import fit_text, pyplot, save_figure, text_height, wrap
 from simulator.results import ResultsStore
 
 __all__ = [
     "ATTACK_FREE",
     "INTEGRITY_METRICS",
     "MISSING",
+    "NOT_APPLICABLE",
     "PRIVACY_METRICS",
     "Metric",
     "Table",
@@ -87,6 +101,9 @@ __all__ = [
     "backdoor_columns",
     "cell_metrics",
     "cell_records",
+    "curve_figure",
+    "format_value",
+    "heatmap_figure",
     "integrity_notes",
     "leaderboard_table",
     "outcomes_from_store",
@@ -95,6 +112,8 @@ __all__ = [
     "ranking_terms",
     "render_html",
     "render_markdown",
+    "status_text",
+    "value_notes",
     "write_csv",
     "write_curves",
     "write_heatmaps",
@@ -102,6 +121,8 @@ __all__ = [
 ]
 
 MISSING = "–"
+NOT_APPLICABLE = "n/a"  # a detection rate of an aggregator that never leaves a client out
+STORED = "done (stored)"  # how a cell finished in an earlier run (status "skipped") is shown
 ATTACK_FREE = "none"  # the attack-axis label of the attack-free cells (the reference of ``accuracy_drop``)
 
 
@@ -126,9 +147,17 @@ PRIVACY_METRICS = (
     Metric("psnr", "PSNR", "min"),
     Metric("ssim", "SSIM", "min"),
     Metric("label_accuracy", "label acc", "min"),
-    Metric("epsilon", "ε", "min"),
-    Metric("epsilon_lower", "ε̂ (audit)", "min"),
+    Metric("epsilon_record", "ε (record)", "min"),
+    Metric("epsilon_client", "ε (client)", "min"),
+    Metric("epsilon_unstated", "ε (level not stated)", "min"),
+    Metric("epsilon_lower_record", "ε̂ (record audit)", "min"),
+    Metric("epsilon_lower_client", "ε̂ (client audit)", "min"),
+    Metric("epsilon_lower_unstated", "ε̂ (audit)", "min"),
 )
+#: columns shown only when some cell has a value (never in an empty table)
+_ONLY_WITH_DATA = frozenset({"epsilon_unstated", "epsilon_lower_unstated"})
+#: the detection rates, "n/a" for an aggregator that never leaves a client out
+_DETECTION = frozenset({"tpr", "fpr"})
 ALL_KEYS = (
     "main_accuracy",
     "backdoor_accuracy",
@@ -140,15 +169,61 @@ ALL_KEYS = (
     "label_accuracy",
     "epsilon",
     "epsilon_lower",
+    "epsilon_record",
+    "epsilon_client",
+    "epsilon_lower_record",
+    "epsilon_lower_client",
     "bytes_up_per_round",
     "wall_time_s",
 )
 
 
+_INF = {"inf": math.inf, "+inf": math.inf, "infinity": math.inf, "-inf": -math.inf, "-infinity": -math.inf}
+
+
 def _num(x: Any) -> float | None:
+    """A number from a summary value: ``None`` for anything missing, NaN or not numeric; ±∞ stays
+    (summary.json writes it as the string "inf" / "-inf": an exact reconstruction's PSNR, an ε without
+    noise)."""
+    if isinstance(x, str):
+        x = _INF.get(x.strip().lower())
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
-    return None if math.isnan(x) or math.isinf(x) else float(x)
+    return None if math.isnan(x) else float(x)
+
+
+def _psnr(inv: dict[str, Any]) -> float | None:
+    """The inversion block's mean PSNR; +∞ for an exact reconstruction, also as older files wrote it (PSNR
+    ``null`` with MSE 0)."""
+    p = _num(inv.get("psnr"))
+    if p is None and inv.get("psnr") is None and _num(inv.get("mse")) == 0.0:
+        return math.inf
+    return p
+
+
+def _level(block: dict[str, Any]) -> str | None:
+    """``"record"`` or ``"client"``: the unit a privacy (or audit) block's ε is about, from its ``level``
+    (``"record"``, ``"client"``, ``"client (sketch)"``), else from its ledger view (``"records"`` is record
+    level, every other view -- aggregate, update in the clear, forced target -- client level); ``None`` when
+    the block states neither."""
+    level = block.get("level")
+    if isinstance(level, str):
+        for unit in ("record", "client"):
+            if level.strip().lower().startswith(unit):
+                return unit
+    view = block.get("epsilon_view")
+    if isinstance(view, str):
+        return "record" if view == "records" else "client"
+    return None
+
+
+_UNITS = ("record", "client", "unstated")
+
+
+def _by_level(key: str, value: float | None, level: str | None) -> dict[str, float | None]:
+    """``{key_record, key_client, key_unstated}``: ``value`` in the one for ``level``, ``None`` in the
+    others."""
+    return {f"{key}_{u}": value if level == (None if u == "unstated" else u) else None for u in _UNITS}
 
 
 def _block(summary: dict[str, Any], key: str) -> dict[str, Any]:
@@ -157,7 +232,12 @@ def _block(summary: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def cell_metrics(summary: dict[str, Any] | None) -> dict[str, float | None]:
-    """All leaderboard metrics of one run summary (``None`` for anything missing or non-numeric).
+    """All leaderboard metrics of one run summary (``None`` for anything missing or non-numeric; +∞ kept).
+
+    ``epsilon`` / ``epsilon_lower`` are the headline ε and audit ε̂ whatever their level (the CSV keeps them);
+    the tables show them split by level: ``epsilon_record`` / ``epsilon_client`` / ``epsilon_unstated`` and
+    the same for ``epsilon_lower`` (:func:`_level`; an audit block without a level takes the run's privacy
+    level).
 
     ``accuracy_drop`` is always ``None`` here: it compares the run with the attack-free run of the same
     defense and other axes, which a single summary does not hold; :func:`cell_records` fills it in from the
@@ -167,17 +247,21 @@ def cell_metrics(summary: dict[str, Any] | None) -> dict[str, float | None]:
     final, defense, inv, priv, audit = (
         _block(s, k) for k in ("final", "defense", "inversion", "privacy", "audit")
     )
+    eps, eps_lower = _num(priv.get("epsilon")), _num(audit.get("epsilon_lower"))
+    level = _level(priv)
     return {
         "main_accuracy": _num(final.get("main_accuracy")),
         "backdoor_accuracy": _num(final.get("backdoor_accuracy")),
         "accuracy_drop": None,  # grid-level: needs the attack-free cell (add_accuracy_drop)
         "tpr": _num(defense.get("tpr")),
         "fpr": _num(defense.get("fpr")),
-        "psnr": _num(inv.get("psnr")),
+        "psnr": _psnr(inv),
         "ssim": _num(inv.get("ssim")),
         "label_accuracy": _num(inv.get("label_accuracy")),
-        "epsilon": _num(priv.get("epsilon")),  # the ledger's upper bound (worst view)
-        "epsilon_lower": _num(audit.get("epsilon_lower")),  # the audit's lower bound, beside it
+        "epsilon": eps,  # the ledger's upper bound (worst view), whatever its level
+        "epsilon_lower": eps_lower,  # the audit's lower bound, beside it
+        **_by_level("epsilon", eps, level),
+        **_by_level("epsilon_lower", eps_lower, _level(audit) or level),
         "wall_time_s": _num(s.get("wall_time_s")),
         "bytes_up_per_round": _num(_block(s, "communication").get("bytes_up_per_round")),
     }
@@ -261,6 +345,10 @@ def ranking_scores(records: list[dict[str, Any]], baseline: str = "fedavg") -> d
     }
 
 
+#: a table entry: a number, ``None`` (missing: "–") or a fixed text (:data:`NOT_APPLICABLE`)
+Value = float | str | None
+
+
 @dataclass
 class Table:
     """A rendered-agnostic table: a label column, then numeric columns with a 'better' direction each."""
@@ -270,21 +358,61 @@ class Table:
     headers: list[str]
     keys: list[str]
     better: list[str | None]
-    rows: list[tuple[str, list[float | None]]] = field(default_factory=list)
+    rows: list[tuple[str, list[Value]]] = field(default_factory=list)
 
     def best(self) -> list[float | None]:
-        """The best value of each column (``None`` when the column has no value or no direction)."""
+        """The best value of each column (``None`` when the column has no number or no direction)."""
         out: list[float | None] = []
         for j, b in enumerate(self.better):
-            vals = [v for v in (r[1][j] for r in self.rows) if v is not None]
+            vals = [v for v in (r[1][j] for r in self.rows) if isinstance(v, float)]
             out.append(None if not vals or b is None else (max(vals) if b == "max" else min(vals)))
         return out
 
 
-def _fmt(x: float | None) -> str:
+def format_value(x: Value, key: str = "") -> str:
+    """A table entry for people: 4 decimals (1 from 1000 on), "–" when missing, ``∞ (exact)`` for an
+    infinite PSNR (``key`` is the metric key, or ``"<column>:<metric key>"``), ``∞`` for any other infinity,
+    fixed texts as they are.
+
+    >>> format_value(math.inf, "0:psnr"), format_value(math.inf, "epsilon_client"), format_value(None)
+    ('∞ (exact)', '∞', '–')
+    """
     if x is None:
         return MISSING
+    if isinstance(x, str):
+        return x
+    if math.isinf(x):
+        if x < 0:
+            return "−∞"
+        return "∞ (exact)" if key.rsplit(":", 1)[-1] == "psnr" else "∞"
     return f"{x:.4f}" if abs(x) < 1000 else f"{x:.1f}"
+
+
+def status_text(status: str) -> str:
+    """A cell's status as the page, the Markdown, the CSV and the terminal show it: a cell finished in an
+    earlier run (the grid runner's ``"skipped"``: not run again) is ``"done (stored)"``."""
+    return STORED if status == "skipped" else status
+
+
+def _selects_clients(cell: Any) -> bool:
+    """Whether the cell's aggregator may leave clients out (:attr:`~defenses.base.Aggregator.selects_clients`;
+    True when the cell or its aggregator cannot be told, so that measured rates are never hidden)."""
+    try:
+        name = cell.scenario.defenses.aggregator.name
+    except AttributeError:
+        return True
+    if name not in AGGREGATORS:
+        return True
+    return bool(getattr(AGGREGATORS.get(name).factory, "selects_clients", True))
+
+
+def _cell_value(r: dict[str, Any], key: str) -> Value:
+    """A record's metric as shown: :data:`NOT_APPLICABLE` for a detection rate of an aggregator that never
+    leaves a client out."""
+    if key in _DETECTION and not r.get("selects_clients", True):
+        return NOT_APPLICABLE
+    v: float | None = r[key]
+    return v
 
 
 def _axis_labels(grid: Grid, axis: str, present: list[str]) -> list[str]:
@@ -322,11 +450,17 @@ def cell_records(grid: Grid, outcomes: list[Any]) -> list[dict[str, Any]]:
     """One flat record per cell outcome: axis labels, row/col/others keys, status, metrics, folder.
 
     The integrity track's ``accuracy_drop`` is computed here, across cells (:func:`add_accuracy_drop`).
+    ``selects_clients`` is the cell aggregator's :attr:`~defenses.base.Aggregator.selects_clients`; when it is
+    False the record's ``tpr`` / ``fpr`` are ``None`` (0 by construction, not a measurement) and the tables
+    show them as :data:`NOT_APPLICABLE`.
     """
     recs = []
     for o in outcomes:
         c = o.cell
         m = cell_metrics(o.summary)
+        selects = _selects_clients(c)
+        if not selects:
+            m["tpr"] = m["fpr"] = None
         others = tuple((a, v) for a, v in c.labels.items() if a not in (grid.rows, grid.columns))
         out_dir = (o.summary or {}).get("out_dir") if isinstance(o.summary, dict) else None
         recs.append(
@@ -340,6 +474,7 @@ def cell_records(grid: Grid, outcomes: list[Any]) -> list[dict[str, Any]]:
                 "status": o.status,
                 "reason": o.reason,
                 "out_dir": out_dir,
+                "selects_clients": selects,
                 **m,
             }
         )
@@ -349,8 +484,11 @@ def cell_records(grid: Grid, outcomes: list[Any]) -> list[dict[str, Any]]:
 
 
 def _with_data(metrics: tuple[Metric, ...], records: list[dict[str, Any]]) -> list[Metric]:
-    """The metrics that at least one record has (all of them when none has any, so the table still shows)."""
-    return [m for m in metrics if any(r[m.key] is not None for r in records)] or list(metrics)
+    """The metrics that at least one record has (when none has any, all of them but the ``level not stated``
+    ones, so the table still shows)."""
+    return [m for m in metrics if any(r[m.key] is not None for r in records)] or [
+        m for m in metrics if m.key not in _ONLY_WITH_DATA
+    ]
 
 
 def _untargeted(col: str, records: list[dict[str, Any]]) -> bool:
@@ -398,13 +536,20 @@ def leaderboard_table(grid: Grid, records: list[dict[str, Any]]) -> Table:
         ]
         return sum(vals) / len(vals) if vals else None
 
+    def rate(row: str, key: str) -> Value:
+        """A detection rate over the row's cells: n/a when no cell's aggregator ever leaves a client out."""
+        mine = [r for r in ok if r["row"] == row]
+        if mine and not any(r["selects_clients"] for r in mine):
+            return NOT_APPLICABLE
+        return mean(row, None, key)
+
     if grid.track == "integrity":
         groups = _integrity_groups(grid, cols, ok)
         tail = [m for m in INTEGRITY_METRICS if m.key in ("tpr", "fpr")]
         title = "Integrity track: main accuracy (MA) / backdoor accuracy (BA) / MA drop"
     else:  # a leakage grid has no MA or ε, a DP grid no PSNR: show the metrics some cell has
         groups, tail = [(c, m) for c in cols for m in _with_data(PRIVACY_METRICS, ok)], []
-        title = "Privacy track: main accuracy / inversion PSNR, SSIM, label accuracy / ε"
+        title = "Privacy track: main accuracy / inversion PSNR, SSIM, label accuracy / ε (record, client)"
     headers = [f"{c} {m.header}" for c, m in groups] + [m.header for m in tail]
     keys = [f"{c}:{m.key}" for c, m in groups] + [m.key for m in tail]
     better: list[str | None] = [*(m.better for _c, m in groups), *(m.better for m in tail)]
@@ -416,7 +561,8 @@ def leaderboard_table(grid: Grid, records: list[dict[str, Any]]) -> Table:
         better.append("max")
     t = Table(title=title, label_header=grid.rows, headers=headers, keys=keys, better=better)
     for row in rows:
-        vals = [mean(row, c, m.key) for c, m in groups] + [mean(row, None, m.key) for m in tail]
+        vals: list[Value] = [mean(row, c, m.key) for c, m in groups]
+        vals += [rate(row, m.key) for m in tail]
         if grid.track == "integrity":
             vals.append(scores.get(row))
         t.rows.append((row, vals))
@@ -451,6 +597,36 @@ def integrity_notes(grid: Grid, records: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def _is_best(v: Value, best: float | None) -> bool:
+    return isinstance(v, float) and best is not None and v == best
+
+
+def value_notes(table: Table) -> list[str]:
+    """What the table's special values mean, for those it shows: ``∞ (exact)``, ``n/a`` and the two kinds of
+    ε."""
+    vals = [(k, v) for _label, row in table.rows for k, v in zip(table.keys, row)]
+    notes = []
+    if any(k.rsplit(":", 1)[-1] == "psnr" and isinstance(v, float) and v == math.inf for k, v in vals):
+        notes.append(
+            "PSNR ∞ (exact): the reconstruction equals the original (MSE 0), the attack's best possible "
+            "result; it sorts as the highest PSNR. A mean over cells is ∞ when one of them is."
+        )
+    if any(v == NOT_APPLICABLE for _k, v in vals):
+        notes.append(
+            "TPR / FPR n/a: the aggregator never leaves a client out (FedAvg, median, trimmed mean, norm "
+            "clipping ...: Aggregator.selects_clients is False), so there is no detection to measure."
+        )
+    units = {k.rsplit(":", 1)[-1] for k, v in vals if isinstance(v, float)}
+    if units & {"epsilon_record", "epsilon_client", "epsilon_lower_record", "epsilon_lower_client"}:
+        notes.append(
+            "ε (record): record-level DP (DP-SGD, input perturbation), the worst client's ε for one of its "
+            "records; ε (client): client-level DP (DP-FedAvg, noisy sketches), the ε of one client's whole "
+            "participation. They protect different units and are not comparable; ε̂ is the audit's lower "
+            "bound at the same level."
+        )
+    return notes
+
+
 def render_markdown(grid: Grid, table: Table, records: list[dict[str, Any]]) -> str:
     """``leaderboard.md``: the track table with the best value per column in bold, then cell status."""
     best = table.best()
@@ -461,14 +637,14 @@ def render_markdown(grid: Grid, table: Table, records: list[dict[str, Any]]) -> 
     lines.append("| " + " | ".join([table.label_header, *table.headers]) + " |")
     lines.append("|" + "---|" * (len(table.headers) + 1))
     for label, vals in table.rows:
-        cells = [
-            f"**{_fmt(v)}**" if v is not None and best[j] is not None and v == best[j] else _fmt(v)
-            for j, v in enumerate(vals)
-        ]
+        cells = [format_value(v, k) for v, k in zip(vals, table.keys)]
+        cells = [f"**{c}**" if _is_best(v, b) else c for c, v, b in zip(cells, vals, best)]
         lines.append("| " + " | ".join([label, *cells]) + " |")
     others = [a for a in grid.axes if a not in (grid.rows, grid.columns)]
     if others:
         lines += ["", f"Values are means over {', '.join(others)}."]
+    for note in value_notes(table):
+        lines += ["", note]
     if grid.track == "integrity":
         for note in integrity_notes(grid, records):
             lines += ["", note]
@@ -476,7 +652,7 @@ def render_markdown(grid: Grid, table: Table, records: list[dict[str, Any]]) -> 
     lines += [
         "",
         f"{len(records)} cells: {sum(r['status'] == 'completed' for r in records)} run now, "
-        f"{sum(r['status'] == 'skipped' for r in records)} from the store, {len(failed)} failed, "
+        f"{sum(r['status'] == 'skipped' for r in records)} {STORED}, {len(failed)} failed, "
         f"{sum(r['status'] == 'not run' for r in records)} not run.",
     ]
     for r in failed:
@@ -485,7 +661,9 @@ def render_markdown(grid: Grid, table: Table, records: list[dict[str, Any]]) -> 
 
 
 def write_csv(grid: Grid, records: list[dict[str, Any]], path: Path) -> None:
-    """``leaderboard.csv``: one row per cell, every metric (missing values are empty)."""
+    """``leaderboard.csv``: one row per cell, every metric (missing values are empty, ±∞ are ``inf`` /
+    ``-inf``, detection rates of an aggregator that never leaves a client out are ``n/a``; status as
+    :func:`status_text` shows it)."""
     axes = list(grid.axes)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -493,8 +671,8 @@ def write_csv(grid: Grid, records: list[dict[str, Any]], path: Path) -> None:
         for r in records:
             w.writerow(
                 [r.get(a, "") for a in axes]
-                + [r["status"], r["reason"] or "", r["digest"]]
-                + ["" if r[k] is None else r[k] for k in ALL_KEYS]
+                + [status_text(r["status"]), r["reason"] or "", r["digest"]]
+                + ["" if (v := _cell_value(r, k)) is None else v for k in ALL_KEYS]
                 + [r["out_dir"] or ""]
             )
 
@@ -511,8 +689,23 @@ def _mean_std(records: list[dict[str, Any]], rows: list[str], cols: list[str], k
                 if r["row"] == row and r["col"] == col and r["status"] != "failed" and r[key] is not None
             ]
             if vals:
-                mean[i, j], std[i, j] = float(np.mean(vals)), float(np.std(vals))
+                finite = all(math.isfinite(v) for v in vals)
+                mean[i, j] = float(np.mean(vals)) if finite else float(sum(vals) / len(vals))
+                std[i, j] = float(np.std(vals)) if finite else 0.0  # an infinite mean has no spread
     return mean, std
+
+
+def _not_applicable(records: list[dict[str, Any]], rows: list[str], cols: list[str], key: str) -> Any:
+    """Per (row, column): True where ``key`` is a detection rate and no cell's aggregator ever leaves a
+    client out (the heatmap writes "n/a" there, not "–")."""
+    na = np.zeros((len(rows), len(cols)), dtype=bool)
+    if key not in _DETECTION:
+        return na
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            mine = [r for r in records if r["row"] == row and r["col"] == col and r["status"] != "failed"]
+            na[i, j] = bool(mine) and not any(r["selects_clients"] for r in mine)
+    return na
 
 
 def _plotted(grid: Grid, records: list[dict[str, Any]]) -> tuple[list[str], list[str], tuple[Metric, ...]]:
@@ -520,14 +713,6 @@ def _plotted(grid: Grid, records: list[dict[str, Any]]) -> tuple[list[str], list
     rows = _axis_labels(grid, grid.rows, [r["row"] for r in records])
     cols = _axis_labels(grid, grid.columns, [r["col"] for r in records])
     return rows, cols, INTEGRITY_METRICS if grid.track == "integrity" else PRIVACY_METRICS
-
-
-def _save(plt: Any, fig: Any, path: Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (tight layout, 100 dpi) and free it."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def numeric_columns(cols: list[str]) -> list[float] | None:
@@ -539,76 +724,130 @@ def numeric_columns(cols: list[str]) -> list[float] | None:
     return xs if all(math.isfinite(x) for x in xs) else None
 
 
+def _better(m: Metric) -> str:
+    return "higher" if m.better == "max" else "lower"
+
+
+def curve_figure(grid: Grid, records: list[dict[str, Any]], metric: Metric) -> Any:
+    """The figure of ``curve_<metric>.png`` (see :func:`write_curves`), or ``None`` when there is nothing to
+    draw. An infinite mean (an exact reconstruction, PSNR +∞) is drawn as a triangle on the top edge."""
+    plt = pyplot()
+    rows, cols, _ = _plotted(grid, records)
+    xs = numeric_columns(cols)
+    if xs is None or len(cols) < 2:
+        return None
+    mean, std = _mean_std(records, rows, cols, metric.key)
+    if np.isnan(mean).all():
+        return None
+    order = np.argsort(xs)
+    x = np.asarray(xs)[order]
+    pos = x[x > 0]
+    size, fs = (6.0, 4.0), 10.0
+    fig, ax = plt.subplots(figsize=size, dpi=100, layout="constrained")
+    top = ax.get_xaxis_transform()  # x in data, y in axes coordinates
+    shown_inf = False
+    for i, row in enumerate(rows):
+        y, e = mean[i][order], std[i][order]
+        if np.isnan(y).all():
+            continue
+        inf = np.isposinf(y)
+        line = ax.errorbar(
+            x, np.where(inf, np.nan, y), yerr=np.nan_to_num(e), marker="o", ms=4, capsize=3, label=row
+        )
+        if inf.any():
+            ax.plot(
+                x[inf],
+                np.full(int(inf.sum()), 0.97),
+                ls="none",
+                marker="^",
+                ms=8,
+                color=line.lines[0].get_color(),
+                transform=top,
+                clip_on=False,
+                label=None if shown_inf else f"{metric.header} ∞ (exact)",
+            )
+            shown_inf = True
+    if pos.size >= 2 and pos.max() / pos.min() >= 100:
+        if (x <= 0).any():
+            ax.set_xscale("symlog", linthresh=float(pos.min()))
+        else:
+            ax.set_xscale("log")
+    ax.set_xlabel(grid.columns)
+    ax.set_ylabel(metric.header)
+    title = f"{grid.name}: {metric.header} vs {grid.columns} ({_better(metric)} is better)"
+    ax.set_title(wrap(title, size[0] - 0.8, fs), fontsize=fs)
+    ax.grid(alpha=0.3)
+    ax.legend(title=grid.rows, fontsize=8)
+    fit_text(fig)
+    return fig
+
+
 def write_curves(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """``curve_<metric>.png``: the metric against the numeric ``columns`` axis (a defense strength), one line
     per row, mean ± standard deviation over the other axes. Nothing when a column label is not a number or
     there are fewer than two columns. The x axis is logarithmic when the positive values span two decades or
     more (with a linear stretch around 0 when 0 is one of them)."""
-    plt = pyplot()
-    rows, cols, metrics = _plotted(grid, records)
-    xs = numeric_columns(cols)
-    if xs is None or len(cols) < 2:
-        return []
-    order = np.argsort(xs)
-    x = np.asarray(xs)[order]
-    pos = x[x > 0]
     written = []
-    for m in metrics:
-        mean, std = _mean_std(records, rows, cols, m.key)
-        if np.isnan(mean).all():
-            continue
-        fig, ax = plt.subplots(figsize=(6.0, 4.0))
-        for i, row in enumerate(rows):
-            y, e = mean[i][order], std[i][order]
-            if np.isnan(y).all():
-                continue
-            ax.errorbar(x, y, yerr=np.nan_to_num(e), marker="o", ms=4, capsize=3, label=row)
-        if pos.size >= 2 and pos.max() / pos.min() >= 100:
-            if (x <= 0).any():
-                ax.set_xscale("symlog", linthresh=float(pos.min()))
-            else:
-                ax.set_xscale("log")
-        ax.set_xlabel(grid.columns)
-        ax.set_ylabel(m.header)
-        ax.set_title(
-            f"{grid.name}: {m.header} vs {grid.columns} ({'higher' if m.better == 'max' else 'lower'} "
-            "is better)",
-            fontsize=10,
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(title=grid.rows, fontsize=8)
-        written.append(_save(plt, fig, out_dir / f"curve_{m.key}.png"))
+    for m in _plotted(grid, records)[2]:
+        fig = curve_figure(grid, records, m)
+        if fig is not None:
+            written.append(save_figure(fig, out_dir / f"curve_{m.key}.png"))
     return written
+
+
+def heatmap_figure(grid: Grid, records: list[dict[str, Any]], metric: Metric) -> Any:
+    """The figure of ``heatmap_<metric>.png`` (rows × columns, mean over the other axes, annotated), or
+    ``None`` when no cell has the metric. Cells without a value are grey: "–" (missing), "n/a" (a detection
+    rate of an aggregator that never leaves a client out) or "∞" (an infinite mean: PSNR "∞ (exact)")."""
+    plt = pyplot()
+    rows, cols, _ = _plotted(grid, records)
+    mat, _ = _mean_std(records, rows, cols, metric.key)
+    na = _not_applicable(records, rows, cols, metric.key)
+    mat[na] = np.nan  # a rate of an aggregator that leaves no client out is no measurement
+    if np.isnan(mat).all():
+        return None
+    fs = 11.0
+    longest_col = max((len(c) for c in cols), default=1)
+    longest_row = max((len(r) for r in rows), default=1)
+    width = max(4.8, 1.9 + 0.08 * longest_row + 1.3 * len(cols))
+    title = wrap(f"{grid.name}: {metric.header} ({_better(metric)} is better)", width - 0.3, fs)
+    height = 1.5 + 0.06 * min(longest_col, 30) + 0.55 * len(rows) + text_height(title, fs)
+    fig, ax = plt.subplots(figsize=(width, height), dpi=100, layout="constrained")
+    cmap = plt.get_cmap("viridis" if metric.better == "max" else "viridis_r").with_extremes(bad="#e0e0e0")
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel(grid.columns)
+    ax.set_ylabel(grid.rows)
+    fig.suptitle(title, fontsize=fs)  # centred on the figure: long row labels do not narrow it
+    finite = mat[np.isfinite(mat)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = mat[i, j]
+            if np.isnan(v):
+                txt = NOT_APPLICABLE if na[i, j] else MISSING
+            elif np.isinf(v):
+                txt = format_value(float(v), metric.key)
+            else:
+                txt = f"{v:.3f}"
+            dark = bool(np.isfinite(v)) and ((v < mid) == (metric.better == "max"))
+            ax.text(
+                j, i, txt, ha="center", va="center", color="white" if dark else "black", fontsize=9
+            ).set_in_layout(False)  # inside its cell: the layout need not measure hundreds of them
+    fig.colorbar(im, ax=ax)
+    fit_text(fig)
+    return fig
 
 
 def write_heatmaps(grid: Grid, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """``heatmap_<metric>.png`` (rows × columns, mean over other axes, annotated) for each metric with
     data."""
-    plt = pyplot()
-    rows, cols, metrics = _plotted(grid, records)
     written = []
-    for m in metrics:
-        mat, _ = _mean_std(records, rows, cols, m.key)
-        if np.isnan(mat).all():
-            continue
-        fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 1.2 + 0.55 * len(rows)))
-        cmap = "viridis" if m.better == "max" else "viridis_r"
-        im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, aspect="auto")
-        ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
-        ax.set_yticks(range(len(rows)), rows)
-        ax.set_xlabel(grid.columns)
-        ax.set_ylabel(grid.rows)
-        ax.set_title(f"{grid.name}: {m.header} ({'higher' if m.better == 'max' else 'lower'} is better)")
-        finite = mat[np.isfinite(mat)]
-        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-        for i in range(len(rows)):
-            for j in range(len(cols)):
-                v = mat[i, j]
-                txt = MISSING if np.isnan(v) else f"{v:.3f}"
-                dark = not np.isnan(v) and ((v < mid) == (m.better == "max"))
-                ax.text(j, i, txt, ha="center", va="center", color="white" if dark else "black", fontsize=9)
-        fig.colorbar(im, ax=ax)
-        written.append(_save(plt, fig, out_dir / f"heatmap_{m.key}.png"))
+    for m in _plotted(grid, records)[2]:
+        fig = heatmap_figure(grid, records, m)
+        if fig is not None:
+            written.append(save_figure(fig, out_dir / f"heatmap_{m.key}.png"))
     return written
 
 
@@ -618,8 +857,9 @@ _JS = r"""
     var v = td.getAttribute('data-value');
     return v === null ? td.textContent.trim() : v;
   }
-  function missing(v) { return v === '' || v === '\u2013' || v === '-'; }
-  function isNum(v) { return !missing(v) && v.trim() !== '' && isFinite(Number(v)); }
+  function missing(v) { return v === '' || v === '\u2013' || v === '-' || v === 'n/a'; }
+  function isNum(v) { return !missing(v) && v.trim() !== '' && !isNaN(Number(v)); }
+  function cmp(x, y) { return x < y ? -1 : (x > y ? 1 : 0); }
   function sortTable(table, col, dir) {
     var body = table.tBodies[0];
     var rows = Array.prototype.slice.call(body.rows);
@@ -629,7 +869,7 @@ _JS = r"""
     vals.sort(function (a, b) {
       var ma = missing(a.v), mb = missing(b.v);
       if (ma || mb) { return ma === mb ? a.i - b.i : (ma ? 1 : -1); }
-      var c = numeric ? Number(a.v) - Number(b.v) : a.v.localeCompare(b.v);
+      var c = numeric ? cmp(Number(a.v), Number(b.v)) : a.v.localeCompare(b.v);
       return c !== 0 ? sign * c : a.i - b.i;
     });
     vals.forEach(function (x) { body.appendChild(x.row); });
@@ -672,18 +912,23 @@ th { background: #f0f0f0; cursor: pointer; user-select: none; }
 th[aria-sort=ascending]::after { content: " \\25B2"; }
 th[aria-sort=descending]::after { content: " \\25BC"; }
 td.label, th.label { text-align: left; }
+td:not(.label) { white-space: nowrap; }
 td.best { font-weight: bold; background: #e8f5e9; }
 tr.failed td { color: #a00; }
 img.heatmap { max-width: 48%; margin: 0.5em; border: 1px solid #ddd; }
 """
 
 
-def _td(v: Any, cls: str = "") -> str:
+def _td(v: Any, cls: str = "", key: str = "") -> str:
+    """A table cell; numbers carry their value in ``data-value`` for sorting (±∞ as ``Infinity`` /
+    ``-Infinity``, which the page sorts beyond every finite value); missing and n/a cells sort last."""
     c = f' class="{cls}"' if cls else ""
     if isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool)):
-        return f'<td{c} data-value="{v!r}">{_fmt(float(v))}</td>'
-    if v is None:
-        return f'<td{c} data-value="">{MISSING}</td>'
+        x = float(v)
+        data = ("Infinity" if x > 0 else "-Infinity") if math.isinf(x) else repr(v)
+        return f'<td{c} data-value="{data}">{html.escape(format_value(x, key))}</td>'
+    if v is None or v == NOT_APPLICABLE:
+        return f'<td{c} data-value="">{MISSING if v is None else NOT_APPLICABLE}</td>'
     return f"<td{c}>{html.escape(str(v))}</td>"
 
 
@@ -731,12 +976,13 @@ def render_html(
     for label, vals in table.rows:
         tds = [_td(label, "label")]
         for j, v in enumerate(vals):
-            tds.append(_td(v, "best" if v is not None and best[j] is not None and v == best[j] else ""))
+            tds.append(_td(v, "best" if _is_best(v, best[j]) else "", table.keys[j]))
         h.append(f'<tr data-row="{html.escape(label)}">' + "".join(tds) + "</tr>")
     h.append("</tbody></table>")
     others = [a for a in grid.axes if a not in (grid.rows, grid.columns)]
     if others:
         h.append(f"<p>Values are means over {html.escape(', '.join(others))}. Click a header to sort.</p>")
+    h += [f"<p>{html.escape(note)}</p>" for note in value_notes(table)]
     if grid.track == "integrity":
         h += [f"<p>{html.escape(note)}</p>" for note in integrity_notes(grid, records)]
     if heatmaps:
@@ -761,11 +1007,11 @@ def render_html(
         + "</tr></thead><tbody>"
     )
     for r in records:
-        status = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
+        status = status_text(r["status"]) + (f": {r['reason']}" if r.get("reason") else "")
         tds = (
             [_td(r.get(a, ""), "label") for a in axes]
             + [_td(status, "label")]
-            + [_td(r[m.key]) for m in metrics]
+            + [_td(_cell_value(r, m.key), "", m.key) for m in metrics]
             + [
                 _td(r["wall_time_s"]),
                 _td(r["digest"], "label"),
@@ -805,7 +1051,8 @@ class _StoredOutcome:
 
 
 def outcomes_from_store(grid: Grid, store: str | Path) -> list[Any]:
-    """Each cell's state in the store: ``skipped`` (finished; summary attached), ``failed`` or ``not run``."""
+    """Each cell's state in the store: ``skipped`` (finished; summary attached; shown as "done (stored)"),
+    ``failed`` or ``not run``."""
     p = Path(store)
     if not p.exists():
         return [_StoredOutcome(c, "not run") for c in grid.cells]
@@ -839,14 +1086,14 @@ def print_tables(grid: Grid, outcomes: list[Any], console: Any = None) -> None:
         rt.add_row(
             label,
             *[
-                f"[bold green]{_fmt(v)}[/]"
-                if v is not None and best[j] is not None and v == best[j]
-                else _fmt(v)
-                for j, v in enumerate(vals)
+                f"[bold green]{c}[/]" if _is_best(v, b) else c
+                for c, v, b in zip([format_value(v, k) for v, k in zip(vals, table.keys)], vals, best)
             ],
         )
     console.print(rt)
-    metrics = INTEGRITY_METRICS if grid.track == "integrity" else PRIVACY_METRICS
+    for note in value_notes(table):
+        console.print(note, markup=False)
+    metrics = INTEGRITY_METRICS if grid.track == "integrity" else _with_data(PRIVACY_METRICS, records)
     ct = RichTable(title="cells")
     for a in grid.axes:
         ct.add_column(a)
@@ -854,8 +1101,12 @@ def print_tables(grid: Grid, outcomes: list[Any], console: Any = None) -> None:
     for m in metrics:
         ct.add_column(m.header, justify="right")
     for r in records:
-        status = r["status"] if r["status"] != "skipped" else "done"
+        status = status_text(r["status"])
         if r["status"] == "failed":
             status = f"[red]failed[/]: {r['reason']}"
-        ct.add_row(*[str(r.get(a, "")) for a in grid.axes], status, *[_fmt(r[m.key]) for m in metrics])
+        ct.add_row(
+            *[str(r.get(a, "")) for a in grid.axes],
+            status,
+            *[format_value(_cell_value(r, m.key), m.key) for m in metrics],
+        )
     console.print(ct)
