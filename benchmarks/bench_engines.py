@@ -4,21 +4,34 @@
              train locally, accumulate the weighted mean; no framework at all;
 2. flower  — plain Flower: a minimal ClientApp + Flower's FedAvg ``strategy.start`` on
              ``run_simulation`` (Ray);
-3. privsim — ``simulator.run`` on both engines (inline and ray).
+3. privsim — ``simulator.run`` on both engines: inline as configured (auto: vectorised cohort where it
+             pays, both CPU cores once the rounds are long enough), inline one client at a time in one
+             process (the engine before the vectorised cohort), inline always vectorised, and ray (several
+             clients per actor call).
 
-All three use the quickstart's data partitions, model, cohort size, local epochs, batch size and
-learning rate. Steady-state seconds per round exclude the first round (Ray start-up, worker data
-loading), which is reported separately.
+Workloads: ``quickstart`` (the scenario file: CNN, 10 of 20 clients × 2 epochs, compute-bound) and
+``mlp500`` (500 clients, 50 per round, MLP 784-32-10, 1 epoch, batch 8: overhead-bound). ``--population``
+adds the population-scale rows: the mlp500 recipe with every client holding 10 examples drawn from the pool
+(partitioner ``sample``) at 100 and at 10,000 clients, cohort 50.
 
-    python benchmarks/bench_engines.py --rounds 5
+Every row runs in its own process (so that its peak memory, children included, is its own). Steady-state
+seconds per round exclude the first round (Ray start-up, worker start, data loading), reported separately.
+
+    python benchmarks/bench_engines.py --workload mlp500 --rounds 6
+    python benchmarks/bench_engines.py --workload quickstart --rounds 5
+    python benchmarks/bench_engines.py --population --rounds 6 --skip-ray
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import random
+import resource
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -126,31 +139,108 @@ def flower(s, rounds: int) -> list[float]:
     return list(np.diff(stamps[1:]))
 
 
-def privsim(s, rounds: int, engine: str) -> list[float]:
-    s = load_scenario(s.source, [f"federation.rounds={rounds}", f"simulation.engine='{engine}'"])
+def privsim(source: str, sets: list[str], rounds: int, engine: str, *extra: str) -> list[float]:
+    s = load_scenario(source, [*sets, f"federation.rounds={rounds}", f"simulation.engine='{engine}'", *extra])
     r = run(s, write=False)
     return [x.seconds for x in r.rounds]
+
+
+WORKLOADS = {
+    "quickstart": [],
+    "mlp500": [
+        "data.num_clients=500",
+        "data.partitioner.name='iid'",
+        "data.partitioner.params={}",
+        "federation.clients_per_round=50",
+        "model.name='mlp'",
+        "model.params={hidden=[32]}",
+        "federation.local_epochs=1",
+        "federation.batch_size=8",
+    ],
+}
+
+
+def population(n: int) -> list[str]:
+    return [
+        *WORKLOADS["mlp500"],
+        f"data.num_clients={n}",
+        "data.partitioner.name='sample'",
+        "data.partitioner.params={size=10}",
+    ]
+
+
+ROWS = {
+    "floor": ("floor (sequential PyTorch)", None),
+    "privsim-inline": ("privsim inline (auto)", ("inline",)),
+    "privsim-inline-loop": (
+        "privsim inline, per client, 1 process",
+        ("inline", "simulation.vectorise='off'", "simulation.workers=1"),
+    ),
+    "privsim-inline-vectorised": ("privsim inline, vectorised", ("inline", "simulation.vectorise='on'")),
+    "flower": ("plain Flower FedAvg (ray)", None),
+    "privsim-ray": ("privsim ray", ("ray",)),
+}
+
+
+def one_row(scenario: str, sets: list[str], row: str, rounds: int) -> dict:
+    """Run one row in this process; its times and this process's (and its children's) peak memory."""
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+    s = load_scenario(scenario, [*sets, f"federation.rounds={rounds}"])
+    if row == "floor":
+        t = floor(s, rounds)
+    elif row == "flower":
+        t = flower(s, rounds)
+    else:
+        engine, *extra = ROWS[row][1]  # type: ignore[misc]
+        t = privsim(scenario, sets, rounds, engine, *extra)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = max(peak_kb, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return {"times": [float(x) for x in t], "peak_mb": peak_kb / 1024}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default="scenarios/quickstart.toml")
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="quickstart")
+    ap.add_argument("--population", action="store_true", help="the 100 vs 10,000-client rows instead")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--rows", default=None, help="comma-separated row keys (default: all)")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one row, print JSON
+    ap.add_argument("--sets", default="[]", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    torch.set_num_threads(1)
-    s = load_scenario(a.scenario, [f"federation.rounds={a.rounds}"])
-    rows = [("floor (sequential PyTorch)", floor(s, a.rounds))]
-    rows.append(("privsim inline", privsim(s, a.rounds, "inline")))
-    if not a.skip_ray:
-        rows.append(("plain Flower FedAvg (ray)", flower(s, a.rounds)))
-        rows.append(("privsim ray", privsim(s, a.rounds, "ray")))
-    base = float(np.mean(rows[0][1][1:]))
-    print(f"\n{'engine':<30}{'round 1 (s)':>12}{'steady s/round':>16}{'× floor':>9}")
-    for name, t in rows:
+    if a.one:
+        print("ROW " + json.dumps(one_row(a.scenario, json.loads(a.sets), a.one, a.rounds)))
+        return
+    if a.population:
+        plan = [
+            (f"{n:,} clients: {ROWS[r][0]}", population(n), r)
+            for n in (100, 10_000)
+            for r in ("floor", "privsim-inline", "privsim-inline-loop")
+        ]
+    else:
+        keys = a.rows.split(",") if a.rows else list(ROWS)
+        if a.skip_ray:
+            keys = [k for k in keys if k not in ("flower", "privsim-ray")]
+        plan = [(ROWS[k][0], WORKLOADS[a.workload], k) for k in keys]
+    results = []
+    for label, sets, key in plan:
+        cmd = [sys.executable, __file__, "--scenario", a.scenario, "--rounds", str(a.rounds)]
+        cmd += ["--one", key, "--sets", json.dumps(sets)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("ROW ")), None)
+        if line is None:
+            print(f"{label}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        res = json.loads(line[4:])
+        results.append((label, res["times"], res["peak_mb"]))
+        print(f"done: {label}", file=sys.stderr)
+    base = float(np.mean(results[0][1][1:])) if results else 1.0
+    print(f"\n{'engine':<48}{'round 1 (s)':>12}{'steady s/round':>16}{'× floor':>9}{'peak MB':>9}")
+    for label, t, mb in results:
         steady = float(np.mean(t[1:])) if len(t) > 1 else float(t[0])
-        print(f"{name:<30}{t[0]:>12.2f}{steady:>16.2f}{steady / base:>9.2f}")
+        print(f"{label:<48}{t[0]:>12.2f}{steady:>16.3f}{steady / base:>9.2f}{mb:>9.0f}")
 
 
 if __name__ == "__main__":

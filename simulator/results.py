@@ -81,14 +81,19 @@ class RoundRecord:
     clients_replied: int = 0
     clients_aggregated: int = 0
     sampled: list[int] = field(default_factory=list)
-    dropped: list[int] = field(default_factory=list)  # sampled but never answered (stragglers)
+    dropped: list[int] = field(default_factory=list)  # sampled but never answered (federation.dropout)
+    late: list[int] = field(default_factory=list)  # answered after federation.deadline_s (simulated time)
     failed: list[dict[str, Any]] = field(default_factory=list)  # the ClientApp raised
     rejected: list[dict[str, Any]] = field(default_factory=list)  # malformed / non-finite replies
     accepted: list[int] = field(default_factory=list)  # entered the aggregate
     malicious: list[int] = field(default_factory=list)  # acting attackers in the cohort (ground truth)
-    seconds: float = 0.0
-    bytes_up: int = 0
-    bytes_down: int = 0
+    seconds: float = 0.0  # wall time
+    # [federation.latency]: the round's duration in simulated time (see simulator.round.deadline)
+    simulated_seconds: float | None = None
+    bytes_up: int = 0  # payload bytes of the valid replies
+    bytes_down: int = 0  # the global model, once per live sampled client
+    dense_bytes_up: int = 0  # what the valid replies would weigh as dense float32 updates, 4·d each
+    dense_bytes_down: int = 0  # 4·d per live sampled client
     backdoor_accuracy: float | None = None  # on the attack's backdoor test set (with a backdoor attack)
     defense_tpr: float | None = None  # detection rates against the evaluator's ground truth
     defense_fpr: float | None = None
@@ -104,8 +109,22 @@ class RoundRecord:
     adapted: list[int] = field(default_factory=list)  # a defense-aware backdoor: rows the adaptation replaced
     adapt_mix: float | None = None  # the share of the backdoor update kept in them
 
+    @property
+    def compression_ratio_up(self) -> float | None:
+        """Dense bytes ÷ bytes sent, client → server (> 1: compression); None without a valid reply."""
+        return self.dense_bytes_up / self.bytes_up if self.bytes_up and self.dense_bytes_up else None
+
+    @property
+    def compression_ratio_down(self) -> float | None:
+        """Dense bytes ÷ bytes sent, server → clients; None when nothing was sent."""
+        return self.dense_bytes_down / self.bytes_down if self.bytes_down and self.dense_bytes_down else None
+
     def flat(self) -> dict[str, Any]:
         d: dict[str, Any] = {k: getattr(self, k) for k in _PLAIN_FIELDS}
+        d["compression_ratio_up"] = self.compression_ratio_up
+        d["compression_ratio_down"] = self.compression_ratio_down
+        if self.simulated_seconds is not None:
+            d["simulated_seconds"], d["late"] = self.simulated_seconds, self.late
         for k in ("backdoor_accuracy", "defense_tpr", "defense_fpr"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
@@ -142,7 +161,11 @@ class RoundRecord:
         "seconds",
         "bytes_up",
         "bytes_down",
+        "compression_ratio_up",
+        "compression_ratio_down",
     )
+    #: rounds.csv's columns when the scenario models latency ([federation.latency]), after ``dropped``
+    LATENCY_CSV_FIELDS = ("late", "simulated_seconds")
 
 
 _PLAIN_FIELDS = (
@@ -229,15 +252,44 @@ class RunResult:
         up = sum(r.bytes_up for r in self.rounds)
         down = sum(r.bytes_down for r in self.rounds)
         n = max(len(self.rounds), 1)
+        dense_up = sum(r.dense_bytes_up for r in self.rounds)
+        dense_down = sum(r.dense_bytes_down for r in self.rounds)
         out = {
             "bytes_up": up,
             "bytes_down": down,
             "bytes_up_per_round": up / n,
             "bytes_down_per_round": down / n,
+            "dense_bytes_up": dense_up,
+            "dense_bytes_down": dense_down,
+            # dense float32 bytes ÷ bytes sent over the run (> 1: compression); None when nothing was sent
+            "compression_ratio": {
+                "up": dense_up / up if up and dense_up else None,
+                "down": dense_down / down if down and dense_down else None,
+            },
         }
         return out
 
+    def latency(self) -> dict[str, Any] | None:
+        """Simulated time beside wall time, and the late clients ([federation.latency]); None without it."""
+        timed = [r for r in self.rounds if r.simulated_seconds is not None]
+        if not timed:
+            return None
+        fed = self.scenario.get("federation") or {}
+        n = len(timed)
+        sim = sum(r.simulated_seconds or 0.0 for r in timed)
+        return {
+            "deadline_s": fed.get("deadline_s"),
+            "simulated_time_s": sim,
+            "simulated_seconds_per_round": sim / n,
+            "wall_seconds_per_round": sum(r.seconds for r in timed) / n,
+            "late": sum(len(r.late) for r in timed),
+            "late_per_round": sum(len(r.late) for r in timed) / n,
+            "on_time_per_round": sum(r.clients_replied - len(r.late) for r in timed) / n,
+            "aggregated_per_round": sum(r.clients_aggregated for r in timed) / n,
+        }
+
     def to_dict(self) -> dict[str, Any]:
+        latency = self.latency()
         return jsonable(
             {
                 "name": self.name,
@@ -247,6 +299,7 @@ class RunResult:
                 "scenario_digest": self.scenario_digest,
                 "versions": self.versions,
                 "wall_time_s": self.wall_time_s,
+                **({"simulated_time_s": latency["simulated_time_s"]} if latency else {}),
                 "final": self.final,
                 "best": self.best,
                 "communication": self.communication(),
@@ -254,7 +307,9 @@ class RunResult:
                     "dropped": sum(len(r.dropped) for r in self.rounds),
                     "failed": sum(len(r.failed) for r in self.rounds),
                     "rejected": sum(len(r.rejected) for r in self.rounds),
+                    **({"late": latency["late"]} if latency else {}),
                 },
+                **({"latency": latency} if latency else {}),
                 **({"kind": self.kind} if self.kind != "federated" else {}),
                 **{k: getattr(self, k) for k in self.BLOCKS if getattr(self, k) is not None},
                 "rounds": [r.flat() for r in self.rounds],
@@ -278,7 +333,7 @@ def write_outputs(result: RunResult, out_dir: Path) -> None:
     """summary.json and rounds.csv in ``out_dir`` (plots are written by simulator.plots)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
-    plain = {*RoundRecord.CSV_FIELDS, *_PLAIN_FIELDS}
+    plain = {*RoundRecord.CSV_FIELDS, *RoundRecord.LATENCY_CSV_FIELDS, *_PLAIN_FIELDS}
     extra_keys = sorted(
         {
             k
@@ -287,14 +342,17 @@ def write_outputs(result: RunResult, out_dir: Path) -> None:
             if k not in plain and isinstance(v, (int, float)) and not isinstance(v, bool)
         }
     )
+    timed = any(r.simulated_seconds is not None for r in result.rounds)
     with open(out_dir / "rounds.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([*RoundRecord.CSV_FIELDS, "rejected", "failed", "dropped", *extra_keys])
+        latency_cols = list(RoundRecord.LATENCY_CSV_FIELDS) if timed else []
+        w.writerow([*RoundRecord.CSV_FIELDS, "rejected", "failed", "dropped", *latency_cols, *extra_keys])
         for r in result.rounds:
             flat = r.flat()
             w.writerow(
                 [flat[k] for k in RoundRecord.CSV_FIELDS]
                 + [len(r.rejected), len(r.failed), len(r.dropped)]
+                + ([len(r.late), r.simulated_seconds] if timed else [])
                 + [flat.get(k, "") for k in extra_keys]
             )
 

@@ -33,6 +33,8 @@ N, NUM_CLASSES, CLIENTS, SEED = 600, 10, 10, 3
 LABELS = np.random.default_rng(0).permutation(np.repeat(np.arange(NUM_CLASSES), N // NUM_CLASSES))
 #: "Uniformly random, equal-size partitions"
 EQUAL_SIZES = {"iid"}
+#: "clients may share examples": a population larger than the data set (disjointness and cover do not apply)
+OVERLAPPING = {"sample"}
 
 
 def parts(name: str, seed: int = SEED) -> list[np.ndarray]:
@@ -52,6 +54,8 @@ def test_partitions_are_disjoint_in_range_cover_and_non_empty(name: str) -> None
         assert len(idx) > 0, f"{name}: client {i} is empty"
         assert np.all(np.diff(idx) > 0), f"{name}: client {i}'s indices are not sorted and unique"
         assert idx.min() >= 0 and idx.max() < N, f"{name}: client {i} has an index out of range"
+    if name in OVERLAPPING:
+        return
     everything = np.concatenate(p)
     assert len(np.unique(everything)) == len(everything), f"{name}: partitions overlap"
     assert len(everything) == N, f"{name}: {N - len(everything)} examples are in no partition"
@@ -81,3 +85,33 @@ def test_partitions_keep_the_documented_promise(name: str) -> None:
         shards = params["num_shards_per_partition"]
         per_client = shards * (N // (shards * CLIENTS))
         assert sizes == [per_client] * CLIENTS, f"{name}: sizes {sizes}"
+
+
+def test_sample_draws_size_examples_per_client_from_its_own_seed_only() -> None:
+    """``sample``: each client holds exactly ``size`` distinct examples, drawn from (seed, client) alone, so a
+    client's data does not depend on the population size, and it is computed only when read."""
+    small = partition_indices(LABELS, "sample", {"size": 7}, 10, seed=SEED)
+    big = partition_indices(LABELS, "sample", {"size": 7}, 10_000, seed=SEED)
+    assert len(big) == 10_000 and not big._done  # nothing computed yet
+    for i in range(10):
+        assert len(small[i]) == 7 and len(np.unique(small[i])) == 7
+        np.testing.assert_array_equal(small[i], big[i])
+    assert len(big._done) == 10
+    other = partition_indices(LABELS, "sample", {"size": 7}, 10, seed=SEED + 1)
+    assert any(not np.array_equal(small[i], other[i]) for i in range(10))
+
+
+@pytest.mark.parametrize("n,k", [(600, 10), (4000, 500), (4000, 7), (10, 10)])
+def test_iid_in_numpy_equals_flwr_datasets_iid_partitioner(n: int, k: int) -> None:
+    """privsim computes ``iid`` partitions in NumPy, client by client: the same as flwr-datasets'
+    IidPartitioner (contiguous shards of the seeded shuffle) on the same table."""
+    import datasets
+    from flwr_datasets.partitioner import IidPartitioner
+
+    labels = np.arange(n) % 10
+    ours = partition_indices(labels, "iid", {}, k, seed=SEED)
+    order = np.random.default_rng(SEED).permutation(n)
+    ref = IidPartitioner(num_partitions=k)
+    ref.dataset = datasets.Dataset.from_dict({"idx": order, "label": labels[order]})
+    for i in sorted({0, 1, k // 2, k - 1}):
+        np.testing.assert_array_equal(ours[i], np.sort(np.asarray(ref.load_partition(i)["idx"])))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +30,7 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
 class FederatedData:
     train: ArrayDataset  # the pool the clients' partitions index into
     test: ArrayDataset  # the global test split (server side)
-    client_indices: tuple[np.ndarray, ...]
+    client_indices: Sequence[np.ndarray]  # a LazyPartitions, or a tuple when computed up front
     client_test_indices: tuple[np.ndarray, ...] = field(default=())
     reserved: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # kept from all clients
 
@@ -83,8 +84,10 @@ def build_federated_data(
     chosen = reserve(train) if reserve is not None else None
     reserved = np.asarray(chosen if chosen is not None else [], dtype=np.int64)
     pool = np.setdiff1d(np.arange(len(train)), reserved)
-    parts = partition_indices(train.y.numpy()[pool], partitioner, partitioner_params, num_clients, seed)
-    parts = [pool[p] for p in parts]
+    lazy = partition_indices(train.y.numpy()[pool], partitioner, partitioner_params, num_clients, seed)
+    if client_test_fraction == 0 and len(reserved) == 0:  # partitions computed as clients are sampled
+        return FederatedData(train, test, lazy, (), reserved)
+    parts = [pool[p] for p in lazy]
     tests: list[np.ndarray] = []
     if client_test_fraction > 0:
         rng = np.random.default_rng(seed + 1)

@@ -6,7 +6,8 @@ client's indices slice the tensors (fast, and identical on every worker given th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from simulator.registry import Registry
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
 
-__all__ = ["PARTITIONERS", "partition_indices"]
+__all__ = ["PARTITIONERS", "LazyPartitions", "contiguous_shard", "partition_indices"]
 
 PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
 _CTX = ("num_partitions", "seed")
@@ -87,10 +88,85 @@ def shard(num_partitions: int, seed: int, num_shards_per_partition: int = 2, sha
     )
 
 
+@PARTITIONERS.register("sample", context=_CTX)
+def sample(num_partitions: int, seed: int, size: int = 10):
+    """Each client holds ``size`` examples drawn uniformly without replacement from the pool, seeded by
+    (seed, client): clients may share examples. For population-scale runs (a population larger than the data
+    set, e.g. 10,000 clients of mnist5k); a client's partition is computed only when the client is sampled."""
+    # deferred: flwr-datasets pulls in datasets/pyarrow; loaded only to partition
+    from flwr_datasets.partitioner import Partitioner
+
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
+
+    class SamplePartitioner(Partitioner):
+        @property
+        def num_partitions(self) -> int:
+            return num_partitions
+
+        def indices(self, partition_id: int) -> np.ndarray:
+            n = len(self.dataset)
+            rng = np.random.default_rng([seed, 9173, partition_id])
+            return rng.choice(n, size=min(size, n), replace=False)
+
+        def load_partition(self, partition_id: int):
+            return self.dataset.select(self.indices(partition_id))
+
+    return SamplePartitioner()
+
+
+class LazyPartitions(Sequence[np.ndarray]):
+    """Clients' index arrays computed when first read (a sampled client), then kept: a round costs the
+    cohort's partitions, not the population's."""
+
+    def __init__(self, load: Callable[[int], np.ndarray], num_partitions: int) -> None:
+        self._load, self._n = load, num_partitions
+        self._done: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[np.ndarray]: ...
+    def __getitem__(self, i: int | slice) -> np.ndarray | Sequence[np.ndarray]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        if i not in self._done:
+            self._done[i] = np.sort(np.asarray(self._load(i), dtype=np.int64))
+        return self._done[i]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(self._n))
+
+    def __add__(self, other: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        return (*self, *other)
+
+
+def contiguous_shard(n: int, num_shards: int, index: int) -> range:
+    """Rows of shard ``index`` when ``n`` rows are cut into ``num_shards`` contiguous shards, the first
+    ``n mod num_shards`` one row longer (Hugging Face ``Dataset.shard(contiguous=True)``, which flwr-datasets'
+    IidPartitioner uses; ``tests/test_contract_partitioners.py`` checks the two agree).
+
+    >>> [list(contiguous_shard(7, 3, i)) for i in range(3)]
+    [[0, 1, 2], [3, 4], [5, 6]]
+    """
+    div, mod = divmod(n, num_shards)
+    start = div * index + min(index, mod)
+    return range(start, start + div + (1 if index < mod else 0))
+
+
 def partition_indices(
     labels: np.ndarray, name: str, params: dict, num_partitions: int, seed: int
-) -> list[np.ndarray]:
-    """Indices into ``labels`` for each of ``num_partitions`` clients."""
+) -> LazyPartitions:
+    """Indices into ``labels`` for each of ``num_partitions`` clients. ``iid`` and ``sample`` compute a
+    client's indices in NumPy when the client is first read; the other partitioners go through flwr-datasets
+    (whose label-skew partitioners assign every client at once) and are computed up front."""
     # deferred: Hugging Face datasets (pyarrow) load only when a hub or partitioned set is used
     import datasets
 
@@ -98,5 +174,12 @@ def partition_indices(
     part = PARTITIONERS.create(name, params, num_partitions=num_partitions, seed=seed)
     # Shuffle the table first: IidPartitioner shards contiguously and has no seed of its own.
     order = np.random.default_rng(seed).permutation(len(labels))
+    if name == "iid":
+        return LazyPartitions(
+            lambda i: order[np.asarray(contiguous_shard(len(order), num_partitions, i))], num_partitions
+        )
     part.dataset = datasets.Dataset.from_dict({"idx": order, "label": labels[order].astype(np.int64)})
-    return [np.sort(np.asarray(part.load_partition(i)["idx"], dtype=np.int64)) for i in range(num_partitions)]
+    if name == "sample":
+        return LazyPartitions(lambda i: order[part.indices(i)], num_partitions)
+    done = [np.asarray(part.load_partition(i)["idx"], dtype=np.int64) for i in range(num_partitions)]
+    return LazyPartitions(done.__getitem__, num_partitions)

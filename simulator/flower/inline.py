@@ -1,26 +1,34 @@
-"""The inline engine: the ServerApp drives the ClientApp in-process through a Flower ``Grid``.
+"""The inline engine: the ServerApp drives the ClientApp through a Flower ``Grid`` without Ray.
 
-No Ray, no start-up cost, sequential and deterministic; for tests, debugging, GPU boxes where
-Ray does not fit, and fast sweeps. This is the one module that touches Flower internals
-(message ids and the process's task identity, which the SuperLink would normally set); a test
-pins the flwr version it was written against.
+No start-up cost and deterministic; for tests, debugging, GPU boxes where Ray does not fit, and fast sweeps.
+Each node is a ClientApp call with its own persistent Context. A round's train messages run in this process,
+or, when the run has several ``workers`` and a round's client work has been long enough to pay for starting
+them (auto, measured on the rounds so far), in a pool of worker processes: each message and its node's Context
+go to a worker and come back with the reply, so the results do not depend on which process played a node.
+This is the one module that touches Flower internals (message ids and the process's task identity, which the
+SuperLink would normally set); a test pins the flwr version it was written against.
 """
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import flwr
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 if TYPE_CHECKING:
     from flwr.supercore.run import Run
 
-__all__ = ["FLWR_VERSION", "InlineGrid", "run_inline"]
+__all__ = ["FLWR_VERSION", "ClientPool", "InlineGrid", "run_inline"]
 
 FLWR_VERSION = "1.41.0"  # the version whose internals this module was written against
 _SERVER_NODE_ID = 1  # flwr.common.constant.SUPERLINK_NODE_ID
@@ -36,11 +44,142 @@ def _set_task_identity() -> None:
     TaskIdentity.node_id = _SERVER_NODE_ID
 
 
-class InlineGrid(Grid):
-    """A Grid whose nodes are in-process ClientApp calls with one persistent Context per node."""
+_APPS: dict[str, ClientApp] = {}  # a worker process's client apps, by their factory
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, *, first_node_id: int = 1001) -> None:
+
+def _call(app: ClientApp, msg: Message, context: Context) -> Message:
+    try:
+        return app(msg, context)
+    except Exception as e:
+        return Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
+
+
+def play(factory: Callable[[], ClientApp], msg: Message, context: Context) -> tuple[Message, Context]:
+    """In a worker process: the node's ClientApp call; the Context travels back with the reply."""
+    key = repr(factory)
+    if key not in _APPS:
+        _APPS.clear()
+        _APPS[key] = factory()
+    _set_task_identity()
+    return _call(_APPS[key], msg, context), context
+
+
+class _Worker:
+    """One ``python -m simulator.flower.pool_worker`` process and its pipes."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "simulator.flower.pool_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+
+    def run(self, factory: Callable[[], ClientApp], jobs: list[tuple[Message, Context]]) -> list[Any]:
+        out: list[Any] = []
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        for m, c in jobs:
+            try:
+                pickle.dump((factory, m, c), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                self.proc.stdin.flush()
+                out.append(pickle.load(self.proc.stdout))
+            except Exception as e:  # the worker died: this and its later jobs fail this round
+                out.append(e)
+        return out
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class ClientPool:
+    """Worker processes that play nodes: fresh interpreters (``python -m simulator.flower.pool_worker``), so
+    no thread state of this process is inherited and no user script is re-imported.
+
+    ``auto``: start only once a round's train messages, after the first round, have taken longer than
+    ``start_after`` seconds in this process and the rounds left would take longer than ``worth`` seconds at
+    that pace (a worker costs several seconds to start: interpreter, torch, the scenario's data)."""
+
+    def __init__(
+        self,
+        factory: Callable[[], ClientApp],
+        workers: int,
+        *,
+        auto: bool,
+        rounds: int = 1_000_000,
+        start_after: float = 2.0,
+        worth: float = 30.0,
+    ) -> None:
+        self.factory, self.workers, self.auto, self.start_after = factory, workers, auto, start_after
+        self.rounds, self.worth = rounds, worth
+        self._procs: list[_Worker] = []
+        self.wanted = not auto and workers > 1
+        self._seen = 0
+
+    @property
+    def active(self) -> bool:
+        return self.wanted and self.workers > 1
+
+    def observe(self, seconds: float) -> None:
+        """A round's train messages took ``seconds`` in this process (the first round, which pays one-off
+        costs such as building the runtime, is not evidence)."""
+        self._seen += 1
+        left = self.rounds - self._seen
+        if self.auto and self.workers > 1 and self._seen > 1 and seconds > self.start_after:
+            self.wanted = self.wanted or seconds * left > self.worth
+
+    def run(self, jobs: list[tuple[Message, Context]]) -> list[tuple[Message, Context]]:
+        """Each job on a worker (round-robin, each worker's jobs in order, workers in parallel)."""
+        self._procs = [w for w in self._procs if w.proc.poll() is None]
+        while len(self._procs) < self.workers:
+            self._procs.append(_Worker())
+        shares: list[list[int]] = [list(range(i, len(jobs), self.workers)) for i in range(self.workers)]
+        results: list[Any] = [None] * len(jobs)
+
+        def work(w: _Worker, share: list[int]) -> None:
+            for i, r in zip(share, w.run(self.factory, [jobs[i] for i in share])):
+                results[i] = r
+
+        threads = [
+            threading.Thread(target=work, args=(w, sh), daemon=True)
+            for w, sh in zip(self._procs, shares)
+            if sh
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out = []
+        for (m, c), r in zip(jobs, results):
+            if isinstance(r, tuple):
+                out.append(r)
+            else:  # a worker died: its node's clients fail this round
+                out.append((Message(Error(code=0, reason=f"worker process failed: {r}"), reply_to=m), c))
+        return out
+
+    def close(self) -> None:
+        for w in self._procs:
+            w.close()
+        self._procs = []
+
+
+class InlineGrid(Grid):
+    """A Grid whose nodes are ClientApp calls (in-process, or in a :class:`ClientPool`) with one persistent
+    Context per node."""
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        *,
+        first_node_id: int = 1001,
+        pool: ClientPool | None = None,
+    ) -> None:
         self.client_app = client_app
+        self.pool = pool
         self.contexts: dict[int, Context] = {}
         for pid in range(num_nodes):
             nid = first_node_id + pid
@@ -74,20 +213,25 @@ class InlineGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for msg in messages:
-            mid = str(uuid.uuid4())
-            msg.metadata.__dict__["_message_id"] = mid
-            nid = msg.metadata.dst_node_id
-            if nid not in self.contexts:
-                raise ValueError(f"no node {nid}")
-            try:
-                reply = self.client_app(msg, self.contexts[nid])
-            except Exception as e:
-                reply = Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
-            self._replies[mid] = reply
-            ids.append(mid)
-        return ids
+        msgs = list(messages)
+        for msg in msgs:
+            if msg.metadata.dst_node_id not in self.contexts:
+                raise ValueError(f"no node {msg.metadata.dst_node_id}")
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+        pool = self.pool
+        t0 = time.perf_counter()
+        if pool is not None and pool.active and len(msgs) > 1:
+            done = pool.run([(m, self.contexts[m.metadata.dst_node_id]) for m in msgs])
+            for msg, (reply, ctx) in zip(msgs, done):
+                self.contexts[msg.metadata.dst_node_id] = ctx
+                self._replies[msg.metadata.message_id] = reply
+        else:
+            for msg in msgs:
+                reply = _call(self.client_app, msg, self.contexts[msg.metadata.dst_node_id])
+                self._replies[msg.metadata.message_id] = reply
+            if pool is not None and any(m.metadata.message_type == MessageType.TRAIN for m in msgs):
+                pool.observe(time.perf_counter() - t0)
+        return [m.metadata.message_id for m in msgs]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(m) for m in list(message_ids) if m in self._replies]
@@ -98,11 +242,31 @@ class InlineGrid(Grid):
         return list(self.pull_messages(self.push_messages(messages)))
 
 
-def run_inline(server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:
-    """Run ``server_app`` against ``num_nodes`` in-process nodes."""
+def run_inline(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    num_nodes: int,
+    *,
+    factory: Callable[[], ClientApp] | None = None,
+    workers: int = 1,
+    auto: bool = True,
+    rounds: int = 1_000_000,
+) -> None:
+    """Run ``server_app`` against ``num_nodes`` nodes played by ``client_app`` in this process, or by up to
+    ``workers`` processes that build their app with ``factory`` (a picklable callable; ``auto``: only once the
+    client work of the ``rounds`` left pays for them)."""
     if flwr.__version__ != FLWR_VERSION:  # pragma: no cover - guarded by tests/test_inline_engine.py
         raise RuntimeError(f"the inline engine was written for flwr {FLWR_VERSION}, found {flwr.__version__}")
     _set_task_identity()
-    grid = InlineGrid(client_app, num_nodes)
+    pool = (
+        ClientPool(factory, workers, auto=auto, rounds=rounds)
+        if factory is not None and workers > 1
+        else None
+    )
+    grid = InlineGrid(client_app, num_nodes, pool=pool)
     ctx = Context(run_id=_RUN_ID, node_id=_SERVER_NODE_ID, node_config={}, state=RecordDict(), run_config={})
-    server_app(grid, ctx)
+    try:
+        server_app(grid, ctx)
+    finally:
+        if pool is not None:
+            pool.close()

@@ -6,8 +6,10 @@ A Ray worker (or the inline engine) turns the scenario JSON it receives into a
 
 from __future__ import annotations
 
+import math
+import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -21,12 +23,13 @@ from simulator.dp.mechanism import PrivacyMechanism
 from simulator.flat import Layout, layout_of
 from simulator.models import build_model
 from simulator.registry import import_plugins
+from simulator.round.cohort import CohortReport
 from simulator.sampling import AttackerSchedule, ClientSampler
 from simulator.scenario import Scenario
 from simulator.sketching.base import COMPRESSORS, Compressor
 from simulator.training import LocalTrainConfig
 
-__all__ = ["Runtime", "build_runtime", "runtime_for"]
+__all__ = ["Runtime", "build_runtime", "inline_workers", "num_nodes", "runtime_for"]
 
 
 @dataclass
@@ -44,6 +47,9 @@ class Runtime:
     train: LocalTrainConfig
     secret: int  # this process's privacy secret (DP noise, secret cohort sampling): see context.run_secret
     record_canaries: RecordCanaries | None = None  # [audit] level = "record": the evaluator's canary examples
+    cohort_report: CohortReport = field(
+        default_factory=CohortReport
+    )  # clients trained vectorised / one by one
 
     def noise_key(self, partition_id: int) -> int:
         """The client's own key for privacy randomness (other clients' keys cannot be derived from it)."""
@@ -141,6 +147,29 @@ def _inversion_targets(s: Scenario) -> dict[int, tuple[int, ...]]:
     if inv is None or not inv.force_sampled:
         return {}
     return {r: tuple(inv.targets) for r in inv.rounds}
+
+
+def inline_workers(s: Scenario) -> int:
+    """Processes the inline engine may use to play clients (``simulation.workers``; auto: one per CPU core,
+    at most one per client)."""
+    if s.simulation.workers is not None:
+        return s.simulation.workers
+    return max(1, min(os.cpu_count() or 1, s.data.num_clients))
+
+
+def num_nodes(s: Scenario) -> int:
+    """How many Flower nodes play the scenario's clients (:mod:`simulator.flower.nodes`): N /
+    clients_per_node when it is set; otherwise one per inline worker, one per Ray CPU slot on a local Ray,
+    and one per client on a Ray cluster or a deployment."""
+    n, sim = s.data.num_clients, s.simulation
+    if sim.clients_per_node is not None:
+        return math.ceil(n / sim.clients_per_node)
+    if sim.engine == "inline":
+        return inline_workers(s)
+    if sim.engine == "ray" and sim.ray_address is None:
+        cpus = sim.ray_num_cpus or os.cpu_count() or 1
+        return max(1, min(n, int(cpus // sim.num_cpus_per_client)))
+    return n
 
 
 _CACHE: dict[str, Runtime] = {}

@@ -29,8 +29,9 @@ from defenses.detection import detection_rates
 from simulator.backdoor_metrics import backdoor_lifespan
 from simulator.context import derive_seed
 from simulator.flat import flatten
+from simulator.flower.nodes import NodeMap
 from simulator.flower.observer import InversionObserver
-from simulator.flower.runtime import Runtime, build_runtime
+from simulator.flower.runtime import Runtime, build_runtime, num_nodes
 from simulator.flower.secaggplus import FlowerSecAggPlus
 from simulator.flower.strategy import PrivsimStrategy
 from simulator.results import RoundRecord
@@ -72,11 +73,12 @@ class ServerOutcome:
     )  # canary scores (in, out) per statistic, for the plot
 
 
-def discover_partitions(grid: Grid, num_nodes: int, *, timeout: float = 300.0) -> dict[int, int]:
-    """Wait until all nodes are connected, then ask each which partition it holds.
+def discover_partitions(grid: Grid, num_nodes: int, num_clients: int, *, timeout: float = 300.0) -> NodeMap:
+    """Wait until all nodes are connected, then ask each for its node index (the partitions it plays follow
+    from it, :mod:`simulator.flower.nodes`).
 
     Sampling before every node has registered would draw from a partial population (Flower's
-    FedAvg does, early in a simulation); node ids are random, so partitions are learnt by query.
+    FedAvg does, early in a simulation); node ids are random, so node indices are learnt by query.
     """
     deadline = time.time() + timeout
     while True:
@@ -101,12 +103,17 @@ def discover_partitions(grid: Grid, num_nodes: int, *, timeout: float = 300.0) -
             raise RuntimeError(
                 f"node {r.metadata.src_node_id} failed to report its partition: {r.error.reason}"
             )
-        pid = r.content["info"]["partition-id"]
-        assert isinstance(pid, int)  # client_query sends it as an int
+        info = r.content["info"]
+        pid, total = info["partition-id"], info.get("num-partitions", num_nodes)
+        assert isinstance(pid, int) and isinstance(total, int)  # client_query sends ints
+        if total != num_nodes:
+            raise RuntimeError(
+                f"node {r.metadata.src_node_id} thinks there are {total} nodes, not {num_nodes}"
+            )
         out[r.metadata.src_node_id] = int(pid)
     if len(out) != num_nodes or sorted(out.values()) != list(range(num_nodes)):
         raise RuntimeError(f"partition discovery incomplete: got {sorted(out.values())}")
-    return out
+    return NodeMap(out, num_clients=num_clients)
 
 
 def root_split(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +223,7 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
     sink.on_start(s, rt)
 
     # ---- CONNECT: all nodes registered, partition of each node known ----
-    strategy.set_nodes(discover_partitions(grid, s.data.num_clients))
+    strategy.set_nodes(discover_partitions(grid, num_nodes(s), s.data.num_clients))
     arrays = ArrayRecord(model.state_dict())
     outcome.status = "running"
     for rnd in range(1, s.federation.rounds + 1):

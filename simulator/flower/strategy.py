@@ -2,8 +2,10 @@
 
 ``configure_train`` samples partitions from the seeded sampler (fixed-size or Poisson, attackers
 guaranteed when the plan says so, stragglers dropped) instead of FedAvg's ``random.sample``;
-``aggregate_train`` unpacks the replies, validates them (step 7, :func:`simulator.round.validate_replies`),
-runs :func:`simulator.round.server_step` (steps 8-12) and writes the round's record.
+``aggregate_train`` unpacks the replies, drops those past ``federation.deadline_s`` in simulated time
+(:func:`simulator.round.apply_deadline`), validates the rest (step 7,
+:func:`simulator.round.validate_replies`), runs :func:`simulator.round.server_step` (steps 8-12) and writes
+the round's record.
 
 The strategy also builds the server-side simulation stages the scenario asks for: the poisoning stage
 (``[attacks.poisoning]``), the adaptation stage of a defense-aware backdoor (``adaptive``), and, for an
@@ -28,13 +30,24 @@ from torch import nn
 from defenses.base import Aggregator, ServerDefense
 from simulator.context import RoundContext, make_generator
 from simulator.flat import Layout, flatten, load_vector, model_vector
-from simulator.flower.replies import unpack
+from simulator.flower.nodes import NodeMap
+from simulator.flower.replies import unpack_replies
 from simulator.flower.runtime import Runtime
+from simulator.latency import LatencyModel
 from simulator.results import RoundRecord
-from simulator.round import Adapter, Observer, Poisoner, ServerPlugins, server_step, validate_replies
+from simulator.round import (
+    Adapter,
+    Observer,
+    Poisoner,
+    ServerPlugins,
+    apply_deadline,
+    server_step,
+    validate_replies,
+)
 from simulator.round.audit import ClientAudit
 from simulator.round.secure_sum import SecureSum
 from simulator.sampling import Cohort
+from simulator.sketching.comm import dense_bytes
 from simulator.training import LocalTrainConfig, train_local
 
 __all__ = ["PrivsimStrategy", "RootTrainer"]
@@ -108,8 +121,8 @@ class PrivsimStrategy(FedAvg):
             poisoner=Poisoner.from_spec(poisoning) if poisoning is not None else None,
             adapter=Adapter.for_attack(runtime.attack, runtime.scenario.defenses.aggregator.name),
         )
-        self.node_of: dict[int, int] = {}  # partition id -> node id
-        self.partition_of: dict[int, int] = {}  # node id -> partition id
+        self.nodes = NodeMap.empty()  # node id -> its partitions (one or a group, see simulator.flower.nodes)
+        self.sent: dict[int, list[int]] = {}  # node id -> the partitions it was asked to train this round
         self.cohort: Cohort | None = None
         self.record: RoundRecord | None = None
         self.client_metrics: list[dict[str, Any]] = []  # metrics of this round's valid replies
@@ -121,9 +134,8 @@ class PrivsimStrategy(FedAvg):
         root = RootTrainer(self.model, x, y, self.rt.train, seed=self.rt.scenario.seed, layout=self.rt.layout)
         self.plugins = dataclasses.replace(self.plugins, root_update=root)
 
-    def set_nodes(self, partition_of: dict[int, int]) -> None:
-        self.partition_of = dict(partition_of)
-        self.node_of = {p: n for n, p in partition_of.items()}
+    def set_nodes(self, nodes: NodeMap) -> None:
+        self.nodes = nodes
 
     # ---- SAMPLING + TRAINING INSTRUCTIONS (SERVER → CLIENTAPP) ----
     def configure_train(
@@ -143,15 +155,18 @@ class PrivsimStrategy(FedAvg):
         cfg = ConfigRecord(
             {**dict(config), **self.rt.privacy.server_config(server_round), "server-round": server_round}
         )
+        self.sent = self.nodes.group(cohort.live)
         msgs = [
             Message(
-                RecordDict({"arrays": arrays, "config": cfg}),
-                dst_node_id=self.node_of[p],
+                RecordDict({"arrays": arrays, "config": ConfigRecord({**dict(cfg), "partitions": pids})}),
+                dst_node_id=node,
                 message_type=MessageType.TRAIN,
             )
-            for p in cohort.live
+            for node, pids in self.sent.items()
         ]
-        self.record.bytes_down = int(arrays.count_bytes()) * len(msgs)
+        # what each client downloads (a node playing several clients is a simulation device, not a saving)
+        # array data only (as bytes_up counts it), not Flower's names and .npy headers
+        self.record.bytes_down = sum(int(a.numpy().nbytes) for a in arrays.values()) * len(cohort.live)
         return msgs
 
     # ---- AGGREGATION (SERVER SIDE): steps 7-12 of the round core ----
@@ -161,14 +176,26 @@ class PrivsimStrategy(FedAvg):
         assert self.record is not None and self.cohort is not None
         rec, rt = self.record, self.rt
         replies = list(replies)
+        received = unpack_replies(replies, self.sent)
+        # 6½. deadline ([federation.latency], deadline_s): replies later than it in simulated time are dropped
+        candidates, rec.late, rec.simulated_seconds = apply_deadline(
+            received,
+            LatencyModel.for_federation(rt.scenario.federation, rt.scenario.seed),
+            server_round,
+            rec.bytes_down // max(len(self.cohort.live), 1),
+            rt.scenario.federation.deadline_s,
+            missing=len(self.cohort.sampled) - len(received),
+        )
         # 7. validate
         v = validate_replies(
-            [unpack(m, self.partition_of) for m in replies],
+            candidates,
             spec=rt.compressor.spec(rt.layout, server_round),
             expected=set(self.cohort.live),
         )
-        rec.clients_replied = len(replies)
+        rec.clients_replied = len(received)
         rec.rejected, rec.failed, rec.bytes_up = v.rejected, v.failed, v.bytes_up
+        rec.dense_bytes_up = dense_bytes(rt.layout) * len(v.valid)
+        rec.dense_bytes_down = dense_bytes(rt.layout) * len(self.cohort.live)
         valid = v.valid
         self.client_metrics = [r.metrics for r in valid]
         self.valid_ids = tuple(r.partition_id for r in valid)

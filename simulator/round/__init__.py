@@ -14,6 +14,7 @@ from simulator.round.client_step import (
     defend_update,
     inspect_model,
 )
+from simulator.round.deadline import apply_deadline
 from simulator.round.server_step import (
     Adapted,
     Adapter,
@@ -44,6 +45,7 @@ __all__ = [
     "ServerPlugins",
     "ValidReply",
     "Verdicts",
+    "apply_deadline",
     "client_step",
     "decode_updates",
     "defend_update",

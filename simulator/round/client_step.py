@@ -31,9 +31,17 @@ from simulator.context import ClientContext
 from simulator.dp.mechanism import NoPrivacy, PrivacyMechanism
 from simulator.flat import model_vector
 from simulator.sketching.base import Compressor, Identity
-from simulator.training import train_local
+from simulator.training import TrainStats, train_local
 
-__all__ = ["ClientPlugins", "ClientReply", "ModelRefused", "client_step", "defend_update", "inspect_model"]
+__all__ = [
+    "ClientPlugins",
+    "ClientReply",
+    "ModelRefused",
+    "client_step",
+    "defend_update",
+    "finish_client",
+    "inspect_model",
+]
 
 
 class ModelRefused(RuntimeError):
@@ -113,11 +121,26 @@ def client_step(
         )
     else:
         stats, metrics = out
+    return finish_client(model_vector(model, ctx.layout), stats, metrics, ctx, plugins, config)
+
+
+def finish_client(
+    trained: torch.Tensor,
+    stats: TrainStats,
+    metrics: dict[str, float],
+    ctx: ClientContext,
+    plugins: ClientPlugins,
+    config: Mapping[str, Any],
+) -> ClientReply:
+    """Steps 3-6 from the trained weights (flat, ``ctx.layout``) and the training statistics: the part of the
+    client step after training, shared by :func:`client_step` and the vectorised cohort
+    (:func:`simulator.round.cohort.cohort_step`)."""
+    metrics = dict(metrics)
     # 3. update
-    delta = model_vector(model, ctx.layout) - ctx.global_vector
+    delta = trained - ctx.global_vector
     # 4. attack
-    if attack is not None:
-        delta = attack.transform(delta, ctx)
+    if plugins.attack is not None:
+        delta = plugins.attack.transform(delta, ctx)
     # 5. defend
     payload, pm = defend_update(delta, ctx, plugins, config)
     metrics.update(pm)

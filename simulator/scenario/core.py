@@ -10,8 +10,10 @@ from simulator.scenario.base import PluginSpec, Strict
 
 __all__ = [
     "DataConfig",
+    "Distribution",
     "EvaluationConfig",
     "FederationConfig",
+    "LatencyConfig",
     "ModelConfig",
     "OutputConfig",
     "SimulationConfig",
@@ -69,6 +71,53 @@ def expected_cohort(num_clients: int, *, clients_per_round: int | None, sampling
     return float(num_clients)
 
 
+_DIST_PARAMS = {"constant": ("value",), "uniform": ("low", "high"), "lognormal": ("median", "sigma")}
+
+
+class Distribution(Strict):
+    """A positive quantity drawn once per client (:mod:`simulator.latency`): ``constant`` (``value``),
+    ``uniform`` (``low``, ``high``) or ``lognormal`` (``median``, ``sigma``: ``median · exp(sigma · z)``, z
+    standard normal). A bare number in a file means ``constant``."""
+
+    distribution: Literal["constant", "uniform", "lognormal"]
+    value: float | None = Field(default=None, gt=0.0)
+    low: float | None = Field(default=None, gt=0.0)
+    high: float | None = Field(default=None, gt=0.0)
+    median: float | None = Field(default=None, gt=0.0)
+    sigma: float | None = Field(default=None, ge=0.0)
+
+    @model_validator(mode="after")
+    def _its_own_params(self) -> Distribution:
+        need = _DIST_PARAMS[self.distribution]
+        given = {k for k in ("value", "low", "high", "median", "sigma") if getattr(self, k) is not None}
+        missing, extra = [k for k in need if k not in given], sorted(given - set(need))
+        if missing or extra:
+            what = [f"missing {', '.join(missing)}"] if missing else []
+            what += [f"{', '.join(extra)} would be ignored"] if extra else []
+            raise ValueError(f"{self.distribution} takes {' and '.join(need)}; {'; '.join(what)}")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"uniform needs low <= high (got low={self.low}, high={self.high})")
+        return self
+
+
+class LatencyConfig(Strict):
+    """``[federation.latency]``: each client's speed (:mod:`simulator.latency`), a fixed property of the
+    client drawn once, seeded by ``seed`` (default: from the scenario seed) and the client's partition id."""
+
+    compute: Distribution  # seconds per local step (one mini-batch)
+    bandwidth_up_mbps: Distribution  # Mbit/s, client → server
+    bandwidth_down_mbps: Distribution  # Mbit/s, server → client
+    jitter: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)  # σ: each time × exp(σ·z) per round
+    seed: int | None = None
+
+    @field_validator("compute", "bandwidth_up_mbps", "bandwidth_down_mbps", mode="before")
+    @classmethod
+    def _number_is_constant(cls, v: object) -> object:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return {"distribution": "constant", "value": v}
+        return v
+
+
 class FederationConfig(Strict):
     rounds: int = Field(default=10, ge=1)
     sampling: Literal["fixed", "poisson"] = "fixed"
@@ -88,6 +137,9 @@ class FederationConfig(Strict):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # probability a sampled client never answers
     # fewer valid replies than this: the round leaves the model unchanged
     min_replies: int = Field(default=1, ge=0)
+    latency: LatencyConfig | None = None  # simulated client times (compute, links): simulator.latency
+    # replies later than this (simulated seconds, needs latency) are dropped after training; None: no deadline
+    deadline_s: float | None = Field(default=None, gt=0.0)
 
     @model_validator(mode="after")
     def _one_cohort_rule(self) -> FederationConfig:
@@ -97,9 +149,19 @@ class FederationConfig(Strict):
             raise ValueError("Poisson sampling takes sampling_rate (q), not clients_per_round")
         return self
 
+    @model_validator(mode="after")
+    def _deadline_needs_latency(self) -> FederationConfig:
+        if self.deadline_s is not None and self.latency is None:
+            raise ValueError(
+                f"deadline_s = {self.deadline_s} needs [federation.latency] (compute, bandwidth_up_mbps, "
+                "bandwidth_down_mbps) to time the clients; add it or remove deadline_s"
+            )
+        return self
+
 
 class SimulationConfig(Strict):
-    engine: Literal["inline", "ray"] = "inline"
+    # "deployment": a SuperLink and SuperNode processes on this machine (privsim deploy, simulator.deploy)
+    engine: Literal["inline", "ray", "deployment"] = "inline"
     num_cpus_per_client: float = Field(default=1.0, gt=0.0)
     num_gpus_per_client: float = Field(default=0.0, ge=0.0)
     ray_address: str | None = None  # "auto" or "host:port" of a Ray cluster; None: a local Ray
@@ -107,6 +169,15 @@ class SimulationConfig(Strict):
     device: str = "cpu"  # "cpu", "cuda", "cuda:0" (inline engine, server-side evaluation, leakage attacks)
     torch_threads: int = Field(default=1, ge=1)  # torch intra-op threads for client training (both engines)
     round_timeout: float | None = Field(default=None, gt=0.0)  # seconds to wait for replies; None: no limit
+    # train the plain clients of a round as one vectorised computation (simulator.vectorised): "auto"
+    # measures once per model whether it pays and caches the answer; "on" always; "off" one by one
+    vectorise: Literal["auto", "on", "off"] = "auto"
+    # inline engine: processes that play the clients (None: auto, both CPU cores once a round's client
+    # work is long enough to pay for starting them; 1: everything in this process)
+    workers: int | None = Field(default=None, ge=1)
+    # clients one node plays (one Flower message, one Ray actor call trains them together); None: auto
+    # (inline: the clients split over the workers; ray: over the CPUs; deployment: one per node)
+    clients_per_node: int | None = Field(default=None, ge=1)
 
     @field_validator("device")
     @classmethod

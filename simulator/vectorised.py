@@ -1,0 +1,279 @@
+"""A cohort's local training as one vectorised computation (``torch.func``): every client's parameters are
+stacked along a leading axis and each local SGD step is one ``vmap(grad(...))`` call over the clients'
+mini-batches.
+
+Semantics are exactly those of :func:`simulator.training.train_local` for each client:
+
+- the same mini-batch order (the client's own generator draws the same permutations);
+- the same loss: mean cross-entropy (with label smoothing) over the real examples of the batch — a short
+  last batch is padded to the batch size with weight-0 examples;
+- the same optimizer: ``torch.optim.SGD`` with momentum (no dampening, no Nesterov) and weight decay, whose
+  momentum buffer starts at the first gradient;
+- the same step count: a client with fewer batches is masked on the remaining steps, its weights and
+  momentum buffer frozen.
+
+Only the floating-point summation order differs (batched kernels), so the trained weights agree with the
+per-client loop to ~1e-6 relative; ``tests/test_vectorised.py`` checks it against the loop.
+
+What cannot be vectorised this way is refused by :func:`why_not_vectorised` (and then runs per client):
+Adam, mixup, models with buffers (BatchNorm running statistics) or random layers (dropout).
+
+Whether vectorising pays depends on the model and the device (batched-weight convolutions are slow on a CPU,
+tiny MLPs gain 5× and more): :func:`pays_off` measures one step both ways and caches the answer on disk so
+that a scenario takes the same path on every run (``simulation.vectorise = "auto"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from simulator.training import LocalTrainConfig, TrainStats, iterate_minibatches
+
+__all__ = ["CohortMember", "batch_plan", "pays_off", "train_cohort", "why_not_vectorised"]
+
+_RANDOM_LAYERS = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+
+@dataclass(frozen=True)
+class CohortMember:
+    """One client of a vectorised cohort: its examples and its training generator
+    (``ctx.generator("train")``)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    generator: torch.Generator
+
+
+def why_not_vectorised(model: nn.Module, cfg: LocalTrainConfig) -> str | None:
+    """Why this model / recipe must train per client, or None when the vectorised path reproduces it."""
+    if cfg.optimizer != "sgd":
+        return f"optimizer {cfg.optimizer!r} (the vectorised step is SGD with momentum and weight decay)"
+    if cfg.mixup_alpha > 0:
+        return "mixup draws its own randomness per batch"
+    if any(True for _ in model.buffers()):
+        return "the model has buffers (e.g. BatchNorm running statistics)"
+    if any(isinstance(m, _RANDOM_LAYERS) for m in model.modules()):
+        return "the model has dropout layers (their randomness differs under vmap)"
+    return None
+
+
+def batch_plan(n: int, cfg: LocalTrainConfig, generator: torch.Generator) -> list[torch.Tensor]:
+    """The mini-batch index tensors :func:`~simulator.training.train_local` would use, in order
+    (epochs of seeded permutations, capped at ``cfg.max_steps``)."""
+    plan: list[torch.Tensor] = []
+    for _ in range(cfg.epochs):
+        for idx in iterate_minibatches(n, cfg.batch_size, generator):
+            if cfg.max_steps is not None and len(plan) >= cfg.max_steps:
+                break
+            plan.append(idx)
+    return plan
+
+
+def train_cohort(
+    model: nn.Module, members: Sequence[CohortMember], cfg: LocalTrainConfig
+) -> list[tuple[dict[str, torch.Tensor], TrainStats]]:
+    """Train every member from ``model``'s current weights, as :func:`train_local` would one by one; returns
+    each member's trained parameters (``named_parameters`` names, detached) and its training statistics.
+    ``model`` itself is not changed."""
+    why = why_not_vectorised(model, cfg)
+    if why is not None:
+        raise ValueError(f"cannot vectorise this training: {why}")
+    if not members:
+        return []
+    dev = next(model.parameters()).device
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    c = len(members)
+    params = {n: p.detach().unsqueeze(0).repeat(c, *([1] * p.dim())) for n, p in model.named_parameters()}
+    params = {n: params[n] for n in names}
+    bufs = {n: torch.zeros_like(p) for n, p in params.items()} if cfg.momentum else {}
+
+    plans = [batch_plan(int(m.x.shape[0]), cfg, m.generator) for m in members]
+    steps = max((len(p) for p in plans), default=0)
+    b = cfg.batch_size
+    # one concatenated data set; per step, one gather of [C, B] global indices
+    offsets = [0]
+    for m in members[:-1]:
+        offsets.append(offsets[-1] + int(m.x.shape[0]))
+    xs = torch.cat([m.x for m in members]).to(dev)
+    ys = torch.cat([m.y for m in members]).to(dev)
+    gidx = torch.zeros(c, max(steps, 1), b, dtype=torch.long)
+    weight = torch.zeros(c, max(steps, 1), b)
+    active = torch.zeros(c, max(steps, 1), dtype=torch.bool)
+    for i, plan in enumerate(plans):
+        for t, idx in enumerate(plan):
+            k = int(idx.numel())
+            gidx[i, t, :k] = idx + offsets[i]
+            gidx[i, t, k:] = offsets[i]  # padding: any real example, weight 0
+            weight[i, t, :k] = 1.0 / k
+            active[i, t] = True
+    gidx, weight, active = gidx.to(dev), weight.to(dev, xs.dtype), active.to(dev)
+
+    ls = cfg.label_smoothing
+
+    def loss_one(
+        p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        out = functional_call(model, {**p, **frozen}, (x,))
+        return (F.cross_entropy(out, y, reduction="none", label_smoothing=ls) * w).sum()
+
+    step_fn = vmap(grad_and_value(loss_one))
+    losses = torch.zeros(c, dtype=torch.float64, device=dev)
+    was_training = model.training
+    model.train()
+    try:
+        for t in range(steps):
+            g_idx = gidx[:, t]
+            grads, loss = step_fn(params, xs[g_idx], ys[g_idx], weight[:, t])
+            on = active[:, t]
+            losses += torch.where(on, loss.detach().double(), torch.zeros_like(losses))
+            with torch.no_grad():
+                for n in names:
+                    p, g = params[n], grads[n]
+                    if cfg.weight_decay:
+                        g = g + cfg.weight_decay * p
+                    mask = on.view(c, *([1] * (p.dim() - 1)))
+                    if cfg.momentum:
+                        buf = torch.where(mask, cfg.momentum * bufs[n] + g, bufs[n])
+                        bufs[n] = buf
+                        g = buf
+                    params[n] = torch.where(mask, p - cfg.lr * g, p)
+    finally:
+        model.train(was_training)
+    out = []
+    for i, m in enumerate(members):
+        trained = {
+            n: (params[n][i] if n in params else frozen[n]).detach() for n, _ in model.named_parameters()
+        }
+        k = len(plans[i])
+        out.append(
+            (trained, TrainStats(loss=float(losses[i]) / max(k, 1), steps=k, num_examples=int(m.x.shape[0])))
+        )
+    return out
+
+
+# ---- auto: measure once per (model, data shape, batch, cohort, device, threads), cache on disk ----
+
+
+def _cache_file() -> Path:
+    env = os.environ.get("PRIVSIM_CACHE")
+    return (Path(env).expanduser() if env else Path("~/.cache/privsim").expanduser()) / "vectorise.json"
+
+
+def _key(model: nn.Module, example: torch.Tensor, cfg: LocalTrainConfig, cohort: int) -> str:
+    dev = next(model.parameters()).device
+    shapes = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    raw = json.dumps(
+        [
+            type(model).__name__,
+            shapes,
+            tuple(example.shape[1:]),
+            cfg.batch_size,
+            cfg.momentum > 0,
+            cohort,
+            str(dev),
+            torch.get_num_threads(),
+            torch.__version__,
+        ]
+    )
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _cohort_bucket(n: int) -> int:
+    """Cohort sizes are measured in buckets (1, 2, 4, 8, 16, 32): the per-client gain flattens out."""
+    return 1 << min(5, max(0, (n - 1).bit_length()))
+
+
+def _time_per_client(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalTrainConfig, c: int
+) -> tuple[float, float]:
+    """Seconds for one local step of ``c`` clients: vectorised, and as ``c`` per-client optimizer steps."""
+    one = LocalTrainConfig(
+        epochs=1,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        max_steps=1,
+        label_smoothing=cfg.label_smoothing,
+    )
+    members = [CohortMember(x, y, torch.Generator().manual_seed(i)) for i in range(c)]
+    train_cohort(model, members[:2], one)  # warm-up
+    t0 = time.perf_counter()
+    train_cohort(model, members, one)
+    vec = time.perf_counter() - t0
+    work = copy.deepcopy(model)
+    opt = torch.optim.SGD(work.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    xb, yb = x[: cfg.batch_size], y[: cfg.batch_size]
+    t0 = time.perf_counter()
+    for _ in range(c):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(work(xb), yb).backward()
+        opt.step()
+    loop = time.perf_counter() - t0
+    return vec, loop
+
+
+MIN_COHORT = 4  # below this, auto trains per client without measuring (2 MLP clients: 2× slower vectorised)
+
+
+def pays_off(model: nn.Module, example: torch.Tensor, cfg: LocalTrainConfig, cohort: int) -> bool:
+    """Whether training ``cohort`` clients vectorised beats the per-client loop for this model, data shape,
+    batch size, device and thread count: measured once (one step each way, random data) and cached in
+    ``$PRIVSIM_CACHE/vectorise.json`` (or ``~/.cache/privsim/vectorise.json``), so a scenario takes the same
+    path on every later run. Vectorising must win by 20 % to be chosen; cohorts smaller than
+    :data:`MIN_COHORT` are not measured (the batched step's fixed cost cannot be earned back)."""
+    if why_not_vectorised(model, cfg) is not None or cohort < MIN_COHORT:
+        return False
+    c = _cohort_bucket(cohort)
+    key = _key(model, example, cfg, c)
+    path = _cache_file()
+    try:
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return bool(cache[key]["vectorise"])
+    dev = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    n = max(2 * cfg.batch_size, 2)
+    x = torch.rand((n, *example.shape[1:]), generator=gen).to(dev, example.dtype)
+    with torch.no_grad():
+        k = int(model(x[:1]).shape[-1])
+    y = torch.randint(0, k, (n,), generator=gen).to(dev)
+    vec, loop = _time_per_client(model, x, y, cfg, c)
+    decision = vec < 0.8 * loop
+    cache[key] = {
+        "vectorise": decision,
+        "vectorised_s": vec,
+        "loop_s": loop,
+        "cohort": c,
+        "model": type(model).__name__,
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(path)
+    except OSError:  # a read-only home: decide again next time
+        pass
+    return decision
