@@ -159,12 +159,12 @@ def _record_level(s: Scenario) -> list[Problem]:
                     'DPSGD-F precedes DP-SGD; it needs mechanism = "gradient"',
                 )
             )
-        if s.model.name != "mlp":
+        if s.model.name not in ("mlp", "cnn"):
             out.append(
                 Problem(
                     "privacy.record.feature_preprocessing",
-                    f"DPSGD-F is implemented for linear / MLP models (first layer nn.Linear on flattened "
-                    f"features); model {s.model.name!r} is not one",
+                    "DPSGD-F maps the first nn.Linear (mlp) or nn.Conv2d (cnn) layer; "
+                    f"model {s.model.name!r} is neither",
                 )
             )
         if s.privacy.target_epsilon is not None and s.privacy.on_budget == "calibrate":
