@@ -13,10 +13,13 @@ from typing import Any
 
 import typer
 
+from simulator.deploy.run import clients_per_node_for
 from simulator.leaderboard import GridError, default_out_dir, default_store, load_grid, run_grid
+from simulator.leaderboard.ray_dispatch import RayDispatchError
 from simulator.leaderboard.report import outcomes_from_store, print_tables
 from simulator.registry import all_registries, did_you_mean
-from simulator.runner import RunFailed
+from simulator.run_report import ReportError, fmt_accuracy, fmt_epsilon, fmt_seconds, write_report
+from simulator.runner import DeployOptions, RunFailed
 from simulator.runner import run as run_scenario
 from simulator.scenario import ScenarioError, load_scenario
 
@@ -45,10 +48,10 @@ def _load(file: Path, sets: list[str], engine: str | None):
         _fail(str(e))
 
 
-def _run(s: Any, out: Path | None, store: Path | None, quiet: bool) -> Any:
+def _run(s: Any, out: Path | None, store: Path | None, quiet: bool, verbose: bool = False) -> Any:
     """``simulator.run`` with its errors as one message each (exit 2: the scenario; exit 1: the run)."""
     try:
-        return run_scenario(s, out_dir=out, store=store, progress=not quiet)
+        return run_scenario(s, out_dir=out, store=store, progress=not quiet, verbose=verbose)
     except ScenarioError as e:  # what only running can tell: no GPU, image indices past the data set ...
         _fail(str(e))
     except RunFailed as e:
@@ -66,30 +69,58 @@ def run(
         None, "--out", help="output folder (default: a new one under output.dir)"
     ),
     store: Path | None = typer.Option(None, "--store", help="SQLite results store"),
-    engine: str | None = typer.Option(None, "--engine", help="inline | ray (overrides simulation.engine)"),
+    engine: str | None = typer.Option(
+        None, "--engine", help="inline | ray | deployment (overrides simulation.engine)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or per-round lines"),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="also show this process's Flower and Ray log lines in the terminal (always in <run>/engine.log)",
+    ),
 ) -> None:
-    """Run a scenario; writes summary.json, rounds.csv and plots, and appends to the results store."""
+    """Run a scenario; writes summary.json, rounds.csv, plots and report.html, and appends to the results
+    store."""
     s = _load(file, sets, engine)
-    result = _run(s, out, store, quiet)
+    result = _run(s, out, store, quiet, verbose)
     d = result.to_dict()
     fin = d["final"]
     parts = []
     if fin.get("main_accuracy") is not None:
-        parts.append(f"final main accuracy {fin['main_accuracy']}")
+        parts.append(f"final main accuracy {fmt_accuracy(fin['main_accuracy'])}")
     line = "; ".join([f"{s.name}: {result.status}", *parts])
     if fin.get("backdoor_accuracy") is not None:
-        line += f", backdoor accuracy {fin['backdoor_accuracy']}"
+        line += f", backdoor accuracy {fmt_accuracy(fin['backdoor_accuracy'])}"
     if d.get("privacy"):
-        line += f", epsilon {d['privacy'].get('epsilon')}"
+        line += f", epsilon {fmt_epsilon(d['privacy'].get('epsilon'))}"
     inv = d.get("inversion") if isinstance(d.get("inversion"), dict) else None
     if inv is not None and inv.get("refused"):
         line += f", the client refused the model ({inv['refused'][:80]}...)"
     elif inv is not None and (inv.get("psnr") is not None or inv.get("mse") == 0.0):
-        line += ", PSNR " + (f"{inv['psnr']:.2f} dB" if inv.get("psnr") is not None else "inf (exact)")
+        psnr = inv.get("psnr")
+        exact = psnr is None or psnr == "inf"  # summary.json writes an exact reconstruction's ∞ as "inf"
+        line += ", PSNR " + ("inf (exact)" if exact else f"{float(psnr):.2f} dB")
         if inv.get("recovered_fraction") is not None:
             line += f", recovered {inv['recovered_fraction']:.0%} of the images (>= 40 dB)"
-    typer.echo(f"{line}; {result.wall_time_s:.1f} s; results in {result.out_dir}")
+    typer.echo(f"{line}; {fmt_seconds(result.wall_time_s)}; results in {result.out_dir} (open report.html)")
+
+
+@app.command()
+def report(
+    folder: Path = typer.Argument(..., help="a run folder (the one with summary.json)"),
+    out: Path | None = typer.Option(
+        None, "--out", help="where to write the page (default <folder>/report.html)"
+    ),
+) -> None:
+    """Write a run's report.html: one self-contained page with its summary, round table, plots,
+    reconstructions and privacy / audit / defense / attack blocks (images embedded: it can be mailed)."""
+    if not folder.is_dir():
+        _fail(f"{folder}: no such folder; give a run folder (the --out of privsim run)")
+    try:
+        path = write_report(folder, out=out)
+    except ReportError as e:
+        _fail(str(e))
+    typer.echo(f"report: {path}")
 
 
 @app.command()
@@ -114,11 +145,61 @@ def audit(
     a = result.audit
     assert a is not None  # the scenario was given an [audit] section above
     upper = a["epsilon_upper"]
-    up = "inf (no DP)" if upper is None or upper == float("inf") else f"{upper:.3g}"
+    up = "inf (no DP)" if upper is None or upper == float("inf") else fmt_epsilon(upper)
     typer.echo(
         f"{s.name}: {a['level']}-level audit, {a['canaries']} canaries ({a['statistic']}): "
-        f"epsilon lower bound {a['epsilon_lower']:.3g} at {a['confidence']:.0%} confidence, "
-        f"ledger epsilon {up}, AUC {a['auc']:.3f}; results in {result.out_dir}"
+        f"epsilon lower bound {fmt_epsilon(a['epsilon_lower'])} at {a['confidence']:.0%} confidence, "
+        f"ledger epsilon {up}, AUC {fmt_accuracy(a['auc'])}; results in {result.out_dir}"
+    )
+
+
+@app.command()
+def deploy(
+    file: Path = typer.Argument(..., help="scenario TOML file"),
+    sets: list[str] = typer.Option([], "--set", help="override a field (repeatable)"),
+    supernodes: int | None = typer.Option(
+        None,
+        "--supernodes",
+        min=1,
+        help="SuperNode processes (default: one per client; fewer: each plays an equal group of clients)",
+    ),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="FOR TESTING ONLY: no TLS and no SuperNode authentication"
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="output folder (default: a new one under output.dir)"
+    ),
+    store: Path | None = typer.Option(None, "--store", help="SQLite results store"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar or per-round lines"),
+) -> None:
+    """Run a scenario on a real Flower deployment on this machine: a SuperLink and SuperNode processes (one
+    per client partition), with TLS and SuperNode authentication; stops them all at the end. Same results as
+    privsim run; Flower's logs go to <run>/flower/."""
+    s = _load(file, sets, "deployment")
+    if supernodes is not None:
+        try:
+            per_node = clients_per_node_for(s.data.num_clients, supernodes)
+        except ValueError as e:
+            _fail(f"--supernodes: {e}")
+        s = _load(file, [*sets, f"simulation.clients_per_node={per_node}"], "deployment")
+    try:
+        result = run_scenario(
+            s,
+            out_dir=out,
+            store=store,
+            progress=not quiet,
+            deployment=DeployOptions(insecure=insecure),
+        )
+    except ScenarioError as e:
+        _fail(str(e))
+    except RunFailed as e:
+        _fail(f"run failed: {e}", 1)
+    acc = result.final.get("main_accuracy")
+    mode = "insecure: no TLS, no SuperNode authentication" if insecure else "TLS, SuperNode authentication"
+    typer.echo(
+        f"{s.name}: {result.status} on a local deployment ({mode})"
+        + (f"; final main accuracy {fmt_accuracy(acc)}" if acc is not None else "")
+        + f"; {fmt_seconds(result.wall_time_s)}; results in {result.out_dir} (Flower's logs in flower/)"
     )
 
 
@@ -183,21 +264,31 @@ def leaderboard_run(
         help="override a field of every cell, after the grid's own "
         "overrides and before its axes (repeatable)",
     ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="run each cell as a Ray task on this Ray cluster: 'auto' (on a machine of the cluster) or the "
+        "head's host:port; cells lost with a node are retried on the others (README: Ray cluster)",
+    ),
 ) -> None:
     """Run every cell of a grid not yet in the store; write leaderboard.md / .csv / .html and heatmaps."""
     grid = _load_grid(file, sets)
     out_dir = out or default_out_dir(grid)
-    result = run_grid(
-        grid,
-        store=store or default_store(grid),
-        out_dir=out_dir,
-        workers=workers,
-        rerun=rerun,
-        progress=not quiet,
-    )
+    try:
+        result = run_grid(
+            grid,
+            store=store or default_store(grid),
+            out_dir=out_dir,
+            workers=workers,
+            rerun=rerun,
+            progress=not quiet,
+            ray_address=ray_address,
+        )
+    except RayDispatchError as e:
+        _fail(str(e))
     typer.echo(
         f"{grid.name}: {len(result.cells)} cells: {result.count('completed')} completed, "
-        f"{result.count('skipped')} skipped (already in the store), {result.count('failed')} failed; "
+        f"{result.count('skipped')} done (stored), {result.count('failed')} failed; "
         f"leaderboard in {out_dir}"
     )
     if result.count("failed") == len(result.cells) and result.cells:

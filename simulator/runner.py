@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
 import random
 import time
@@ -15,20 +15,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from simulator.audit.report import plot_scores
+from simulator.deploy.run import DeployOptions, run_deployment, run_simulation
 from simulator.experiment import run_experiment
-from simulator.experiment.leakage import save_grid
+from simulator.experiment.leakage import psnr_text, save_grid
 from simulator.flower.client_app import make_client_app
 from simulator.flower.inline import run_inline
-from simulator.flower.runtime import Runtime
+from simulator.flower.runtime import Runtime, inline_workers, num_nodes
 from simulator.flower.server_app import ServerOutcome, make_server_app
 from simulator.plots import plot_rounds
 from simulator.results import ResultsStore, RoundRecord, RunResult, default_out_dir, versions, write_outputs
+from simulator.run_report import fmt_epsilon, write_report
+from simulator.runlog import ENGINE_LOG, RunLog, ray_init_args
 from simulator.scenario import Problem, Scenario, ScenarioError
 
 if TYPE_CHECKING:
+    from flwr.app import Context
+    from flwr.serverapp import Grid
     from rich.progress import TaskID
 
-__all__ = ["RunFailed", "default_out_dir", "run"]
+__all__ = ["DeployOptions", "RunFailed", "default_out_dir", "run", "seed_everything"]
 
 
 class RunFailed(RuntimeError):
@@ -97,7 +102,7 @@ class _Sink:
             if r.backdoor_accuracy is not None:
                 extra += f"  backdoor {r.backdoor_accuracy:.4f}"
             if r.privacy.get("epsilon") is not None:
-                extra += f"  eps {r.privacy['epsilon']:.3g}"
+                extra += f"  eps {fmt_epsilon(r.privacy['epsilon'])}"
             bad = len(r.rejected) + len(r.failed) + len(r.dropped)
             if bad:
                 extra += f"  rejected {len(r.rejected)} failed {len(r.failed)} dropped {len(r.dropped)}"
@@ -113,35 +118,53 @@ class _Sink:
             self.bar.stop()
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (before the ServerApp runs, in its process)."""
     random.seed(seed)  # Flower's built-in strategies sample with the global `random`
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
-def _run_ray(s: Scenario, server_app: Any, client_app: Any) -> None:
-    # deferred: Flower simulation starts Ray; loaded only for engine = "ray"
-    from flwr.simulation import run_simulation
-
-    init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    if s.simulation.ray_address:
-        init_args["address"] = s.simulation.ray_address
-    elif s.simulation.ray_num_cpus:
+def _run_ray(s: Scenario, sink: _Sink, outcome: ServerOutcome, work_dir: Path | None) -> None:
+    """Engine ``ray``: Flower's simulation runtime behind a SuperLink this run starts, as ``flwr run`` does
+    for a local simulation (Flower 1.41's supported path; ``flwr.simulation.run_simulation`` is deprecated).
+    The ServerApp runs in Flower's ``flwr-simulation`` process and hands each round back
+    (:mod:`simulator.deploy.run`). Ray's init arguments are decided here and only here."""
+    cpus = s.simulation.num_cpus_per_client
+    if cpus != int(cpus):
+        raise ScenarioError(
+            s.source,
+            [
+                Problem(
+                    "simulation.num_cpus_per_client",
+                    f"{cpus}: Flower's simulation runtime (flwr 1.41) reserves whole CPUs per client; use "
+                    f"{max(1, round(cpus))}, or simulation.clients_per_node to put several clients on one",
+                )
+            ],
+        )
+    init_args: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "logging_level": "WARNING",
+    }
+    init_args.update(ray_init_args())  # simulator.runlog: Ray's workers print to engine.log, not the terminal
+    # a cluster's address, or "local": a new Ray of this run's own, even when another one runs on this machine
+    # (ray.init() without an address joins the last cluster started here)
+    init_args["address"] = s.simulation.ray_address or "local"
+    if not s.simulation.ray_address and s.simulation.ray_num_cpus:
         init_args["num_cpus"] = s.simulation.ray_num_cpus
-    backend_config = {
-        "client_resources": {
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    run_simulation(
+        s,
+        sink,
+        outcome,
+        work_dir=work_dir,
+        num_nodes=num_nodes(s),
+        ray_init=init_args,
+        client_resources={
             "num_cpus": s.simulation.num_cpus_per_client,
             "num_gpus": s.simulation.num_gpus_per_client,
         },
-        "init_args": init_args,
-    }
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=s.data.num_clients,
-        backend_config=backend_config,
-        verbose_logging=False,
     )
 
 
@@ -153,20 +176,60 @@ def run(
     progress: bool = False,
     write: bool = True,
     tag: str | None = None,
+    verbose: bool = False,
+    deployment: DeployOptions | None = None,
+    on_grid: tuple[Grid, Context] | None = None,
 ) -> RunResult:
     """Run a scenario; returns the :class:`RunResult` (the content of summary.json).
 
-    ``out_dir``: where summary.json, rounds.csv and the plots go (default: a new folder under
-    ``scenario.output.dir``); ``store``: the SQLite results store (default
+    ``out_dir``: where summary.json, rounds.csv, the plots, ``engine.log`` and ``report.html`` go (default: a
+    new folder under ``scenario.output.dir``); ``store``: the SQLite results store (default
     ``<output.dir>/privsim-results.sqlite``); ``write=False`` writes nothing (tests, sweeps).
+    Flower's and Ray's log lines go to ``engine.log``, not the terminal, unless ``verbose``
+    (:mod:`simulator.runlog`); the SuperLink's and SuperNodes' (engines ``ray`` and ``deployment``) to
+    ``flower/*.log``. ``deployment``: how engine ``deployment`` runs (``privsim deploy``'s options).
+    ``on_grid``: the grid and context of a ServerApp that Flower started (``flwr run`` on privsim's App,
+    :mod:`simulator.flower.app`): the run happens on them instead of on an engine privsim starts.
     """
     s = scenario
     check_device(s)
-    if s.kind != "federated":
-        return run_experiment(s, out_dir=out_dir, store=store, write=write, tag=tag, progress=progress)
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    _seed_everything(s.seed)
     out = Path(out_dir) if out_dir is not None else default_out_dir(s)
+    with RunLog(out / ENGINE_LOG if write else None, verbose=verbose):
+        if s.kind != "federated":
+            result = run_experiment(s, out_dir=out, store=store, write=write, tag=tag, progress=progress)
+        else:
+            result = _run_federated(
+                s,
+                out,
+                store=store,
+                progress=progress,
+                write=write,
+                tag=tag,
+                deployment=deployment,
+                on_grid=on_grid,
+            )
+    if write:
+        write_report(out, source=s.source)
+    return result
+
+
+def _run_federated(
+    s: Scenario,
+    out: Path,
+    *,
+    store: str | Path | None,
+    progress: bool,
+    write: bool,
+    tag: str | None,
+    deployment: DeployOptions | None,
+    on_grid: tuple[Grid, Context] | None,
+) -> RunResult:
+    if deployment is not None and s.simulation.engine != "deployment":
+        raise ScenarioError(
+            s.source,
+            [Problem("simulation.engine", f"{s.simulation.engine!r}: deployment options need 'deployment'")],
+        )
+    seed_everything(s.seed)
     rs = None
     run_id = None
     if write:
@@ -179,10 +242,28 @@ def run(
     client_app = make_client_app(scenario_json)
     t0 = time.perf_counter()
     try:
-        if s.simulation.engine == "inline":
-            run_inline(server_app, client_app, s.data.num_clients)
+        if on_grid is not None:  # inside a ServerApp Flower started: its grid is the engine
+            server_app(*on_grid)
+        elif s.simulation.engine == "inline":
+            run_inline(
+                server_app,
+                client_app,
+                num_nodes(s),
+                factory=functools.partial(make_client_app, scenario_json),
+                workers=inline_workers(s),
+                auto=s.simulation.workers is None,
+                rounds=s.federation.rounds,
+            )
+        elif s.simulation.engine == "ray":
+            _run_ray(s, sink, outcome, out / "flower" if write else None)
         else:
-            _run_ray(s, server_app, client_app)
+            run_deployment(
+                s,
+                sink,
+                outcome,
+                work_dir=out / "flower" if write else None,
+                options=deployment or DeployOptions(),
+            )
     finally:
         sink.close()
     wall = time.perf_counter() - t0
@@ -190,7 +271,10 @@ def run(
         reason = (
             outcome.status
             if outcome.error is not None
-            else ("the engine returned no rounds (did the ClientApp's workers die? see the log above)")
+            else (
+                "the engine returned no rounds (did the ClientApp's workers die? see engine.log in the "
+                "run folder, or run again with --verbose)"
+            )
         )
         if rs is not None and run_id is not None:
             rs.fail_run(run_id, reason)
@@ -239,7 +323,7 @@ def run(
                     a.truth,
                     a.reconstruction,
                     title=f"{s.attacks.inversion.name}, round {a.round}, client {a.client}: "
-                    f"PSNR {a.metrics['psnr']:.1f} dB",
+                    f"PSNR {psnr_text(a.metrics)}",
                 )
         assert rs is not None and run_id is not None
         rs.finish_run(run_id, result)

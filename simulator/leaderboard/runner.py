@@ -10,9 +10,14 @@ leaves a ``running`` row behind; it is simply run again.
 A cell that fails (:class:`simulator.runner.RunFailed` or any other exception) is recorded in the store with
 status ``failed: <reason>`` and the grid goes on.
 
-Parallelism: ``workers > 1`` runs cells in a :class:`concurrent.futures.ProcessPoolExecutor` with the
-``spawn`` context. Cells with ``simulation.engine = "ray"`` each start their own Ray runtime, which does not
-mix with worker processes: if any cell uses Ray the grid runs with ``workers = 1`` (a warning says so).
+Parallelism on this machine: ``workers > 1`` runs cells in a :class:`concurrent.futures.ProcessPoolExecutor`
+with the ``spawn`` context. Cells with ``simulation.engine = "ray"`` each start their own Ray runtime, which
+does not mix with worker processes: if any cell uses Ray the grid runs with ``workers = 1`` (a warning says
+so).
+
+On a Ray cluster: ``ray_address`` (``privsim leaderboard run --ray-address``) runs every cell as one Ray task
+on the cluster, retried on another node when its node dies; this process writes each cell's result to the
+store as its task finishes (:mod:`simulator.leaderboard.ray_dispatch`).
 """
 
 from __future__ import annotations
@@ -37,7 +42,14 @@ from rich.progress import (
 )
 
 from simulator.leaderboard.grid import Cell, Grid
-from simulator.leaderboard.report import INTEGRITY_METRICS, PRIVACY_METRICS, cell_metrics, write_reports
+from simulator.leaderboard.ray_dispatch import RayDispatchError, check_cells, run_cells_on_ray
+from simulator.leaderboard.report import (
+    INTEGRITY_METRICS,
+    PRIVACY_METRICS,
+    cell_metrics,
+    format_value,
+    write_reports,
+)
 from simulator.results import ResultsStore
 from simulator.runner import RunFailed, run
 from simulator.scenario import scenario_from_dict
@@ -75,6 +87,7 @@ class GridRun:
     store: Path
     cells: list[CellOutcome] = field(default_factory=list)
     workers: int = 1
+    ray_address: str | None = None  # the Ray cluster the cells ran on, if any
 
     def count(self, status: str) -> int:
         """How many cells ended with ``status``."""
@@ -150,6 +163,7 @@ def run_grid(
     rerun: bool = False,
     progress: bool = True,
     report: bool = True,
+    ray_address: str | None = None,
 ) -> GridRun:
     """Run every cell of ``grid`` not yet finished in ``store``; write the leaderboard.
 
@@ -169,12 +183,27 @@ def run_grid(
         Show a rich progress bar with an ETA and one line per cell (on stderr).
     report
         Write leaderboard.md / .csv / .html and the heatmaps into ``out_dir`` at the end.
+    ray_address
+        Run the cells as Ray tasks on this Ray cluster (``"auto"`` or the head's ``host:port``) instead of
+        in local processes (:mod:`simulator.leaderboard.ray_dispatch`); the cells must use the inline engine
+        and ``workers`` must stay 1.
 
     Returns
     -------
     GridRun
         One outcome per cell, in grid order.
+
+    Raises
+    ------
+    RayDispatchError
+        With ``ray_address``: ``workers > 1``, a cell to run uses another engine than inline, or no cluster
+        answers at the address.
     """
+    if ray_address is not None and workers > 1:
+        raise RayDispatchError(
+            f"workers = {workers} with ray_address {ray_address!r}: on a Ray cluster every cell is a Ray "
+            "task and the cluster's CPUs set the parallelism; leave workers at 1"
+        )
     out = Path(out_dir)
     store_p = Path(store)
     rs = ResultsStore(store_p)  # creates the schema once, before workers race for it
@@ -191,13 +220,15 @@ def run_grid(
             outcomes[cell.digest] = CellOutcome(cell, "skipped", summary=done)
         else:
             todo.append(cell)
+    if ray_address is not None:
+        check_cells(todo)  # before the progress bar: one message, nothing run
 
     console = bar = task = None
     if progress:
         console = Console(stderr=True)
         for c in grid.cells:
             if c.digest in outcomes:
-                console.print(f"skipped    {c.label_path}  (finished in the store)")
+                console.print(f"done (stored)  {c.label_path}  (finished in an earlier run)")
         bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -210,7 +241,9 @@ def run_grid(
         bar.start()
         task = bar.add_task(f"{grid.name} cells", total=len(grid.cells), completed=len(outcomes))
 
-    def finish(cell: Cell, res: tuple[str, dict[str, Any] | None, str | None, float]) -> None:
+    def finish(
+        cell: Cell, res: tuple[str, dict[str, Any] | None, str | None, float], node: str | None = None
+    ) -> None:
         status, summary, reason, secs = res
         outcomes[cell.digest] = CellOutcome(
             cell,
@@ -223,15 +256,16 @@ def run_grid(
             if status == "completed" and summary is not None:
                 m = cell_metrics(summary)  # whichever of MA, BA, PSNR, SSIM, label acc, ε the cell has
                 parts = [
-                    f"{x.header} {m[x.key]:.4f}"
+                    f"{x.header} {format_value(m[x.key], x.key)}"
                     for x in (*INTEGRITY_METRICS[:2], *PRIVACY_METRICS[1:])
                     if m[x.key] is not None
                 ]
-                console.print(
-                    f"completed  {cell.label_path}  {'  '.join(parts) or '(no metric)'}  ({secs:.1f} s)"
-                )
+                where = f" on {node}" if node else ""
+                metrics = "  ".join(parts) or "(no metric)"
+                console.print(f"completed  {cell.label_path}  {metrics}  ({secs:.1f} s{where})")
             else:
-                console.print(f"[red]failed[/red]     {cell.label_path}: {reason}")
+                where = f" (on {node})" if node else ""
+                console.print(f"[red]failed[/red]     {cell.label_path}: {reason}{where}")
             assert task is not None  # added together with the bar
             bar.advance(task)
 
@@ -240,7 +274,19 @@ def run_grid(
         return (cell.data, grid.source, cell.digest, str(cell_out), str(store_p), tag)
 
     try:
-        if workers <= 1 or len(todo) <= 1:
+        if ray_address is not None:
+            run_cells_on_ray(
+                todo,
+                address=ray_address,
+                run_cell=_run_cell,
+                out_dir=out,
+                store=store_p,
+                source=grid.source,
+                tag=tag,
+                finish=finish,
+                console=console,
+            )
+        elif workers <= 1 or len(todo) <= 1:
             for cell in todo:
                 finish(cell, _run_cell(*args(cell)))
         else:
@@ -274,6 +320,7 @@ def run_grid(
         out_dir=out,
         store=store_p,
         workers=workers,
+        ray_address=ray_address,
         cells=[outcomes[c.digest] for c in grid.cells if c.digest in outcomes],
     )
     if report:

@@ -77,12 +77,13 @@ def secure_aggregation_problems(s: Scenario) -> list[Problem]:
                 f"{s.federation.clients_per_round}: secure aggregation needs at least 2 clients per round",
             )
         )
-    if sa.mode == "secaggplus" and s.simulation.engine == "ray":
+    if sa.mode == "secaggplus" and s.simulation.engine != "inline":
         out.append(
             Problem(
                 "secure_aggregation.mode",
                 "'secaggplus' runs Flower's secure aggregation protocol in-process "
-                "(simulation.engine = 'inline'); use mode = 'simulated' on the Ray engine",
+                "(simulation.engine = 'inline'); use mode = 'simulated' on the "
+                f"{s.simulation.engine!r} engine",
             )
         )
     return out
