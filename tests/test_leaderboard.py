@@ -25,7 +25,7 @@ from simulator.leaderboard.report import (
     render_html,
     render_markdown,
 )
-from tests.helpers.chromium import chromium
+from tests.helpers.chromium import dump_dom
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "scenarios" / "leaderboard_smoke.toml"
@@ -325,28 +325,9 @@ def test_cli_show_prints_tables(smoke_run: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- HTML sorting in headless Chromium
 
 
-def _chromium() -> str:
-    return chromium()  # skips locally, fails under CI when absent; never installs anything
-
-
 def _dump_dom(page: Path, query: str, tmp: Path) -> str:
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp / 'chrome-profile'}",
-        "--dump-dom",
-    ]
-    res = subprocess.run(
-        [_chromium(), *flags, f"file://{page}?{query}"], capture_output=True, text=True, timeout=120
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    return res.stdout
+    """The page's DOM in headless Chromium (skips locally, fails under CI, when there is none)."""
+    return dump_dom(f"file://{page}?{query}", tmp / "chrome-profile")
 
 
 def _column(dom: str, table_id: str, key: str) -> tuple[str | None, list[str]]:
