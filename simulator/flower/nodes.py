@@ -9,7 +9,7 @@ compute the same split from (N, M, g); nothing else is exchanged.
 >>> node_partitions(10, 3, 0), node_partitions(10, 3, 2)
 (range(0, 3), range(6, 10))
 >>> NodeMap({7: 0, 9: 1, 8: 2}, num_clients=10).group([0, 9, 4, 2])
-{7: [0, 2], 9: [4], 8: [9]}
+{7: [0, 2], 8: [9], 9: [4]}
 """
 
 from __future__ import annotations
