@@ -18,7 +18,7 @@ from simulator.audit.report import plot_scores
 from simulator.deploy.run import DeployOptions, run_deployment, run_simulation
 from simulator.experiment import run_experiment
 from simulator.experiment.leakage import psnr_text, save_grid
-from simulator.flower.client_app import make_client_app
+from simulator.flower.client_app import client_train_nodes, make_client_app
 from simulator.flower.inline import run_inline
 from simulator.flower.runtime import Runtime, inline_workers, num_nodes
 from simulator.flower.server_app import ServerOutcome, make_server_app
@@ -253,6 +253,7 @@ def _run_federated(
                 workers=inline_workers(s),
                 auto=s.simulation.workers is None,
                 rounds=s.federation.rounds,
+                train_many=functools.partial(client_train_nodes, scenario_json),
             )
         elif s.simulation.engine == "ray":
             _run_ray(s, sink, outcome, out / "flower" if write else None)

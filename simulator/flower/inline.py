@@ -44,6 +44,7 @@ def _set_task_identity() -> None:
     TaskIdentity.node_id = _SERVER_NODE_ID
 
 
+TrainMany = Callable[[list[tuple[Message, Context]]], list[Message]]
 _APPS: dict[str, ClientApp] = {}  # a worker process's client apps, by their factory
 
 
@@ -177,9 +178,11 @@ class InlineGrid(Grid):
         *,
         first_node_id: int = 1001,
         pool: ClientPool | None = None,
+        train_many: TrainMany | None = None,
     ) -> None:
         self.client_app = client_app
         self.pool = pool
+        self.train_many = train_many
         self.contexts: dict[int, Context] = {}
         for pid in range(num_nodes):
             nid = first_node_id + pid
@@ -220,17 +223,32 @@ class InlineGrid(Grid):
             msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
         pool = self.pool
         t0 = time.perf_counter()
-        if pool is not None and pool.active and len(msgs) > 1:
+        ran_in_pool = pool is not None and pool.active and len(msgs) > 1
+        if ran_in_pool:
+            assert pool is not None
             done = pool.run([(m, self.contexts[m.metadata.dst_node_id]) for m in msgs])
             for msg, (reply, ctx) in zip(msgs, done):
                 self.contexts[msg.metadata.dst_node_id] = ctx
+                self._replies[msg.metadata.message_id] = reply
+        elif (
+            self.train_many is not None
+            and len(msgs) > 1
+            and all(m.metadata.message_type == MessageType.TRAIN for m in msgs)
+        ):
+            calls = [(m, self.contexts[m.metadata.dst_node_id]) for m in msgs]
+            try:
+                many = self.train_many(calls)
+            except Exception as e:  # a failure of the batch is every node's failure
+                many = [Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=m) for m in msgs]
+            for msg, reply in zip(msgs, many):
                 self._replies[msg.metadata.message_id] = reply
         else:
             for msg in msgs:
                 reply = _call(self.client_app, msg, self.contexts[msg.metadata.dst_node_id])
                 self._replies[msg.metadata.message_id] = reply
-            if pool is not None and any(m.metadata.message_type == MessageType.TRAIN for m in msgs):
-                pool.observe(time.perf_counter() - t0)
+        trained = any(m.metadata.message_type == MessageType.TRAIN for m in msgs)
+        if not ran_in_pool and pool is not None and trained:
+            pool.observe(time.perf_counter() - t0)
         return [m.metadata.message_id for m in msgs]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -251,10 +269,13 @@ def run_inline(
     workers: int = 1,
     auto: bool = True,
     rounds: int = 1_000_000,
+    train_many: TrainMany | None = None,
 ) -> None:
     """Run ``server_app`` against ``num_nodes`` nodes played by ``client_app`` in this process, or by up to
     ``workers`` processes that build their app with ``factory`` (a picklable callable; ``auto``: only once the
-    client work of the ``rounds`` left pays for them)."""
+    client work of the ``rounds`` left pays for them). ``train_many``: how this process answers several nodes'
+    train messages of a round in one call (one reply per message, each the reply its node alone would give;
+    the privsim ClientApp trains all their clients as one cohort); without it, one ClientApp call per node."""
     if flwr.__version__ != FLWR_VERSION:  # pragma: no cover - guarded by tests/test_inline_engine.py
         raise RuntimeError(f"the inline engine was written for flwr {FLWR_VERSION}, found {flwr.__version__}")
     _set_task_identity()
@@ -263,7 +284,7 @@ def run_inline(
         if factory is not None and workers > 1
         else None
     )
-    grid = InlineGrid(client_app, num_nodes, pool=pool)
+    grid = InlineGrid(client_app, num_nodes, pool=pool, train_many=train_many)
     ctx = Context(run_id=_RUN_ID, node_id=_SERVER_NODE_ID, node_config={}, state=RecordDict(), run_config={})
     try:
         server_app(grid, ctx)

@@ -1,13 +1,15 @@
 """Flower messages in, round-core candidates out: the adapter in front of step 7 (validation).
 
-A node may play several clients (:mod:`simulator.flower.nodes`), so one reply carries each client's arrays
-under ``"<partition>/<name>"``, its metrics under ``"<partition>/<metric>"``, and a ``clients`` config
+A node may play several clients (:mod:`simulator.flower.nodes`), so one reply carries every client's arrays
+and metrics (:func:`simulator.flower.client_app.pack_reply`): stacked under ``"*/<name>"`` (one row per
+answering client) when all share a shape, else under ``"<partition>/<name>"``; and a ``clients`` config
 record listing the partitions it answers for and the reason of each client that failed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from flwr.app import Message
 
@@ -33,19 +35,42 @@ def unpack(msg: Message, asked: list[int]) -> list[Candidate]:
         metrics_all = dict(metrics_rec)  # type: ignore[arg-type]
     except Exception as e:
         return [Candidate(p, malformed=str(e)) for p in asked]
+    answered = [p for p in asked if clients.get(f"failed-{p}") is None]
+    try:
+        arrays_of = _per_client(arrays_all, answered)
+        metrics_of = _per_client(metrics_all, answered)
+    except Exception as e:  # untrusted: a stacked entry of the wrong length or kind
+        return [Candidate(p, malformed=str(e)) for p in asked]
     out = []
     for p in asked:
-        pre = f"{p}/"
         why = clients.get(f"failed-{p}")
         if why is not None:
             out.append(Candidate(p, failed=str(why)))
             continue
-        arrays = {k[len(pre) :]: v for k, v in arrays_all.items() if k.startswith(pre)}
-        metrics = {k[len(pre) :]: v for k, v in metrics_all.items() if k.startswith(pre)}
+        arrays, metrics = arrays_of[p], metrics_of[p]
         if not arrays and not metrics:
             out.append(Candidate(p, failed=f"the node's reply has no answer for client {p}"))
             continue
         out.append(Candidate(p, arrays=arrays, metrics=metrics))
+    return out
+
+
+def _per_client(record: Mapping[str, Any], answered: list[int]) -> dict[int, dict[str, Any]]:
+    """Split a reply's record by client: ``"*/<name>"`` holds one row (or list entry) per answering client in
+    order, ``"<partition>/<name>"`` one client's value; a stacked entry with the wrong number of rows makes
+    the whole reply unreadable (ValueError)."""
+    out: dict[int, dict[str, Any]] = {p: {} for p in answered}
+    for key, value in record.items():
+        head, sep, name = key.partition("/")
+        if not sep:
+            continue
+        if head == "*":
+            if len(value) != len(answered):
+                raise ValueError(f"{key!r} has {len(value)} rows for {len(answered)} answering clients")
+            for p, row in zip(answered, value):
+                out[p][name] = row
+        elif head.lstrip("-").isdigit() and int(head) in out:
+            out[int(head)][name] = value
     return out
 
 

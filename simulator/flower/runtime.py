@@ -15,6 +15,7 @@ from torch import nn
 
 from attacks.base import CLIENT_ATTACKS, ClientAttack
 from defenses.base import CLIENT_DEFENSES, ClientDefense
+from simulator.allocator import keep_freed_memory
 from simulator.audit.record import RecordCanaries
 from simulator.context import derive_seed, run_secret
 from simulator.data import FederatedData, build_federated_data
@@ -57,6 +58,10 @@ class Runtime:
 
 
 def build_runtime(s: Scenario) -> Runtime:
+    """Everything a process needs to play the scenario's clients or its server (data, model, plug-ins).
+    Tunes the process's allocator for the round's large short-lived tensors
+    (:func:`simulator.allocator.keep_freed_memory`)."""
+    keep_freed_memory()
     import_plugins()
     attack = (
         CLIENT_ATTACKS.create(s.attacks.backdoor.name, s.attacks.backdoor.params)

@@ -25,7 +25,7 @@ from torch import nn
 
 from simulator.context import ClientContext
 from simulator.dp.mechanism import PrivacyMechanism
-from simulator.flat import flatten, load_vector
+from simulator.flat import load_vector
 from simulator.round.client_step import (
     ClientPlugins,
     ClientReply,
@@ -34,7 +34,7 @@ from simulator.round.client_step import (
     finish_client,
     inspect_model,
 )
-from simulator.vectorised import CohortMember, pays_off, train_cohort, why_not_vectorised
+from simulator.vectorised import CohortMember, pays_off, train_cohort_flat, why_not_vectorised
 
 __all__ = ["ClientJob", "CohortReport", "cohort_step", "plain_training"]
 
@@ -100,15 +100,14 @@ def cohort_step(
                 continue
             members.append(CohortMember(job.x, job.y, job.ctx.generator("train")))
             keep.append(i)
-        trained = train_cohort(model, members, jobs[keep[0]].ctx.train) if keep else []
-        for i, (params, stats) in zip(keep, trained):
-            job = jobs[i]
-            try:
-                out[i] = finish_client(
-                    flatten(params, job.ctx.layout), stats, {}, job.ctx, job.plugins, dict(job.config)
-                )
-            except Exception as e:
-                out[i] = e
+        if keep:
+            flat, stats = train_cohort_flat(model, members, jobs[keep[0]].ctx.train, jobs[keep[0]].ctx.layout)
+            for row, (i, st) in enumerate(zip(keep, stats)):
+                job = jobs[i]
+                try:
+                    out[i] = finish_client(flat[row], st, {}, job.ctx, job.plugins, dict(job.config))
+                except Exception as e:
+                    out[i] = e
         report.vectorised += len(keep)
     global_vector = jobs[0].ctx.global_vector if jobs else None
     for i, job in enumerate(jobs):
