@@ -20,6 +20,7 @@ seconds per round exclude the first round (Ray start-up, worker start, data load
     python benchmarks/bench_engines.py --workload mlp500 --rounds 6
     python benchmarks/bench_engines.py --workload quickstart --rounds 5
     python benchmarks/bench_engines.py --population --rounds 6 --skip-ray
+    python benchmarks/bench_engines.py --workload mlp500 --rounds 12 --repeat 3   # medians of 3 interleaved
 """
 
 from __future__ import annotations
@@ -207,6 +208,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--rows", default=None, help="comma-separated row keys (default: all)")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="run every row this many times, interleaved; report medians"
+    )
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one row, print JSON
     ap.add_argument("--sets", default="[]", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -224,23 +228,33 @@ def main() -> None:
         if a.skip_ray:
             keys = [k for k in keys if k not in ("flower", "privsim-ray")]
         plan = [(ROWS[k][0], WORKLOADS[a.workload], k) for k in keys]
-    results = []
-    for label, sets, key in plan:
-        cmd = [sys.executable, __file__, "--scenario", a.scenario, "--rounds", str(a.rounds)]
-        cmd += ["--one", key, "--sets", json.dumps(sets)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        line = next((x for x in out.stdout.splitlines() if x.startswith("ROW ")), None)
-        if line is None:
-            print(f"{label}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+    runs: dict[str, list[tuple[list[float], float]]] = {label: [] for label, _, _ in plan}
+    for rep in range(a.repeat):  # interleaved, so that a slow spell of a shared machine hits every row
+        for label, sets, key in plan:
+            cmd = [sys.executable, __file__, "--scenario", a.scenario, "--rounds", str(a.rounds)]
+            cmd += ["--one", key, "--sets", json.dumps(sets)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("ROW ")), None)
+            if line is None:
+                print(f"{label}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                continue
+            res = json.loads(line[4:])
+            runs[label].append((res["times"], res["peak_mb"]))
+            print(f"done: {label} (run {rep + 1})", file=sys.stderr)
+    rows = []
+    for label, got in runs.items():
+        if not got:
             continue
-        res = json.loads(line[4:])
-        results.append((label, res["times"], res["peak_mb"]))
-        print(f"done: {label}", file=sys.stderr)
-    base = float(np.mean(results[0][1][1:])) if results else 1.0
-    print(f"\n{'engine':<48}{'round 1 (s)':>12}{'steady s/round':>16}{'× floor':>9}{'peak MB':>9}")
-    for label, t, mb in results:
-        steady = float(np.mean(t[1:])) if len(t) > 1 else float(t[0])
-        print(f"{label:<48}{t[0]:>12.2f}{steady:>16.3f}{steady / base:>9.2f}{mb:>9.0f}")
+        steady = [float(np.mean(t[1:])) if len(t) > 1 else float(t[0]) for t, _ in got]
+        first = [float(t[0]) for t, _ in got]
+        peak = max(m for _, m in got)
+        rows.append((label, float(np.median(first)), float(np.median(steady)), peak, steady))
+    base = rows[0][2] if rows else 1.0
+    print(f"\n{a.repeat} run(s) per row, interleaved; medians (steady = mean of rounds 2..{a.rounds})")
+    print(f"{'engine':<48}{'round 1 (s)':>12}{'steady s/round':>16}{'× floor':>9}{'peak MB':>9}  all steady")
+    for label, r1, steady, mb, every in rows:
+        alls = " ".join(f"{x:.3f}" for x in every)
+        print(f"{label:<48}{r1:>12.2f}{steady:>16.3f}{steady / base:>9.2f}{mb:>9.0f}  {alls}")
 
 
 if __name__ == "__main__":

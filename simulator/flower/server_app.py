@@ -31,6 +31,7 @@ from simulator.context import derive_seed
 from simulator.flat import flatten
 from simulator.flower.nodes import NodeMap
 from simulator.flower.observer import InversionObserver
+from simulator.flower.polling import send_and_receive
 from simulator.flower.runtime import Runtime, build_runtime, num_nodes
 from simulator.flower.secaggplus import FlowerSecAggPlus
 from simulator.flower.strategy import PrivsimStrategy
@@ -96,7 +97,7 @@ def discover_partitions(grid: Grid, num_nodes: int, num_clients: int, *, timeout
         )
         for n in nodes
     ]
-    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    replies = send_and_receive(grid, msgs, timeout=timeout)
     out: dict[int, int] = {}
     for r in replies:
         if r.has_error():
@@ -230,7 +231,7 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
         t0 = time.perf_counter()
         # ---- TRAINING (CLIENTAPP-SIDE) ----
         msgs = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
-        replies = list(grid.send_and_receive(msgs, timeout=s.simulation.round_timeout)) if msgs else []
+        replies = send_and_receive(grid, msgs, timeout=s.simulation.round_timeout) if msgs else []
         # ---- AGGREGATION (SERVER-SIDE) ----
         new_arrays, _ = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
