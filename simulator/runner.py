@@ -20,7 +20,7 @@ from simulator.experiment import run_experiment
 from simulator.experiment.leakage import psnr_text, save_grid
 from simulator.flower.client_app import client_train_nodes, make_client_app
 from simulator.flower.inline import run_inline
-from simulator.flower.runtime import Runtime, inline_workers, num_nodes
+from simulator.flower.runtime import Runtime, inline_workers, num_nodes, runtime_for
 from simulator.flower.server_app import ServerOutcome, make_server_app
 from simulator.plots import plot_rounds
 from simulator.results import ResultsStore, RoundRecord, RunResult, default_out_dir, versions, write_outputs
@@ -245,6 +245,7 @@ def _run_federated(
         if on_grid is not None:  # inside a ServerApp Flower started: its grid is the engine
             server_app(*on_grid)
         elif s.simulation.engine == "inline":
+            runtime_for(scenario_json)  # the clients' runtime (data, model) before round 1, not inside it
             run_inline(
                 server_app,
                 client_app,
@@ -254,6 +255,7 @@ def _run_federated(
                 auto=s.simulation.workers is None,
                 rounds=s.federation.rounds,
                 train_many=functools.partial(client_train_nodes, scenario_json),
+                prepare=functools.partial(runtime_for, scenario_json),
             )
         elif s.simulation.engine == "ray":
             _run_ray(s, sink, outcome, out / "flower" if write else None)

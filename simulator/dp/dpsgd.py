@@ -17,9 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from opacus import PrivacyEngine
-from opacus.accountants import create_accountant
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -44,6 +41,9 @@ def opacus_epsilon(history: Sequence[tuple[float, float, int]], *, accountant: s
     """ε(δ) of an Opacus accountant holding ``history`` (0 for an empty history)."""
     if not history:
         return 0.0
+    # deferred: Opacus costs ~1.2 s to import, paid only by a process that runs DP-SGD or asks its accountant
+    from opacus.accountants import create_accountant
+
     acc = create_accountant(accountant)
     acc.history = [tuple(h) for h in history]
     return float(acc.get_epsilon(delta))
@@ -101,6 +101,10 @@ def train_dpsgd(
     history:
         Earlier ``(z, q, steps)`` rows of this client (earlier rounds, preprocessing releases).
     """
+    # deferred: Opacus costs ~1.2 s to import, paid only by a process that runs DP-SGD
+    from opacus import PrivacyEngine
+    from opacus.validators import ModuleValidator
+
     work = ModuleValidator.fix(copy.deepcopy(model))
     if set(work.state_dict()) != set(model.state_dict()):
         raise ValueError(

@@ -65,6 +65,14 @@ def play(factory: Callable[[], ClientApp], msg: Message, context: Context) -> tu
     return _call(_APPS[key], msg, context), context
 
 
+def _clients_in(msg: Message) -> int:
+    """How many clients a train message asks its node to play (1 when it does not say)."""
+    try:
+        return max(1, len(msg.content["config"]["partitions"]))  # type: ignore[arg-type]
+    except Exception:
+        return 1
+
+
 class _Worker:
     """One ``python -m simulator.flower.pool_worker`` process and its pipes."""
 
@@ -87,6 +95,17 @@ class _Worker:
                 out.append(e)
         return out
 
+    def warm(self, prepare: Callable[[], Any]) -> bool:
+        """Have the worker run ``prepare`` (build the scenario's runtime) before its first job; whether it
+        succeeded."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            pickle.dump(("warm", prepare), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.proc.stdin.flush()
+            return pickle.load(self.proc.stdout) is True
+        except Exception:
+            return False
+
     def close(self) -> None:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
@@ -100,9 +119,12 @@ class ClientPool:
     """Worker processes that play nodes: fresh interpreters (``python -m simulator.flower.pool_worker``), so
     no thread state of this process is inherited and no user script is re-imported.
 
-    ``auto``: start only once a round's train messages, after the first round, have taken longer than
-    ``start_after`` seconds in this process and the rounds left would take longer than ``worth`` seconds at
-    that pace (a worker costs several seconds to start: interpreter, torch, the scenario's data)."""
+    ``auto``: start only once a round's train messages have taken longer than ``start_after`` seconds in this
+    process and the rounds left would take longer than ``worth`` seconds at that pace (the runner builds this
+    process's client runtime before round 1, so round 1 measures training, not data loading). A worker costs
+    several seconds to start (interpreter, torch, the plug-ins, the scenario's data: ``prepare``), so the
+    workers start in the background and rounds keep running in this process until every worker is ready; no
+    round waits for them."""
 
     def __init__(
         self,
@@ -112,43 +134,74 @@ class ClientPool:
         auto: bool,
         rounds: int = 1_000_000,
         start_after: float = 2.0,
-        worth: float = 30.0,
+        worth: float = 15.0,
+        prepare: Callable[[], Any] | None = None,
     ) -> None:
         self.factory, self.workers, self.auto, self.start_after = factory, workers, auto, start_after
-        self.rounds, self.worth = rounds, worth
+        self.rounds, self.worth, self.prepare = rounds, worth, prepare
         self._procs: list[_Worker] = []
         self.wanted = not auto and workers > 1
         self._seen = 0
+        self._warming: list[threading.Thread] = []
+        self._warm_failed = False
 
     @property
     def active(self) -> bool:
-        return self.wanted and self.workers > 1
+        """Whether the next round's nodes go to the workers (auto: once all of them are ready)."""
+        if not (self.wanted and self.workers > 1):
+            return False
+        if not self.auto:
+            return True
+        if not self._warming or any(t.is_alive() for t in self._warming):
+            return False
+        if self._warm_failed:  # a worker could not get ready: stay in this process
+            self.wanted = False
+            self.close()
+            return False
+        return True
+
+    def _start_in_background(self) -> None:
+        self._procs = [_Worker() for _ in range(self.workers)]
+        prepare = self.prepare
+
+        def warm(w: _Worker) -> None:
+            if prepare is not None and not w.warm(prepare):
+                self._warm_failed = True
+
+        self._warming = [threading.Thread(target=warm, args=(w,), daemon=True) for w in self._procs]
+        for t in self._warming:
+            t.start()
 
     def observe(self, seconds: float) -> None:
-        """A round's train messages took ``seconds`` in this process (the first round, which pays one-off
-        costs such as building the runtime, is not evidence)."""
+        """A round's train messages took ``seconds`` in this process."""
         self._seen += 1
         left = self.rounds - self._seen
-        if self.auto and self.workers > 1 and self._seen > 1 and seconds > self.start_after:
-            self.wanted = self.wanted or seconds * left > self.worth
+        if self.auto and self.workers > 1 and seconds > self.start_after and not self.wanted:
+            self.wanted = seconds * left > self.worth
+            if self.wanted:
+                self._start_in_background()
 
     def run(self, jobs: list[tuple[Message, Context]]) -> list[tuple[Message, Context]]:
-        """Each job on a worker (round-robin, each worker's jobs in order, workers in parallel)."""
+        """Each job on a worker, workers in parallel: each worker takes the next job as soon as it is free,
+        the jobs with the most clients first (greedy list scheduling; a node's reply does not depend on which
+        process played it, its Context travels with the job)."""
         self._procs = [w for w in self._procs if w.proc.poll() is None]
         while len(self._procs) < self.workers:
             self._procs.append(_Worker())
-        shares: list[list[int]] = [list(range(i, len(jobs), self.workers)) for i in range(self.workers)]
+        order = sorted(range(len(jobs)), key=lambda i: -_clients_in(jobs[i][0]))
+        queue = iter(order)
+        lock = threading.Lock()
         results: list[Any] = [None] * len(jobs)
 
-        def work(w: _Worker, share: list[int]) -> None:
-            for i, r in zip(share, w.run(self.factory, [jobs[i] for i in share])):
-                results[i] = r
+        def work(w: _Worker) -> None:
+            while True:
+                with lock:
+                    i = next(queue, None)
+                if i is None:
+                    return
+                results[i] = w.run(self.factory, [jobs[i]])[0]
 
-        threads = [
-            threading.Thread(target=work, args=(w, sh), daemon=True)
-            for w, sh in zip(self._procs, shares)
-            if sh
-        ]
+        threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in self._procs]
         for t in threads:
             t.start()
         for t in threads:
@@ -162,6 +215,10 @@ class ClientPool:
         return out
 
     def close(self) -> None:
+        for t in self._warming:
+            if t is not threading.current_thread():
+                t.join(timeout=60)
+        self._warming = []
         for w in self._procs:
             w.close()
         self._procs = []
@@ -270,17 +327,19 @@ def run_inline(
     auto: bool = True,
     rounds: int = 1_000_000,
     train_many: TrainMany | None = None,
+    prepare: Callable[[], Any] | None = None,
 ) -> None:
     """Run ``server_app`` against ``num_nodes`` nodes played by ``client_app`` in this process, or by up to
     ``workers`` processes that build their app with ``factory`` (a picklable callable; ``auto``: only once the
     client work of the ``rounds`` left pays for them). ``train_many``: how this process answers several nodes'
     train messages of a round in one call (one reply per message, each the reply its node alone would give;
-    the privsim ClientApp trains all their clients as one cohort); without it, one ClientApp call per node."""
+    the privsim ClientApp trains all their clients as one cohort); without it, one ClientApp call per node.
+    ``prepare``: what a worker process runs before its first node (picklable; builds the runtime)."""
     if flwr.__version__ != FLWR_VERSION:  # pragma: no cover - guarded by tests/test_inline_engine.py
         raise RuntimeError(f"the inline engine was written for flwr {FLWR_VERSION}, found {flwr.__version__}")
     _set_task_identity()
     pool = (
-        ClientPool(factory, workers, auto=auto, rounds=rounds)
+        ClientPool(factory, workers, auto=auto, rounds=rounds, prepare=prepare)
         if factory is not None and workers > 1
         else None
     )
