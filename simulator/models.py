@@ -46,7 +46,9 @@ class MLP(nn.Module):
 
 @MODELS.register("cnn", context=_CTX)
 class SmallCNN(nn.Module):
-    """Two 5×5 conv blocks (ReLU, 2×2 max-pool) and two dense layers (the FedAvg paper's CNN)."""
+    """Two 5×5 conv blocks (ReLU, 2×2 max-pool) and two dense layers (the FedAvg paper's CNN).
+    ``pool = "avg"``: 2×2 average pooling instead, a model the vectorised cohort can train
+    (:func:`simulator.vectorised.why_not_vectorised` refuses max-pooling)."""
 
     def __init__(
         self,
@@ -54,12 +56,16 @@ class SmallCNN(nn.Module):
         num_classes: int,
         channels: list[int] = [32, 64],  # noqa: B006
         hidden: int = 128,
+        pool: str = "max",
     ) -> None:
         super().__init__()
+        if pool not in ("max", "avg"):
+            raise ValueError(f"pool {pool!r}: 'max' or 'avg'")
         c, h, w = input_shape
         blocks: list[nn.Module] = []
         for out in channels:
-            blocks += [nn.Conv2d(c, out, 5, padding=2), nn.ReLU(inplace=False), nn.MaxPool2d(2)]
+            pooling = nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)
+            blocks += [nn.Conv2d(c, out, 5, padding=2), nn.ReLU(inplace=False), pooling]
             c, h, w = out, h // 2, w // 2
         self.features = nn.Sequential(*blocks)
         self.head = nn.Sequential(

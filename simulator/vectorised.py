@@ -16,7 +16,8 @@ Only the floating-point summation order differs (batched kernels), so the traine
 per-client loop to ~1e-6 relative; ``tests/test_vectorised.py`` checks it against the loop.
 
 What cannot be vectorised this way is refused by :func:`why_not_vectorised` (and then runs per client):
-Adam, mixup, models with buffers (BatchNorm running statistics) or random layers (dropout).
+Adam, mixup, models with buffers (BatchNorm running statistics), random layers (dropout) or max-pooling
+(batched convolutions round differently, and a max-pool near-tie then sends the gradient elsewhere).
 
 Whether vectorising pays depends on the model and the device (batched-weight convolutions are slow on a CPU,
 tiny MLPs gain 5× and more): :func:`pays_off` measures one step both ways and caches the answer on disk so
@@ -52,6 +53,14 @@ __all__ = [
     "why_not_vectorised",
 ]
 
+_MAX_POOLS = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
 _RANDOM_LAYERS = (
     nn.Dropout,
     nn.Dropout1d,
@@ -82,6 +91,12 @@ def why_not_vectorised(model: nn.Module, cfg: LocalTrainConfig) -> str | None:
         return "the model has buffers (e.g. BatchNorm running statistics)"
     if any(isinstance(m, _RANDOM_LAYERS) for m in model.modules()):
         return "the model has dropout layers (their randomness differs under vmap)"
+    if any(isinstance(m, _MAX_POOLS) for m in model.modules()):
+        # measured on quickstart's CNN: batched-weight convolutions round differently (~1e-7), a max-pool
+        # window whose top two values are that close routes the gradient to the other one, and one client's
+        # first-step conv gradient differed by 1e-3 (3 rounds: accuracy 5e-3 apart); with average pooling
+        # the same client agreed to 4e-6
+        return "the model has max-pooling layers (near-ties route the gradient differently under vmap)"
     return None
 
 

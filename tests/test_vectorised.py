@@ -20,7 +20,7 @@ from simulator.models import build_model
 from simulator.registry import import_plugins
 from simulator.round import ClientPlugins
 from simulator.round.cohort import ClientJob, CohortReport, cohort_step
-from simulator.runner import run
+from simulator.runner import RunFailed, run
 from simulator.training import LocalTrainConfig, train_local
 from simulator.vectorised import CohortMember, pays_off, train_cohort, why_not_vectorised
 
@@ -46,7 +46,7 @@ def _loop(model: nn.Module, data, cfg: LocalTrainConfig):
 
 
 @pytest.mark.parametrize(
-    "name,params", [("mlp", {"hidden": [16]}), ("cnn", {"channels": [4, 8], "hidden": 16})]
+    "name,params", [("mlp", {"hidden": [16]}), ("cnn", {"channels": [4, 8], "hidden": 16, "pool": "avg"})]
 )
 @pytest.mark.parametrize(
     "cfg",
@@ -81,8 +81,24 @@ def test_what_cannot_be_vectorised_is_refused_with_the_reason() -> None:
     assert "mixup" in (why_not_vectorised(mlp, LocalTrainConfig(mixup_alpha=0.2)) or "")
     assert "buffers" in (why_not_vectorised(nn.Sequential(nn.Flatten(), nn.BatchNorm1d(144)), RECIPE) or "")
     assert "dropout" in (why_not_vectorised(nn.Sequential(nn.Flatten(), nn.Dropout(0.1)), RECIPE) or "")
+    cnn = build_model("cnn", {"channels": [4], "hidden": 8}, input_shape=SHAPE, num_classes=10, seed=0)
+    assert "max-pooling" in (why_not_vectorised(cnn, RECIPE) or "")
     with pytest.raises(ValueError, match="adam"):
         train_cohort(mlp, [], LocalTrainConfig(optimizer="adam"))
+
+
+def test_vectorise_on_for_a_model_it_cannot_reproduce_is_refused_before_round_one() -> None:
+    s = load_scenario(
+        "scenarios/quickstart.toml",
+        [
+            "simulation.engine='inline'",
+            "simulation.vectorise='on'",
+            "federation.rounds=1",
+            "data.max_examples=1000",
+        ],
+    )
+    with pytest.raises(RunFailed, match=r"simulation\.vectorise.*max-pooling"):
+        run(s, write=False)
 
 
 def _jobs(model: nn.Module, attackers: set[int]) -> list[ClientJob]:

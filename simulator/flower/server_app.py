@@ -40,6 +40,7 @@ from simulator.round.audit import ClientAudit, record_audit_block
 from simulator.round.secure_sum import SecureSum, SimulatedSecureAggregation
 from simulator.scenario import Problem, Scenario, ScenarioError
 from simulator.training import evaluate
+from simulator.vectorised import why_not_vectorised
 from simulator.warm_start import apply_warm_start
 
 __all__ = [
@@ -170,6 +171,17 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
     s = scenario
     rt = build_runtime(s)
     torch.set_num_threads(max(1, s.simulation.torch_threads))
+    why = why_not_vectorised(rt.model, rt.train) if s.simulation.vectorise == "on" else None
+    if why is not None:  # "on" is a promise: refuse it rather than train per client behind the user's back
+        raise ScenarioError(
+            s.source,
+            [
+                Problem(
+                    "simulation.vectorise",
+                    f"'on', but this training cannot be vectorised: {why}; use 'auto' or 'off'",
+                )
+            ],
+        )
     model = copy.deepcopy(rt.model)
     warm = apply_warm_start(model, s, rt.data, rt.train)  # before anything reads the initial weights
     outcome.warm_start = warm
