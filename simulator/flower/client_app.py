@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from simulator.context import ClientContext
-from simulator.flat import flatten
+from simulator.flat import Layout, flatten
 from simulator.flower.nodes import node_partitions
 from simulator.flower.runtime import runtime_for
 from simulator.round import ClientPlugins, ClientReply, ModelRefused
@@ -67,6 +67,10 @@ def client_train(scenario_json: str, msg: Message, context: Context) -> Message:
     return client_train_nodes(scenario_json, [(msg, context)])[0]
 
 
+def _flat(arrays: ArrayRecord, layout: Layout, device: torch.device) -> torch.Tensor:
+    return flatten(arrays.to_torch_state_dict(), layout).to(device)
+
+
 def client_train_nodes(scenario_json: str, calls: Sequence[tuple[Message, Context]]) -> list[Message]:
     """:func:`client_train` for several nodes' train messages of one round at once (the inline engine's
     in-process path): every client of every message goes into one :func:`cohort_step`, so one vectorised
@@ -78,6 +82,7 @@ def client_train_nodes(scenario_json: str, calls: Sequence[tuple[Message, Contex
     states: list[dict[str, np.ndarray]] = []
     per_node: list[list[int]] = []
     first: tuple[int, torch.Tensor] | None = None  # the round and global model every message must share
+    first_arrays: ArrayRecord | None = None
     model = rt.model
     for msg, context in calls:
         config: dict[str, Any] = dict(msg.content["config"])
@@ -89,11 +94,15 @@ def client_train_nodes(scenario_json: str, calls: Sequence[tuple[Message, Contex
         rnd = int(config["server-round"])
         arrays = msg.content["arrays"]
         assert isinstance(arrays, ArrayRecord)  # the strategy sends the global model as an ArrayRecord
-        global_sd = arrays.to_torch_state_dict()
         if first is None:
+            global_sd = arrays.to_torch_state_dict()
             model.load_state_dict(global_sd)
             first = (rnd, flatten(global_sd, rt.layout).to(s.simulation.device))
-        elif rnd != first[0] or not torch.equal(flatten(global_sd, rt.layout).to(first[1].device), first[1]):
+            first_arrays = arrays
+        elif rnd != first[0] or (
+            arrays is not first_arrays  # in-process the round's messages share one record: nothing to compare
+            and not torch.equal(_flat(arrays, rt.layout, first[1].device), first[1])
+        ):
             raise ValueError("the messages of one call must carry the same round and global model")
         global_vector = first[1]
         acting_now = rt.schedule.acting(rnd)

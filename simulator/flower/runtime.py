@@ -164,15 +164,13 @@ def inline_workers(s: Scenario) -> int:
 
 def num_nodes(s: Scenario) -> int:
     """How many Flower nodes play the scenario's clients (:mod:`simulator.flower.nodes`): N /
-    clients_per_node when it is set; otherwise four per inline worker (one without workers), one per Ray CPU
-    slot on a local Ray, and one per client on a Ray cluster or a deployment."""
+    clients_per_node when it is set; otherwise one per inline worker, one per Ray CPU slot on a local Ray,
+    and one per client on a Ray cluster or a deployment."""
     n, sim = s.data.num_clients, s.simulation
     if sim.clients_per_node is not None:
         return math.ceil(n / sim.clients_per_node)
-    if sim.engine == "inline":  # in this process every node's clients train together (train_many); in a
-        # worker pool, four nodes per worker let the pool balance the round's uneven groups
-        w = inline_workers(s)
-        return 1 if w <= 1 else min(n, 4 * w)
+    if sim.engine == "inline":  # one node per worker process (in this process all train as one cohort)
+        return inline_workers(s)
     if sim.engine == "ray" and sim.ray_address is None:
         cpus = sim.ray_num_cpus or os.cpu_count() or 1
         return max(1, min(n, int(cpus // sim.num_cpus_per_client)))
