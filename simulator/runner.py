@@ -15,13 +15,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from simulator.audit.report import plot_scores
+from simulator.data.handoff import handoff
 from simulator.deploy.run import DeployOptions, run_deployment, run_simulation
 from simulator.experiment import run_experiment
 from simulator.experiment.leakage import psnr_text, save_grid
-from simulator.flower.client_app import client_train_nodes, make_client_app
+from simulator.flower.client_app import client_train_nodes, client_train_split, make_client_app
 from simulator.flower.inline import run_inline
 from simulator.flower.runtime import Runtime, inline_workers, num_nodes, runtime_for
 from simulator.flower.server_app import ServerOutcome, make_server_app
+from simulator.flower.warmup import round_seconds, warm_worker
 from simulator.plots import plot_rounds
 from simulator.results import ResultsStore, RoundRecord, RunResult, default_out_dir, versions, write_outputs
 from simulator.run_report import fmt_epsilon, write_report
@@ -245,7 +247,8 @@ def _run_federated(
         if on_grid is not None:  # inside a ServerApp Flower started: its grid is the engine
             server_app(*on_grid)
         elif s.simulation.engine == "inline":
-            runtime_for(scenario_json)  # the clients' runtime (data, model) before round 1, not inside it
+            client_rt = runtime_for(scenario_json)  # the clients' runtime before round 1, not inside it
+            auto_workers = s.simulation.workers is None and inline_workers(s) > 1
             run_inline(
                 server_app,
                 client_app,
@@ -255,7 +258,9 @@ def _run_federated(
                 auto=s.simulation.workers is None,
                 rounds=s.federation.rounds,
                 train_many=functools.partial(client_train_nodes, scenario_json),
-                prepare=functools.partial(runtime_for, scenario_json),
+                train_split=functools.partial(client_train_split, scenario_json),
+                prepare=functools.partial(warm_worker, scenario_json, handoff()),
+                expected_round_seconds=round_seconds(client_rt) if auto_workers else None,
             )
         elif s.simulation.engine == "ray":
             _run_ray(s, sink, outcome, out / "flower" if write else None)

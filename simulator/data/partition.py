@@ -6,6 +6,9 @@ client's indices slice the tensors (fast, and identical on every worker given th
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, overload
 
@@ -16,10 +19,50 @@ from simulator.registry import Registry
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
 
-__all__ = ["PARTITIONERS", "LazyPartitions", "contiguous_shard", "partition_indices"]
+__all__ = [
+    "PARTITIONERS",
+    "LazyPartitions",
+    "adopt_partitions",
+    "computed_partitions",
+    "contiguous_shard",
+    "partition_indices",
+]
 
 PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
 _CTX = ("num_partitions", "seed")
+
+# Partitions computed up front, by everything they depend on (the labels by digest): the server's and the
+# clients' runtimes of one process, and the worker processes it hands them to, compute them once.
+PartitionKey = tuple[str, str, int, int, str, str]
+_UPFRONT: OrderedDict[PartitionKey, tuple[np.ndarray, ...]] = OrderedDict()
+_UPFRONT_KEEP = 16
+
+
+def _upfront_key(labels: np.ndarray, name: str, params: dict, num_partitions: int, seed: int) -> PartitionKey:
+    digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
+    spec = json.dumps(params, sort_keys=True, default=repr)
+    return (name, spec, num_partitions, seed, f"{labels.dtype}{labels.shape}", digest)
+
+
+def _keep(key: PartitionKey, parts: tuple[np.ndarray, ...]) -> None:
+    for a in parts:
+        a.setflags(write=False)
+    _UPFRONT[key] = parts
+    _UPFRONT.move_to_end(key)
+    while len(_UPFRONT) > _UPFRONT_KEEP:
+        _UPFRONT.popitem(last=False)
+
+
+def computed_partitions() -> list[tuple[PartitionKey, tuple[np.ndarray, ...]]]:
+    """The partitions this process computed up front (to hand to a worker process)."""
+    return list(_UPFRONT.items())
+
+
+def adopt_partitions(items: list[tuple[PartitionKey, tuple[np.ndarray, ...]]]) -> None:
+    """Take partitions another process computed with :func:`partition_indices` (the same inputs give the
+    same partitions, so this process need not import flwr-datasets and compute them again)."""
+    for key, parts in items:
+        _keep(key, tuple(np.array(a, dtype=np.int64) for a in parts))
 
 
 @PARTITIONERS.register("iid", context=_CTX)
@@ -166,7 +209,12 @@ def partition_indices(
 ) -> LazyPartitions:
     """Indices into ``labels`` for each of ``num_partitions`` clients. ``iid`` and ``sample`` compute a
     client's indices in NumPy when the client is first read; the other partitioners go through flwr-datasets
-    (whose label-skew partitioners assign every client at once) and are computed up front."""
+    (whose label-skew partitioners assign every client at once) and are computed up front, once per process
+    for the same inputs (or taken from the process that computed them: :func:`adopt_partitions`)."""
+    upfront = name not in ("iid", "sample")
+    key = _upfront_key(labels, name, params, num_partitions, seed) if upfront else None
+    if key is not None and key in _UPFRONT:
+        return LazyPartitions(_UPFRONT[key].__getitem__, num_partitions)
     # deferred: Hugging Face datasets (pyarrow) load only when a hub or partitioned set is used
     import datasets
 
@@ -181,5 +229,7 @@ def partition_indices(
     part.dataset = datasets.Dataset.from_dict({"idx": order, "label": labels[order].astype(np.int64)})
     if name == "sample":
         return LazyPartitions(lambda i: order[part.indices(i)], num_partitions)
-    done = [np.asarray(part.load_partition(i)["idx"], dtype=np.int64) for i in range(num_partitions)]
+    done = tuple(np.asarray(part.load_partition(i)["idx"], dtype=np.int64) for i in range(num_partitions))
+    assert key is not None
+    _keep(key, done)
     return LazyPartitions(done.__getitem__, num_partitions)

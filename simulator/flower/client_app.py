@@ -6,7 +6,9 @@ JSON, and the runtime (data, model, plug-ins) is built lazily once per process.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -26,12 +28,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STATE_KEY",
+    "ClientSpec",
     "ModelRefused",
+    "balance",
     "client_train",
     "client_train_nodes",
+    "client_train_split",
     "make_client_app",
     "my_partitions",
     "pack_reply",
+    "train_clients",
 ]
 
 STATE_KEY = "privsim-state"
@@ -71,19 +77,34 @@ def _flat(arrays: ArrayRecord, layout: Layout, device: torch.device) -> torch.Te
     return flatten(arrays.to_torch_state_dict(), layout).to(device)
 
 
-def client_train_nodes(scenario_json: str, calls: Sequence[tuple[Message, Context]]) -> list[Message]:
-    """:func:`client_train` for several nodes' train messages of one round at once (the inline engine's
-    in-process path): every client of every message goes into one :func:`cohort_step`, so one vectorised
-    computation trains them all; each node gets its own reply, with exactly the content it would get alone."""
+@dataclass
+class ClientSpec:
+    """One client a train message asks for: its partition, the message's config and the state its node keeps
+    for it (picklable: a worker process can train it)."""
+
+    pid: int
+    config: dict[str, Any]
+    state: dict[str, np.ndarray]
+
+
+@dataclass
+class _Plan:
+    rnd: int
+    arrays: ArrayRecord  # the round's global model, as every message carries it
+    asked: list[list[int]]  # per message, the partitions it names, in order
+    clients: list[ClientSpec]  # every message's clients, in message order
+
+
+def _plan(scenario_json: str, calls: Sequence[tuple[Message, Context]]) -> _Plan:
+    """Check that the messages are this round's, share one global model and name partitions their nodes play;
+    load each client's state from its node's Context."""
     rt = runtime_for(scenario_json)
     s = rt.scenario
-    torch.set_num_threads(s.simulation.torch_threads)
-    jobs: list[ClientJob] = []
-    states: list[dict[str, np.ndarray]] = []
-    per_node: list[list[int]] = []
-    first: tuple[int, torch.Tensor] | None = None  # the round and global model every message must share
-    first_arrays: ArrayRecord | None = None
-    model = rt.model
+    rnd0: int | None = None  # the round and global model every message must share
+    arrays0: ArrayRecord | None = None
+    flat0: torch.Tensor | None = None  # decoded only when a message carries a record of its own
+    asked_all: list[list[int]] = []
+    clients: list[ClientSpec] = []
     for msg, context in calls:
         config: dict[str, Any] = dict(msg.content["config"])
         asked = [int(p) for p in cast("list[int]", config.pop("partitions", []))]
@@ -94,60 +115,151 @@ def client_train_nodes(scenario_json: str, calls: Sequence[tuple[Message, Contex
         rnd = int(config["server-round"])
         arrays = msg.content["arrays"]
         assert isinstance(arrays, ArrayRecord)  # the strategy sends the global model as an ArrayRecord
-        if first is None:
-            global_sd = arrays.to_torch_state_dict()
-            model.load_state_dict(global_sd)
-            first = (rnd, flatten(global_sd, rt.layout).to(s.simulation.device))
-            first_arrays = arrays
-        elif rnd != first[0] or (
-            arrays is not first_arrays  # in-process the round's messages share one record: nothing to compare
-            and not torch.equal(_flat(arrays, rt.layout, first[1].device), first[1])
-        ):
+        if arrays0 is None:
+            rnd0, arrays0 = rnd, arrays
+        elif rnd != rnd0:
             raise ValueError("the messages of one call must carry the same round and global model")
-        global_vector = first[1]
-        acting_now = rt.schedule.acting(rnd)
-        per_node.append(asked)
-        for pid in asked:
-            x, y = rt.data.client(pid)
-            if rt.record_canaries is not None:  # [audit] level = "record": this client's canary examples
-                cx, cy = rt.record_canaries.for_client(pid)
-                x, y = torch.cat([x, cx.to(x.dtype)]), torch.cat([y, cy.to(y.dtype)])
-            acting = pid in acting_now
-            state = _load_state(context, pid)
-            ctx = ClientContext(
-                partition_id=pid,
-                server_round=rnd,
-                seed=s.seed,
-                num_examples=int(x.shape[0]),
-                global_vector=global_vector,
-                layout=rt.layout,
-                train=rt.train,
-                num_clients=s.data.num_clients,
-                expected_clients_per_round=rt.sampler.expected_size,
-                malicious=acting,
-                colluders=rt.schedule.colluders(pid, rnd),
-                state=state,
-                noise_key=rt.noise_key(pid),
-            )
-            plugins = ClientPlugins(
-                privacy=rt.privacy,
-                defenses=tuple(rt.client_defenses),
-                compressor=rt.compressor,
-                attack=rt.attack if acting else None,
-            )
-            jobs.append(ClientJob(x, y, ctx, plugins, config))
-            states.append(state)
+        elif arrays is not arrays0:  # in-process the round's messages share one record: nothing to compare
+            if flat0 is None:
+                flat0 = _flat(arrays0, rt.layout, torch.device("cpu"))
+            if not torch.equal(_flat(arrays, rt.layout, torch.device("cpu")), flat0):
+                raise ValueError("the messages of one call must carry the same round and global model")
+        asked_all.append(asked)
+        clients.extend(ClientSpec(pid, config, _load_state(context, pid)) for pid in asked)
+    assert rnd0 is not None and arrays0 is not None
+    return _Plan(rnd0, arrays0, asked_all, clients)
+
+
+def train_clients(
+    scenario_json: str, rnd: int, arrays: ArrayRecord, clients: Sequence[ClientSpec]
+) -> tuple[list[ClientReply | BaseException], list[dict[str, np.ndarray]]]:
+    """Steps 1-6 for ``clients`` of round ``rnd`` from the global model ``arrays``, as one
+    :func:`simulator.round.cohort.cohort_step` (one vectorised computation where it pays): each client's
+    reply or failure, and its state after the round. Runs in this process or in a worker process; a
+    client's result depends on the scenario, the round, the model and its own state only."""
+    rt = runtime_for(scenario_json)
+    s = rt.scenario
+    torch.set_num_threads(s.simulation.torch_threads)
+    model = rt.model
+    global_sd = arrays.to_torch_state_dict()
+    model.load_state_dict(global_sd)
+    global_vector = flatten(global_sd, rt.layout).to(s.simulation.device)
+    acting_now = rt.schedule.acting(rnd)
+    jobs: list[ClientJob] = []
+    for c in clients:
+        pid = c.pid
+        x, y = rt.data.client(pid)
+        if rt.record_canaries is not None:  # [audit] level = "record": this client's canary examples
+            cx, cy = rt.record_canaries.for_client(pid)
+            x, y = torch.cat([x, cx.to(x.dtype)]), torch.cat([y, cy.to(y.dtype)])
+        acting = pid in acting_now
+        ctx = ClientContext(
+            partition_id=pid,
+            server_round=rnd,
+            seed=s.seed,
+            num_examples=int(x.shape[0]),
+            global_vector=global_vector,
+            layout=rt.layout,
+            train=rt.train,
+            num_clients=s.data.num_clients,
+            expected_clients_per_round=rt.sampler.expected_size,
+            malicious=acting,
+            colluders=rt.schedule.colluders(pid, rnd),
+            state=c.state,
+            noise_key=rt.noise_key(pid),
+        )
+        plugins = ClientPlugins(
+            privacy=rt.privacy,
+            defenses=tuple(rt.client_defenses),
+            compressor=rt.compressor,
+            attack=rt.attack if acting else None,
+        )
+        jobs.append(ClientJob(x, y, ctx, plugins, c.config))
     results = cohort_step(model, jobs, vectorise=s.simulation.vectorise, report=rt.cohort_report)
+    return results, [c.state for c in clients]
+
+
+def _answer(
+    calls: Sequence[tuple[Message, Context]],
+    plan: _Plan,
+    results: Sequence[ClientReply | BaseException],
+    states: Sequence[dict[str, np.ndarray]],
+) -> list[Message]:
+    """Each node's reply from its clients' results; client state is kept only once every reply is built."""
     replies, k = [], 0
-    for (msg, _), asked in zip(calls, per_node):
+    for (msg, _), asked in zip(calls, plan.asked):
         replies.append(Message(content=pack_reply(asked, results[k : k + len(asked)]), reply_to=msg))
         k += len(asked)
     k = 0
-    for (_, context), asked in zip(calls, per_node):  # client state is kept only once every reply is built
+    for (_, context), asked in zip(calls, plan.asked):
         for pid, state in zip(asked, states[k : k + len(asked)]):
             _save_state(context, pid, state)
         k += len(asked)
     return replies
+
+
+def client_train_nodes(scenario_json: str, calls: Sequence[tuple[Message, Context]]) -> list[Message]:
+    """:func:`client_train` for several nodes' train messages of one round at once (the inline engine's
+    in-process path): every client of every message goes into one :func:`cohort_step`, so one vectorised
+    computation trains them all; each node gets its own reply, with exactly the content it would get alone."""
+    plan = _plan(scenario_json, calls)
+    results, states = train_clients(scenario_json, plan.rnd, plan.arrays, plan.clients)
+    return _answer(calls, plan, results, states)
+
+
+def balance(weights: Sequence[float], parts: int) -> list[list[int]]:
+    """Indices of ``weights`` split into at most ``parts`` non-empty groups of near-equal total weight
+    (longest processing time first: heaviest item to the lightest group; ties to the lower group and the
+    lower index, so the split is deterministic); each group's indices in increasing order.
+
+    >>> balance([5, 1, 4, 2, 3], 2)
+    [[0, 1, 3], [2, 4]]
+    >>> balance([1.0], 3)
+    [[0]]
+    """
+    loads = [0.0] * max(1, min(parts, len(weights)))
+    groups: list[list[int]] = [[] for _ in loads]
+    for i in sorted(range(len(weights)), key=lambda i: (-weights[i], i)):
+        g = min(range(len(loads)), key=lambda g: (loads[g], g))
+        groups[g].append(i)
+        loads[g] += float(weights[i])
+    return [sorted(g) for g in groups if g]
+
+
+RunTasks = Callable[[list[Callable[[], Any]], list[float]], list[Any]]
+
+
+def client_train_split(
+    scenario_json: str, calls: Sequence[tuple[Message, Context]], parts: int, run_tasks: RunTasks
+) -> list[Message]:
+    """:func:`client_train_nodes` with the round's clients spread over ``parts`` processes by ``run_tasks``
+    (the inline engine's worker pool: ``run_tasks(tasks, weights)`` runs each picklable task in a worker and
+    returns its result, or the exception that stopped it). The round's clients, whichever node plays them,
+    are split into groups of near-equal training work (examples × local epochs is the same recipe for
+    every client, so examples), not by node: with nodes holding fixed groups of partitions, a round's sample
+    loads them unevenly and the round waits for the heaviest. Each client's state travels with it and comes
+    back to its node's Context; the replies are the ones :func:`client_train_nodes` would give."""
+    plan = _plan(scenario_json, calls)
+    rt = runtime_for(scenario_json)
+    weights = [float(rt.data.client(c.pid)[0].shape[0]) for c in plan.clients]
+    groups = balance(weights, parts)
+    tasks: list[Callable[[], Any]] = [
+        functools.partial(train_clients, scenario_json, plan.rnd, plan.arrays, [plan.clients[i] for i in g])
+        for g in groups
+    ]
+    outputs = run_tasks(tasks, [sum(weights[i] for i in g) for g in groups])
+    results: list[ClientReply | BaseException | None] = [None] * len(plan.clients)
+    states = [c.state for c in plan.clients]
+    for g, out in zip(groups, outputs):
+        if isinstance(out, BaseException):  # the worker failed: its clients fail this round, state unchanged
+            for i in g:
+                results[i] = RuntimeError(f"worker process failed: {out}")
+            continue
+        res, st = out
+        for i, r, state in zip(g, res, st):
+            results[i], states[i] = r, state
+    assert all(r is not None for r in results)
+    return _answer(calls, plan, cast("list[ClientReply | BaseException]", results), states)
 
 
 def pack_reply(asked: Sequence[int], results: Sequence[ClientReply | BaseException]) -> RecordDict:

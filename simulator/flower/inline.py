@@ -3,8 +3,10 @@
 No start-up cost and deterministic; for tests, debugging, GPU boxes where Ray does not fit, and fast sweeps.
 Each node is a ClientApp call with its own persistent Context. A round's train messages run in this process,
 or, when the run has several ``workers`` and a round's client work has been long enough to pay for starting
-them (auto, measured on the rounds so far), in a pool of worker processes: each message and its node's Context
-go to a worker and come back with the reply, so the results do not depend on which process played a node.
+them (auto, measured on the rounds so far), in a pool of worker processes: the round's clients are split
+between the workers by their work (``train_split``; each client's state travels with it and comes back to
+its node's Context), or, for a ClientApp without that hook, each message and its node's Context go to a
+worker and come back with the reply. Either way the results do not depend on which process played a client.
 This is the one module that touches Flower internals (message ids and the process's task identity, which the
 SuperLink would normally set); a test pins the flwr version it was written against.
 """
@@ -45,6 +47,8 @@ def _set_task_identity() -> None:
 
 
 TrainMany = Callable[[list[tuple[Message, Context]]], list[Message]]
+RunTasks = Callable[[list[Callable[[], Any]], list[float]], list[Any]]
+TrainSplit = Callable[[list[tuple[Message, Context]], int, RunTasks], list[Message]]
 _APPS: dict[str, ClientApp] = {}  # a worker process's client apps, by their factory
 
 
@@ -95,6 +99,17 @@ class _Worker:
                 out.append(e)
         return out
 
+    def call(self, task: Callable[[], Any]) -> Any:
+        """``task()`` in the worker: its result, or an exception saying why there is none."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            pickle.dump(("call", task), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.proc.stdin.flush()
+            status, value = pickle.load(self.proc.stdout)
+        except Exception as e:  # the worker died
+            return RuntimeError(f"{type(e).__name__}: {e}")
+        return value if status == "ok" else RuntimeError(value)
+
     def warm(self, prepare: Callable[[], Any]) -> bool:
         """Have the worker run ``prepare`` (build the scenario's runtime) before its first job; whether it
         succeeded."""
@@ -115,9 +130,24 @@ class _Worker:
             self.proc.kill()
 
 
+class _Here:
+    """This process as one of the pool's workers: its share of a round runs here while the worker processes
+    run theirs (this process would otherwise sit waiting for them), and it needs no start-up."""
+
+    def run(self, factory: Callable[[], ClientApp], jobs: list[tuple[Message, Context]]) -> list[Any]:
+        return [play(factory, m, c) for m, c in jobs]
+
+    def call(self, task: Callable[[], Any]) -> Any:
+        try:
+            return task()
+        except Exception as e:
+            return e
+
+
 class ClientPool:
-    """Worker processes that play nodes: fresh interpreters (``python -m simulator.flower.pool_worker``), so
-    no thread state of this process is inherited and no user script is re-imported.
+    """``workers`` parallel players of nodes: this process and ``workers - 1`` worker processes, fresh
+    interpreters (``python -m simulator.flower.pool_worker``), so no thread state of this process is inherited
+    and no user script is re-imported.
 
     ``auto``: start only once a round's train messages have taken longer than ``start_after`` seconds in this
     process and the rounds left would take longer than ``worth`` seconds at that pace (the runner builds this
@@ -161,7 +191,7 @@ class ClientPool:
         return True
 
     def _start_in_background(self) -> None:
-        self._procs = [_Worker() for _ in range(self.workers)]
+        self._procs = [_Worker() for _ in range(self.workers - 1)]
         prepare = self.prepare
 
         def warm(w: _Worker) -> None:
@@ -172,40 +202,54 @@ class ClientPool:
         for t in self._warming:
             t.start()
 
-    def observe(self, seconds: float) -> None:
-        """A round's train messages took ``seconds`` in this process."""
-        self._seen += 1
-        left = self.rounds - self._seen
+    def _consider(self, seconds: float, rounds_left: int) -> None:
         if self.auto and self.workers > 1 and seconds > self.start_after and not self.wanted:
-            self.wanted = seconds * left > self.worth
+            self.wanted = seconds * rounds_left > self.worth
             if self.wanted:
                 self._start_in_background()
 
-    def run(self, jobs: list[tuple[Message, Context]]) -> list[tuple[Message, Context]]:
-        """Each job on a worker, workers in parallel: each worker takes the next job as soon as it is free,
-        the jobs with the most clients first (greedy list scheduling; a node's reply does not depend on which
-        process played it, its Context travels with the job)."""
-        self._procs = [w for w in self._procs if w.proc.poll() is None]
-        while len(self._procs) < self.workers:
-            self._procs.append(_Worker())
-        order = sorted(range(len(jobs)), key=lambda i: -_clients_in(jobs[i][0]))
-        queue = iter(order)
-        lock = threading.Lock()
-        results: list[Any] = [None] * len(jobs)
+    def expect(self, seconds: float) -> None:
+        """Before round 1: a round's client training is expected to take ``seconds`` in this process (a
+        measurement, :func:`simulator.flower.warmup.round_seconds`): when that is long enough, the workers
+        warm up while round 1 runs here."""
+        self._consider(seconds, self.rounds)
 
-        def work(w: _Worker) -> None:
+    def observe(self, seconds: float) -> None:
+        """A round's train messages took ``seconds`` in this process."""
+        self._seen += 1
+        self._consider(seconds, self.rounds - self._seen)
+
+    def _parallel(self, n: int, weights: list[float], do: Callable[[_Worker | _Here, int], Any]) -> list[Any]:
+        """``do(worker, i)`` for i < n, this process and the worker processes in parallel: each takes the
+        next i as soon as it is free, the heaviest first (greedy list scheduling)."""
+        self._procs = [w for w in self._procs if w.proc.poll() is None]
+        while len(self._procs) < self.workers - 1:
+            self._procs.append(_Worker())
+        queue = iter(sorted(range(n), key=lambda i: (-weights[i], i)))
+        lock = threading.Lock()
+        results: list[Any] = [None] * n
+
+        def work(w: _Worker | _Here) -> None:
             while True:
                 with lock:
                     i = next(queue, None)
                 if i is None:
                     return
-                results[i] = w.run(self.factory, [jobs[i]])[0]
+                results[i] = do(w, i)
 
-        threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in self._procs]
+        players: list[_Worker | _Here] = [*self._procs, _Here()]
+        threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in players]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        return results
+
+    def run(self, jobs: list[tuple[Message, Context]]) -> list[tuple[Message, Context]]:
+        """Each job (a node's message and Context) on a worker, the nodes with the most clients first (a
+        node's reply does not depend on which process played it: its Context travels with the job)."""
+        weights = [float(_clients_in(m)) for m, _ in jobs]
+        results = self._parallel(len(jobs), weights, lambda w, i: w.run(self.factory, [jobs[i]])[0])
         out = []
         for (m, c), r in zip(jobs, results):
             if isinstance(r, tuple):
@@ -213,6 +257,11 @@ class ClientPool:
             else:  # a worker died: its node's clients fail this round
                 out.append((Message(Error(code=0, reason=f"worker process failed: {r}"), reply_to=m), c))
         return out
+
+    def map(self, tasks: list[Callable[[], Any]], weights: list[float]) -> list[Any]:
+        """Each picklable task run by a worker, the heaviest first: its result, or the exception that says
+        why there is none (the task raised, the worker died)."""
+        return self._parallel(len(tasks), weights, lambda w, i: w.call(tasks[i]))
 
     def close(self) -> None:
         for t in self._warming:
@@ -236,10 +285,12 @@ class InlineGrid(Grid):
         first_node_id: int = 1001,
         pool: ClientPool | None = None,
         train_many: TrainMany | None = None,
+        train_split: TrainSplit | None = None,
     ) -> None:
         self.client_app = client_app
         self.pool = pool
         self.train_many = train_many
+        self.train_split = train_split
         self.contexts: dict[int, Context] = {}
         for pid in range(num_nodes):
             nid = first_node_id + pid
@@ -280,25 +331,23 @@ class InlineGrid(Grid):
             msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
         pool = self.pool
         t0 = time.perf_counter()
-        ran_in_pool = pool is not None and pool.active and len(msgs) > 1
-        if ran_in_pool:
+        all_train = all(m.metadata.message_type == MessageType.TRAIN for m in msgs)
+        pooled = pool is not None and pool.active
+        clients = sum(_clients_in(m) for m in msgs)
+        ran_in_pool = False
+        if pooled and self.train_split is not None and all_train and clients > 1:
+            assert pool is not None
+            self._many(msgs, lambda calls: self.train_split(calls, pool.workers, pool.map))  # type: ignore[misc]
+            ran_in_pool = True
+        elif pooled and len(msgs) > 1:
             assert pool is not None
             done = pool.run([(m, self.contexts[m.metadata.dst_node_id]) for m in msgs])
             for msg, (reply, ctx) in zip(msgs, done):
                 self.contexts[msg.metadata.dst_node_id] = ctx
                 self._replies[msg.metadata.message_id] = reply
-        elif (
-            self.train_many is not None
-            and len(msgs) > 1
-            and all(m.metadata.message_type == MessageType.TRAIN for m in msgs)
-        ):
-            calls = [(m, self.contexts[m.metadata.dst_node_id]) for m in msgs]
-            try:
-                many = self.train_many(calls)
-            except Exception as e:  # a failure of the batch is every node's failure
-                many = [Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=m) for m in msgs]
-            for msg, reply in zip(msgs, many):
-                self._replies[msg.metadata.message_id] = reply
+            ran_in_pool = True
+        elif self.train_many is not None and len(msgs) > 1 and all_train:
+            self._many(msgs, self.train_many)
         else:
             for msg in msgs:
                 reply = _call(self.client_app, msg, self.contexts[msg.metadata.dst_node_id])
@@ -307,6 +356,16 @@ class InlineGrid(Grid):
         if not ran_in_pool and pool is not None and trained:
             pool.observe(time.perf_counter() - t0)
         return [m.metadata.message_id for m in msgs]
+
+    def _many(self, msgs: list[Message], train: TrainMany) -> None:
+        """Several nodes' train messages answered by one call (their Contexts updated in place)."""
+        calls = [(m, self.contexts[m.metadata.dst_node_id]) for m in msgs]
+        try:
+            many = train(calls)
+        except Exception as e:  # a failure of the batch is every node's failure
+            many = [Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=m) for m in msgs]
+        for msg, reply in zip(msgs, many):
+            self._replies[msg.metadata.message_id] = reply
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(m) for m in list(message_ids) if m in self._replies]
@@ -327,14 +386,21 @@ def run_inline(
     auto: bool = True,
     rounds: int = 1_000_000,
     train_many: TrainMany | None = None,
+    train_split: TrainSplit | None = None,
     prepare: Callable[[], Any] | None = None,
+    expected_round_seconds: float | None = None,
 ) -> None:
     """Run ``server_app`` against ``num_nodes`` nodes played by ``client_app`` in this process, or by up to
     ``workers`` processes that build their app with ``factory`` (a picklable callable; ``auto``: only once the
     client work of the ``rounds`` left pays for them). ``train_many``: how this process answers several nodes'
     train messages of a round in one call (one reply per message, each the reply its node alone would give;
     the privsim ClientApp trains all their clients as one cohort); without it, one ClientApp call per node.
-    ``prepare``: what a worker process runs before its first node (picklable; builds the runtime)."""
+    ``train_split``: how the workers answer a round's train messages (``train_split(calls, workers, map)``
+    spreads the round's clients over the workers with ``map``, balanced by their work, whichever node plays
+    them); without it, each node's message is one worker job. ``prepare``: what a worker process runs
+    before its first node (picklable; builds the runtime). ``expected_round_seconds``: a measured estimate of
+    a round's client work in this process, so that the workers can warm up during round 1
+    (:meth:`ClientPool.expect`)."""
     if flwr.__version__ != FLWR_VERSION:  # pragma: no cover - guarded by tests/test_inline_engine.py
         raise RuntimeError(f"the inline engine was written for flwr {FLWR_VERSION}, found {flwr.__version__}")
     _set_task_identity()
@@ -343,7 +409,9 @@ def run_inline(
         if factory is not None and workers > 1
         else None
     )
-    grid = InlineGrid(client_app, num_nodes, pool=pool, train_many=train_many)
+    if pool is not None and expected_round_seconds is not None:
+        pool.expect(expected_round_seconds)
+    grid = InlineGrid(client_app, num_nodes, pool=pool, train_many=train_many, train_split=train_split)
     ctx = Context(run_id=_RUN_ID, node_id=_SERVER_NODE_ID, node_config={}, state=RecordDict(), run_config={})
     try:
         server_app(grid, ctx)

@@ -162,6 +162,23 @@ def inline_workers(s: Scenario) -> int:
     return max(1, min(os.cpu_count() or 1, s.data.num_clients))
 
 
+def evaluation_threads(s: Scenario) -> int:
+    """torch intra-op threads for the server's evaluation of the global model. The cores that play the
+    clients (``torch_threads`` each) sit idle while the server evaluates, on the inline engine (its worker
+    processes and this one) and on a local Ray (its CPU slots), so evaluation uses them: 0.83 → 0.45 s per
+    evaluation of quickstart's CNN on 1,000 test images, 1 vs 2 threads (values bit-identical, checked in
+    tests/test_client_pool.py). On a Ray cluster and in a deployment the clients are elsewhere:
+    ``torch_threads``. Never more than this machine's cores."""
+    sim, cores = s.simulation, os.cpu_count() or 1
+    if sim.engine == "inline":
+        n = inline_workers(s) * sim.torch_threads
+    elif sim.engine == "ray" and sim.ray_address is None:
+        n = sim.ray_num_cpus or cores
+    else:
+        n = sim.torch_threads
+    return max(1, min(n, cores))
+
+
 def num_nodes(s: Scenario) -> int:
     """How many Flower nodes play the scenario's clients (:mod:`simulator.flower.nodes`): N /
     clients_per_node when it is set; otherwise one per inline worker, one per Ray CPU slot on a local Ray,

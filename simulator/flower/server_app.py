@@ -32,7 +32,7 @@ from simulator.flat import flatten
 from simulator.flower.nodes import NodeMap
 from simulator.flower.observer import InversionObserver
 from simulator.flower.polling import send_and_receive
-from simulator.flower.runtime import Runtime, build_runtime, num_nodes
+from simulator.flower.runtime import Runtime, build_runtime, evaluation_threads, num_nodes
 from simulator.flower.secaggplus import FlowerSecAggPlus
 from simulator.flower.strategy import PrivsimStrategy
 from simulator.results import RoundRecord
@@ -141,13 +141,19 @@ def _evaluator(rt: Runtime, keep: np.ndarray | None = None):
         idx = torch.as_tensor(keep, dtype=torch.long)
         test_x, test_y = test_x[idx], test_y[idx]
     bd = rt.attack.backdoor_testset(test_x, test_y) if rt.attack is not None else None
+    threads = evaluation_threads(s)
 
     def run(model: torch.nn.Module) -> dict[str, float]:
-        acc, loss = evaluate(model, test_x, test_y, s.evaluation.batch_size)
-        out = {"main_accuracy": acc, "main_loss": loss}
-        if bd is not None:
-            bd_acc, _ = evaluate(model, bd[0], bd[1], s.evaluation.batch_size)
-            out["backdoor_accuracy"] = bd_acc
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)  # the clients' cores are idle while the server evaluates
+        try:
+            acc, loss = evaluate(model, test_x, test_y, s.evaluation.batch_size)
+            out = {"main_accuracy": acc, "main_loss": loss}
+            if bd is not None:
+                bd_acc, _ = evaluate(model, bd[0], bd[1], s.evaluation.batch_size)
+                out["backdoor_accuracy"] = bd_acc
+        finally:
+            torch.set_num_threads(before)
         return out
 
     return run
