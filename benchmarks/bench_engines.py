@@ -180,6 +180,10 @@ ROWS = {
     "privsim-inline-vectorised": ("privsim inline, vectorised", ("inline", "simulation.vectorise='on'")),
     "flower": ("plain Flower FedAvg (ray)", None),
     "privsim-ray": ("privsim ray", ("ray",)),
+    "privsim-ray-node-per-client": (
+        "privsim ray, one node per client",
+        ("ray", "simulation.clients_per_node=1"),
+    ),
 }
 
 
