@@ -153,3 +153,22 @@ def test_a_worker_adopts_the_partitions_and_files_this_process_computed(monkeypa
     assert len(adopted) == 7 and all(np.array_equal(a, b) for a, b in zip(adopted, fresh))
     with pytest.raises(AssertionError, match="must not run again"):  # other inputs are computed, not reused
         partition_indices(labels, "dirichlet", {"alpha": 0.3}, 7, 12)
+
+
+def test_a_run_sized_to_its_share_of_the_cpus(monkeypatch) -> None:
+    """``PRIVSIM_CPUS`` (a leaderboard cell's share, or its Ray task's CPUs) caps the automatic worker and
+    evaluation-thread counts; an explicit ``simulation.workers`` still wins; a bad value means the machine."""
+    from simulator.flower.runtime import CPUS_ENV, available_cpus, inline_workers
+    from simulator.leaderboard.runner import share_cpus
+
+    s = load_scenario("scenarios/quickstart.toml", ["simulation.engine='inline'"])
+    monkeypatch.setenv(CPUS_ENV, "1")
+    assert (available_cpus(), inline_workers(s), evaluation_threads(s)) == (1, 1, 1)
+    two = load_scenario("scenarios/quickstart.toml", ["simulation.engine='inline'", "simulation.workers=2"])
+    assert inline_workers(two) == 2 and evaluation_threads(two) == 1  # never more threads than its cores
+    monkeypatch.setenv(CPUS_ENV, "zero")
+    assert available_cpus() == (os.cpu_count() or 1)
+    monkeypatch.delenv(CPUS_ENV)
+    share_cpus(3)
+    assert os.environ[CPUS_ENV] == "3" and available_cpus() == 3
+    monkeypatch.delenv(CPUS_ENV)

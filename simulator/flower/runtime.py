@@ -154,12 +154,25 @@ def _inversion_targets(s: Scenario) -> dict[int, tuple[int, ...]]:
     return {r: tuple(inv.targets) for r in inv.rounds}
 
 
+CPUS_ENV = "PRIVSIM_CPUS"  # the CPU cores a run may use, when it shares the machine (a leaderboard's cells)
+
+
+def available_cpus() -> int:
+    """The CPU cores this run may use: ``PRIVSIM_CPUS`` when set to a positive integer (the leaderboard sets
+    each parallel cell's share, or the CPUs its Ray task reserved), else the machine's cores."""
+    try:
+        n = int(os.environ.get(CPUS_ENV, ""))
+    except ValueError:
+        n = 0
+    return n if n >= 1 else os.cpu_count() or 1
+
+
 def inline_workers(s: Scenario) -> int:
-    """Processes the inline engine may use to play clients (``simulation.workers``; auto: one per CPU core,
-    at most one per client)."""
+    """Processes the inline engine may use to play clients (``simulation.workers``; auto: one per available
+    CPU core, at most one per client)."""
     if s.simulation.workers is not None:
         return s.simulation.workers
-    return max(1, min(os.cpu_count() or 1, s.data.num_clients))
+    return max(1, min(available_cpus(), s.data.num_clients))
 
 
 def evaluation_threads(s: Scenario) -> int:
@@ -168,8 +181,8 @@ def evaluation_threads(s: Scenario) -> int:
     processes and this one) and on a local Ray (its CPU slots), so evaluation uses them: 0.83 → 0.45 s per
     evaluation of quickstart's CNN on 1,000 test images, 1 vs 2 threads (values bit-identical, checked in
     tests/test_client_pool.py). On a Ray cluster and in a deployment the clients are elsewhere:
-    ``torch_threads``. Never more than this machine's cores."""
-    sim, cores = s.simulation, os.cpu_count() or 1
+    ``torch_threads``. Never more than the run's cores (:func:`available_cpus`)."""
+    sim, cores = s.simulation, available_cpus()
     if sim.engine == "inline":
         n = inline_workers(s) * sim.torch_threads
     elif sim.engine == "ray" and sim.ray_address is None:
@@ -189,7 +202,7 @@ def num_nodes(s: Scenario) -> int:
     if sim.engine == "inline":  # one node per worker process (in this process all train as one cohort)
         return inline_workers(s)
     if sim.engine == "ray" and sim.ray_address is None:
-        cpus = sim.ray_num_cpus or os.cpu_count() or 1
+        cpus = sim.ray_num_cpus or available_cpus()
         return max(1, min(n, int(cpus // sim.num_cpus_per_client)))
     return n
 

@@ -29,9 +29,9 @@ task, so a node whose plug-ins resolve a scenario differently fails that cell in
 result. Cells must use ``simulation.engine = "inline"``: a cell *is* one Ray task here, and does not start
 Flower's Ray simulation inside it.
 
-With ``simulation.workers`` unset, the inline engine may start a pool of client processes on the task's
-node once a round's clients take longer than two seconds to train (:mod:`simulator.flower.inline`): set
-``simulation.workers = 1`` in a grid meant for a cluster so that each cell uses exactly the CPU it reserves.
+A task sets ``PRIVSIM_CPUS`` to the CPUs it reserved, so with ``simulation.workers`` unset the inline
+engine's worker pool and the server's evaluation threads stay within them (one CPU unless the cell sets
+``simulation.workers``).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from typing import Any
 
 from rich.console import Console
 
+from simulator.flower.runtime import CPUS_ENV
 from simulator.leaderboard.grid import Cell
 from simulator.results import ResultsStore
 
@@ -160,7 +161,10 @@ def cell_task(
     # deferred: Ray is loaded in the driver only for --ray-address; here it is already loaded (a Ray worker)
     import ray
 
-    node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    rc = ray.get_runtime_context()
+    node = f"{socket.gethostname()}/{rc.get_node_id()[:8]}"
+    # the cell may use the CPUs its task reserved, no more (the engine's automatic worker and thread counts)
+    os.environ[CPUS_ENV] = str(max(1, int(rc.get_assigned_resources().get("CPU", 1))))
     with tempfile.TemporaryDirectory(prefix="privsim-cell-") as tmp:
         out = Path(tmp) / dirname
         store = Path(tmp) / "store.sqlite"

@@ -11,9 +11,10 @@ A cell that fails (:class:`simulator.runner.RunFailed` or any other exception) i
 status ``failed: <reason>`` and the grid goes on.
 
 Parallelism on this machine: ``workers > 1`` runs cells in a :class:`concurrent.futures.ProcessPoolExecutor`
-with the ``spawn`` context. Cells with ``simulation.engine = "ray"`` each start their own Ray runtime, which
-does not mix with worker processes: if any cell uses Ray the grid runs with ``workers = 1`` (a warning says
-so).
+with the ``spawn`` context; each cell may use its share of the CPU cores (``PRIVSIM_CPUS``, read by the
+engine's automatic worker and thread counts). Cells with ``simulation.engine = "ray"`` each start their own
+Ray runtime, which does not mix with worker processes: if any cell uses Ray the grid runs with
+``workers = 1`` (a warning says so).
 
 On a Ray cluster: ``ray_address`` (``privsim leaderboard run --ray-address``) runs every cell as one Ray task
 on the cluster, retried on another node when its node dies; this process writes each cell's result to the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import multiprocessing as mp
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from simulator.flower.runtime import CPUS_ENV
 from simulator.leaderboard.grid import Cell, Grid
 from simulator.leaderboard.ray_dispatch import RayDispatchError, check_cells, run_cells_on_ray
 from simulator.leaderboard.report import (
@@ -123,6 +126,13 @@ def _record_failure(
         rs.fail_run(int(mine[-1]["id"]), reason)
     else:
         rs.fail_run(rs.start_run(digest=digest, name=name, out_dir=out_dir, tag=tag), reason)
+
+
+def share_cpus(n: int) -> None:
+    """In a cell's process: the run may use ``n`` CPU cores (:func:`simulator.flower.runtime.available_cpus`),
+    so that cells running side by side do not each size their client workers and evaluation threads to the
+    whole machine."""
+    os.environ[CPUS_ENV] = str(max(1, int(n)))
 
 
 def _run_cell(
@@ -290,8 +300,12 @@ def run_grid(
             for cell in todo:
                 finish(cell, _run_cell(*args(cell)))
         else:
+            parallel = min(workers, len(todo))
             with cf.ProcessPoolExecutor(
-                max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn")
+                max_workers=parallel,
+                mp_context=mp.get_context("spawn"),
+                initializer=share_cpus,
+                initargs=(max(1, (os.cpu_count() or 1) // parallel),),
             ) as pool:
                 futs = {pool.submit(_run_cell, *args(c)): c for c in todo}
                 for fut in cf.as_completed(futs):
