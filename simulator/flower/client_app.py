@@ -241,7 +241,7 @@ def client_train_split(
     back to its node's Context; the replies are the ones :func:`client_train_nodes` would give."""
     plan = _plan(scenario_json, calls)
     rt = runtime_for(scenario_json)
-    weights = [float(rt.data.client(c.pid)[0].shape[0]) for c in plan.clients]
+    weights = [float(len(rt.data.client_indices[c.pid])) for c in plan.clients]  # no gather of the data
     groups = balance(weights, parts)
     tasks: list[Callable[[], Any]] = [
         functools.partial(train_clients, scenario_json, plan.rnd, plan.arrays, [plan.clients[i] for i in g])

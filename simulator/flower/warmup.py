@@ -62,7 +62,7 @@ def round_seconds(rt: Runtime) -> float:
     seconds per step."""
     steps = 0
     for pid in rt.sampler.sample(1).sampled:
-        n = int(rt.data.client(pid)[0].shape[0])
+        n = len(rt.data.client_indices[pid])
         k = rt.train.epochs * math.ceil(n / rt.train.batch_size)
         steps += min(k, rt.train.max_steps) if rt.train.max_steps is not None else k
     return steps * step_seconds(rt) if steps else 0.0
