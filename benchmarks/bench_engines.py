@@ -225,7 +225,7 @@ def main() -> None:
         plan = [
             (f"{n:,} clients: {ROWS[r][0]}", population(n), r)
             for n in (100, 10_000)
-            for r in ("floor", "privsim-inline", "privsim-inline-loop")
+            for r in (a.rows.split(",") if a.rows else ("floor", "privsim-inline", "privsim-inline-loop"))
         ]
     else:
         keys = a.rows.split(",") if a.rows else list(ROWS)

@@ -57,6 +57,11 @@ def test_importing_the_app_does_no_work() -> None:
         assert isinstance(app.server, ServerApp) and isinstance(app.client, ClientApp)
         assert rt._CACHE == {}, "a runtime (data, model) was built at import"
         assert app._client_app.cache_info().currsize == 0
+        import sys
+        from simulator.flower.runtime import build_runtime
+        from simulator.scenario import load_scenario
+        build_runtime(load_scenario("scenarios/quickstart.toml", ["data.max_examples=600"]))
+        assert "dp_accounting" not in sys.modules, "dp-accounting (2 s of imports) loaded without DP"
         print("ok")
         """
     )

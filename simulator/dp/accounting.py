@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from dp_accounting import dp_event as E
-from dp_accounting.pld import PLDAccountant
-from dp_accounting.privacy_accountant import NeighboringRelation
-from dp_accounting.rdp import RdpAccountant
+from simulator.dp.dpa import E, pld, privacy_accountant, rdp
+
+if TYPE_CHECKING:
+    from dp_accounting.privacy_accountant import NeighboringRelation
 
 __all__ = [
     "ClientLevelAccounting",
@@ -46,7 +46,9 @@ def epsilon_pld(event: E.DpEvent, count: int, delta: float, *, interval: float =
     """ε(δ) of ``count`` self-compositions of ``event`` (PLD, add-or-remove-one)."""
     if count <= 0:
         return 0.0
-    acc = PLDAccountant(NeighboringRelation.ADD_OR_REMOVE_ONE, value_discretization_interval=interval)
+    acc = pld.PLDAccountant(
+        privacy_accountant.NeighboringRelation.ADD_OR_REMOVE_ONE, value_discretization_interval=interval
+    )
     acc.compose(event, count)
     return float(acc.get_epsilon(delta))
 
@@ -56,12 +58,13 @@ def epsilon_rdp(
     count: int,
     delta: float,
     *,
-    relation: NeighboringRelation = NeighboringRelation.ADD_OR_REMOVE_ONE,
+    relation: NeighboringRelation | None = None,
 ) -> float:
-    """ε(δ) of ``count`` self-compositions of ``event`` (RDP)."""
+    """ε(δ) of ``count`` self-compositions of ``event`` (RDP; ``relation`` defaults to add-or-remove-one)."""
     if count <= 0:
         return 0.0
-    acc = RdpAccountant(neighboring_relation=relation)
+    rel = relation if relation is not None else privacy_accountant.NeighboringRelation.ADD_OR_REMOVE_ONE
+    acc = rdp.RdpAccountant(neighboring_relation=rel)
     acc.compose(event, count)
     return float(acc.get_epsilon(delta))
 
@@ -104,11 +107,8 @@ class ClientLevelAccounting:
 
     @property
     def neighboring_relation(self) -> NeighboringRelation:
-        return (
-            NeighboringRelation.REPLACE_ONE
-            if self.sampling == "fixed"
-            else NeighboringRelation.ADD_OR_REMOVE_ONE
-        )
+        relation = privacy_accountant.NeighboringRelation
+        return relation.REPLACE_ONE if self.sampling == "fixed" else relation.ADD_OR_REMOVE_ONE
 
     def event(self) -> E.DpEvent:
         """The DP event of one round."""

@@ -16,9 +16,9 @@ client from a round-independent seed, so repeated rounds re-use the same noisy c
 from __future__ import annotations
 
 import torch
-from dp_accounting import dp_event as E
 
 from simulator.dp.accounting import epsilon_pld
+from simulator.dp.dpa import E
 
 __all__ = ["clip_rows", "input_perturbation_epsilon", "perturb_inputs"]
 

@@ -43,12 +43,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dp_accounting import dp_event as E
-from dp_accounting.pld import PLDAccountant
-from dp_accounting.pld import privacy_loss_distribution as P
-from dp_accounting.pld import privacy_loss_mechanism as M
-from dp_accounting.privacy_accountant import NeighboringRelation
-from dp_accounting.rdp import RdpAccountant
+from simulator.dp.dpa import E, M, P, pld, privacy_accountant, rdp
 
 __all__ = [
     "LedgerView",
@@ -63,10 +58,15 @@ __all__ = [
     "sampled",
 ]
 
-RELATIONS = {
-    "add_or_remove_one": NeighboringRelation.ADD_OR_REMOVE_ONE,
-    "replace_one": NeighboringRelation.REPLACE_ONE,
-}
+RELATIONS = ("add_or_remove_one", "replace_one")  # dp-accounting's NeighboringRelation, by lower-case name
+
+
+def _relation(name: str) -> Any:
+    """dp-accounting's ``NeighboringRelation`` called ``name`` (one of :data:`RELATIONS`)."""
+    if name not in RELATIONS:
+        raise KeyError(name)
+    return getattr(privacy_accountant.NeighboringRelation, name.upper())
+
 
 #: PLD discretisation: dp-accounting's default; a coarser one gives a larger (still valid) ε.
 PLD_INTERVAL = 1e-4
@@ -160,10 +160,10 @@ def _composed(groups: tuple[tuple[E.DpEvent, int], ...]) -> E.DpEvent:
 
 
 def _accountant(name: str, relation: str) -> Any:
-    rel = RELATIONS[relation]
+    rel = _relation(relation)
     if name == "pld":
-        return PLDAccountant(rel, value_discretization_interval=PLD_INTERVAL)
-    return RdpAccountant(neighboring_relation=rel)
+        return pld.PLDAccountant(rel, value_discretization_interval=PLD_INTERVAL)
+    return rdp.RdpAccountant(neighboring_relation=rel)
 
 
 def _has_wor(event: E.DpEvent) -> bool:
@@ -199,7 +199,7 @@ def _pld(event: E.DpEvent, relation: str) -> Any:
     """The PLD of ``event`` built the way dp-accounting's PLD accountant builds it, with the elementary
     mechanisms memoised (building one costs ~0.5 s; composing it again each round is cheap); None when the
     event is not one of the kinds the ledger records (the accountant then does it all)."""
-    rel = RELATIONS[relation]
+    rel = _relation(relation)
     if isinstance(event, E.GaussianDpEvent) and event.noise_multiplier > 0:
         return P.from_gaussian_mechanism(
             event.noise_multiplier, value_discretization_interval=PLD_INTERVAL, neighboring_relation=rel
@@ -208,7 +208,7 @@ def _pld(event: E.DpEvent, relation: str) -> Any:
         isinstance(event, E.PoissonSampledDpEvent)
         and isinstance(event.event, E.GaussianDpEvent)
         and event.event.noise_multiplier > 0
-        and rel == NeighboringRelation.ADD_OR_REMOVE_ONE
+        and rel == privacy_accountant.NeighboringRelation.ADD_OR_REMOVE_ONE
     ):
         return P.from_gaussian_mechanism(
             event.event.noise_multiplier,

@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from dp_accounting import dp_event as E
 from torch import nn
 
 from simulator.context import ClientContext, RoundContext, derive_seed, private_generator
@@ -51,6 +50,7 @@ from simulator.dp.client_level import (
     noisy_sum_average,
     update_noise_multiplier,
 )
+from simulator.dp.dpa import E
 from simulator.dp.dpsgd import opacus_epsilon, train_dpsgd
 from simulator.dp.dpsgd_f import (
     FeatureTransform,

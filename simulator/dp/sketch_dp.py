@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from dp_accounting import dp_event as E
-
 from simulator.dp.accounting import ClientLevelAccounting, client_level_accounting
+from simulator.dp.dpa import E
 from simulator.dp.ledger import PrivacyLedger, gaussian, sampled
 from simulator.dp.mechanism import PrivacyMechanism
 
