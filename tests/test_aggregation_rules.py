@@ -17,23 +17,7 @@ from defenses.aggregation.norm_clipping import NormClipping
 from defenses.aggregation.rfa import RFA
 from defenses.aggregation.rlr import RLR
 from defenses.detection import detection_rates
-from simulator.context import RoundContext
-from simulator.flat import Layout
-
-
-def make_ctx(n: int, d: int, *, server_round: int = 1, ids: list[int] | None = None) -> RoundContext:
-    ids = ids if ids is not None else list(range(n))
-    return RoundContext(
-        server_round=server_round,
-        seed=17,
-        global_vector=torch.zeros(d),
-        layout=Layout(("w",), ((d,),)),
-        client_ids=tuple(ids),
-        num_examples=(1,) * n,
-        num_clients=100,
-        expected_clients_per_round=float(n),
-    )
-
+from tests.helpers.round_context import make_ctx
 
 # ---- helpers ----
 

@@ -10,23 +10,8 @@ from sklearn.cluster import MeanShift, estimate_bandwidth
 
 from defenses.aggregation.signguard import SignGuard, largest_sign_cluster, norm_filter, sign_features
 from defenses.base import AGGREGATORS
-from simulator.context import RoundContext
-from simulator.flat import Layout
 from simulator.registry import BadParams
-
-
-def make_ctx(n: int, d: int, *, server_round: int = 1, ids: list[int] | None = None) -> RoundContext:
-    ids = ids if ids is not None else list(range(n))
-    return RoundContext(
-        server_round=server_round,
-        seed=17,
-        global_vector=torch.zeros(d),
-        layout=Layout(("w",), ((d,),)),
-        client_ids=tuple(ids),
-        num_examples=(1,) * n,
-        num_clients=100,
-        expected_clients_per_round=float(n),
-    )
+from tests.helpers.round_context import make_ctx
 
 
 def signguard_brute_force(

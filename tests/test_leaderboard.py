@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 
 from simulator import load_scenario
 from simulator.leaderboard import GridError, grid_from_dict, load_grid, ranking_scores
+from simulator.leaderboard.report import CellOutcome as Outcome
 from simulator.leaderboard.report import (
     cell_metrics,
     cell_records,
@@ -214,20 +214,12 @@ def test_missing_metrics_render_as_dash() -> None:
     assert m["main_accuracy"] == 0.5 and m["backdoor_accuracy"] is None and m["tpr"] == 1.0
     assert m["psnr"] is None and m["epsilon"] == 3.0
     g = load_grid(SMOKE)
-    outs = [_Outcome(c, "completed", {"final": {}}) for c in g.cells]
+    outs = [Outcome(c, "completed", {"final": {}}) for c in g.cells]
     md = render_markdown(g, leaderboard_table(g, cell_records(g, outs)), cell_records(g, outs))
     assert "| fedavg | – | – | n/a | n/a | – |" in md  # FedAvg never leaves a client out: no detection rates
 
 
 # ---------------------------------------------------------------- running the smoke grid
-
-
-@dataclass
-class _Outcome:
-    cell: Any
-    status: str
-    summary: dict[str, Any] | None = None
-    reason: str | None = None
 
 
 def _completed_rows(store: Path) -> list[tuple[Any, ...]]:
@@ -349,7 +341,7 @@ def _column(dom: str, table_id: str, key: str) -> tuple[str | None, list[str]]:
 def test_html_header_click_sorts_numerically(tmp_path: Path) -> None:
     g = load_grid(SMOKE)
     values = [9.0, None, 100.0, 10.0]  # unsorted; string order would put "100" before "9"
-    outs = [_Outcome(c, "completed", {"final": {"main_accuracy": v}}) for c, v in zip(g.cells, values)]
+    outs = [Outcome(c, "completed", {"final": {"main_accuracy": v}}) for c, v in zip(g.cells, values)]
     recs = cell_records(g, outs)
     page = tmp_path / "leaderboard.html"
     page.write_text(render_html(g, leaderboard_table(g, recs), recs, tmp_path))
@@ -465,7 +457,7 @@ def test_curves_plot_mean_and_std_over_the_other_axes(tmp_path: Path) -> None:
         ("1e-1", 1): 9.0,
     }
     outs = [
-        _Outcome(c, "completed", {"inversion": {"psnr": psnr[(c.labels["sigma"], c.scenario.seed)]}})
+        Outcome(c, "completed", {"inversion": {"psnr": psnr[(c.labels["sigma"], c.scenario.seed)]}})
         for c in g.cells
     ]
     recs = cell_records(g, outs)
@@ -479,7 +471,7 @@ def test_curves_plot_mean_and_std_over_the_other_axes(tmp_path: Path) -> None:
     smoke = load_grid(SMOKE)  # columns are attack names: no curve
     assert (
         write_curves(
-            smoke, cell_records(smoke, [_Outcome(c, "completed", {}) for c in smoke.cells]), tmp_path / "none"
+            smoke, cell_records(smoke, [Outcome(c, "completed", {}) for c in smoke.cells]), tmp_path / "none"
         )
         == []
     )
@@ -502,14 +494,14 @@ def test_a_leakage_grid_run_writes_psnr_vs_sigma(tmp_path: Path) -> None:
 def test_privacy_tables_show_only_the_metrics_some_cell_has() -> None:
     g = _noise_grid(["0", "1e-1"])
     outs = [
-        _Outcome(c, "completed", {"inversion": {"psnr": 20.0, "ssim": 0.5, "label_accuracy": 1.0}})
+        Outcome(c, "completed", {"inversion": {"psnr": 20.0, "ssim": 0.5, "label_accuracy": 1.0}})
         for c in g.cells
     ]
     t = leaderboard_table(g, cell_records(g, outs))
     assert t.headers == ["0 PSNR", "0 SSIM", "0 label acc", "1e-1 PSNR", "1e-1 SSIM", "1e-1 label acc"]
     html = render_html(g, t, cell_records(g, outs), Path("."))
     assert ">ε (record)<" not in html and ">ε (client)<" not in html and ">MA<" not in html
-    empty = leaderboard_table(g, cell_records(g, [_Outcome(c, "completed", {}) for c in g.cells]))
+    empty = leaderboard_table(g, cell_records(g, [Outcome(c, "completed", {}) for c in g.cells]))
     assert (
         len(empty.headers) == 2 * 8
     )  # nothing measured yet: every metric (both ε and both audit ε̂ too) stays, as "–"

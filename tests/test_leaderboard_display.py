@@ -8,7 +8,6 @@ import io
 import math
 import re
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from defenses.base import AGGREGATORS
 from simulator.context import RoundContext
 from simulator.flat import Layout
 from simulator.leaderboard import grid_from_dict, load_grid
+from simulator.leaderboard.report import CellOutcome as Outcome
 from simulator.leaderboard.report import (
     cell_metrics,
     cell_records,
@@ -36,14 +36,6 @@ from tests.helpers.chromium import dump_dom
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "scenarios" / "leaderboard_smoke.toml"  # fedavg and median, no attack, seeds 0 and 1
 DP_GRID = ROOT / "scenarios" / "dp_grid.toml"  # client-level and record-level DP rows
-
-
-@dataclass
-class _Outcome:
-    cell: Any
-    status: str
-    summary: dict[str, Any] | None = None
-    reason: str | None = None
 
 
 # ---------------------------------------------------------------- values read from summaries
@@ -92,7 +84,7 @@ def _dp_summary(label: str) -> dict[str, Any]:
 
 def test_record_and_client_level_epsilon_have_separate_columns(tmp_path: Path) -> None:
     g = load_grid(DP_GRID)
-    recs = cell_records(g, [_Outcome(c, "completed", _dp_summary(c.labels["mechanism"])) for c in g.cells])
+    recs = cell_records(g, [Outcome(c, "completed", _dp_summary(c.labels["mechanism"])) for c in g.cells])
     t = leaderboard_table(g, recs)
     assert t.headers == ["all MA", "all ε (record)", "all ε (client)"]  # no "level not stated" column
     md = render_markdown(g, t, recs)
@@ -108,16 +100,16 @@ def test_record_and_client_level_epsilon_have_separate_columns(tmp_path: Path) -
 
 def test_an_epsilon_without_a_level_gets_its_own_column() -> None:
     g = load_grid(DP_GRID)
-    outs = [_Outcome(c, "completed", {"privacy": {"epsilon": 3.0}}) for c in g.cells]
+    outs = [Outcome(c, "completed", {"privacy": {"epsilon": 3.0}}) for c in g.cells]
     t = leaderboard_table(g, cell_records(g, outs))
     assert t.headers == ["all ε (level not stated)"]
 
 
-def _noise_outcomes() -> tuple[Any, list[_Outcome]]:
+def _noise_outcomes() -> tuple[Any, list[Outcome]]:
     g = load_grid(ROOT / "scenarios" / "leakage_noise_grid.toml")
     psnr = {"0": "inf", "1e-4": 30.0, "1e-3": 24.0, "1e-2": 18.0, "1e-1": 9.0}
     outs = [
-        _Outcome(
+        Outcome(
             c,
             "completed",
             {"inversion": {"psnr": psnr[c.labels["sigma"]] if c.labels["payload"] == "gradient" else 20.0}},
@@ -140,7 +132,7 @@ def test_exact_reconstruction_shows_as_infinity_exact(tmp_path: Path) -> None:
 
 def test_detection_rates_of_aggregators_that_never_reject_are_not_applicable() -> None:
     g = load_grid(SMOKE)
-    outs = [_Outcome(c, "completed", {"final": {}, "defense": {"tpr": 0.0, "fpr": 0.0}}) for c in g.cells]
+    outs = [Outcome(c, "completed", {"final": {}, "defense": {"tpr": 0.0, "fpr": 0.0}}) for c in g.cells]
     recs = cell_records(g, outs)
     assert {r["row"]: r["selects_clients"] for r in recs} == {"fedavg": False, "median": False}
     assert all(r["tpr"] is None and r["fpr"] is None for r in recs)  # 0 by construction, no measurement
@@ -151,7 +143,7 @@ def test_detection_rates_of_aggregators_that_never_reject_are_not_applicable() -
     raw["axes"]["defense"][1] = {"label": "krum", "set": ["defenses.aggregator.name='krum'"]}
     mixed = grid_from_dict(raw, source="mixed.toml", root=SMOKE.parent)
     rates = {"final": {}, "defense": {"tpr": 0.0, "fpr": 0.25}}
-    outs = [_Outcome(c, "completed", rates) for c in mixed.cells]
+    outs = [Outcome(c, "completed", rates) for c in mixed.cells]
     recs = cell_records(mixed, outs)
     md = render_markdown(mixed, leaderboard_table(mixed, recs), recs)
     assert "| fedavg | – | – | n/a | n/a | – |" in md
@@ -197,7 +189,7 @@ def test_an_aggregator_that_declares_it_selects_no_client_accepts_everyone(name:
 def test_cells_finished_earlier_are_done_stored(tmp_path: Path) -> None:
     assert status_text("skipped") == "done (stored)" and status_text("failed") == "failed"
     g = load_grid(SMOKE)
-    outs = [_Outcome(c, "skipped", {"final": {"main_accuracy": 0.5}}) for c in g.cells]
+    outs = [Outcome(c, "skipped", {"final": {"main_accuracy": 0.5}}) for c in g.cells]
     recs = cell_records(g, outs)
     t = leaderboard_table(g, recs)
     assert "4 cells: 0 run now, 4 done (stored), 0 failed, 0 not run." in render_markdown(g, t, recs)

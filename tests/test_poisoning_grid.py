@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from simulator.leaderboard.report import (
     render_markdown,
     write_reports,
 )
+from simulator.leaderboard.report import CellOutcome as Outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = ROOT / "scenarios" / "poisoning_grid.toml"
@@ -41,14 +41,6 @@ ATTACKS = [
     "min_sum",
     "agr_tailored",
 ]
-
-
-@dataclass
-class _Outcome:
-    cell: Any
-    status: str
-    summary: dict[str, Any] | None = None
-    reason: str | None = None
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +124,7 @@ def _fake_outcomes(g: Any, ma: dict[tuple[str, str], float], ba: dict[str, float
             final["main_accuracy"] = ma[key]
         if ba and c.labels["attack"] in ba:
             final["backdoor_accuracy"] = ba[c.labels["attack"]]
-        out.append(_Outcome(c, "completed", {"final": final, "defense": {"tpr": 0.5, "fpr": 0.1}}))
+        out.append(Outcome(c, "completed", {"final": final, "defense": {"tpr": 0.5, "fpr": 0.1}}))
     return out
 
 
@@ -235,7 +227,7 @@ def test_ranking_of_a_backdoor_grid_is_unchanged() -> None:
 
 def test_poisoning_table_has_ma_and_drop_per_attack_and_no_ba(grids: dict[str, Any]) -> None:
     g = grids["small"]
-    assert leaderboard_table(g, cell_records(g, [_Outcome(c, "not run") for c in g.cells])).headers[:4] == [
+    assert leaderboard_table(g, cell_records(g, [Outcome(c, "not run") for c in g.cells])).headers[:4] == [
         "none MA",
         "none BA",
         "sign_flip MA",

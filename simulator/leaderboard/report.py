@@ -94,6 +94,7 @@ __all__ = [
     "MISSING",
     "NOT_APPLICABLE",
     "PRIVACY_METRICS",
+    "CellOutcome",
     "Metric",
     "Table",
     "add_accuracy_drop",
@@ -1043,7 +1044,10 @@ def write_reports(grid_run: Any) -> dict[str, Path]:
 
 
 @dataclass
-class _StoredOutcome:
+class CellOutcome:
+    """One cell's state as the report reads it: ``status`` (``completed``, ``skipped``, ``failed`` or ``not
+    run``), its summary when finished, the reason when failed."""
+
     cell: Any
     status: str
     summary: dict[str, Any] | None = None
@@ -1055,7 +1059,7 @@ def outcomes_from_store(grid: Grid, store: str | Path) -> list[Any]:
     ``failed`` or ``not run``."""
     p = Path(store)
     if not p.exists():
-        return [_StoredOutcome(c, "not run") for c in grid.cells]
+        return [CellOutcome(c, "not run") for c in grid.cells]
     rs = ResultsStore(p)
     latest: dict[str, dict[str, Any]] = {}
     for r in rs.runs():
@@ -1064,11 +1068,11 @@ def outcomes_from_store(grid: Grid, store: str | Path) -> list[Any]:
     for c in grid.cells:
         done = rs.finished(c.digest)
         if done is not None:
-            out.append(_StoredOutcome(c, "skipped", done))
+            out.append(CellOutcome(c, "skipped", done))
         elif c.digest in latest and str(latest[c.digest]["status"]).startswith("failed"):
-            out.append(_StoredOutcome(c, "failed", None, str(latest[c.digest]["status"])[len("failed: ") :]))
+            out.append(CellOutcome(c, "failed", None, str(latest[c.digest]["status"])[len("failed: ") :]))
         else:
-            out.append(_StoredOutcome(c, "not run"))
+            out.append(CellOutcome(c, "not run"))
     return out
 
 
