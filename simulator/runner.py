@@ -253,7 +253,6 @@ def _run_federated(
                 server_app,
                 client_app,
                 num_nodes(s),
-                factory=functools.partial(make_client_app, scenario_json),
                 workers=inline_workers(s),
                 auto=s.simulation.workers is None,
                 rounds=s.federation.rounds,

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from simulator import load_scenario
 from simulator.context import make_generator
 from simulator.data import partition_indices
-from simulator.flower.client_app import balance, make_client_app
+from simulator.flower.client_app import balance
 from simulator.flower.inline import ClientPool
 from simulator.flower.runtime import build_runtime, evaluation_threads
 from simulator.runner import run
@@ -61,7 +61,7 @@ def test_ten_quickstart_sized_clients_split_evenly() -> None:
 
 
 def _pool() -> ClientPool:
-    return ClientPool(functools.partial(make_client_app, "{}"), 2, auto=False)
+    return ClientPool(2, auto=False)
 
 
 def test_pool_tasks_run_in_a_worker_and_here_and_failures_stay_with_their_task() -> None:

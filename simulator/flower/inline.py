@@ -3,10 +3,9 @@
 No start-up cost and deterministic; for tests, debugging, GPU boxes where Ray does not fit, and fast sweeps.
 Each node is a ClientApp call with its own persistent Context. A round's train messages run in this process,
 or, when the run has several ``workers`` and a round's client work has been long enough to pay for starting
-them (auto, measured on the rounds so far), in a pool of worker processes: the round's clients are split
-between the workers by their work (``train_split``; each client's state travels with it and comes back to
-its node's Context), or, for a ClientApp without that hook, each message and its node's Context go to a
-worker and come back with the reply. Either way the results do not depend on which process played a client.
+them (auto, measured on the rounds so far), by this process and a pool of worker processes: the round's
+clients are split between them by their work (``train_split``; each client's state travels with it and comes
+back to its node's Context), so the results do not depend on which process played a client.
 This is the one module that touches Flower internals (message ids and the process's task identity, which the
 SuperLink would normally set); a test pins the flwr version it was written against.
 """
@@ -49,7 +48,6 @@ def _set_task_identity() -> None:
 TrainMany = Callable[[list[tuple[Message, Context]]], list[Message]]
 RunTasks = Callable[[list[Callable[[], Any]], list[float]], list[Any]]
 TrainSplit = Callable[[list[tuple[Message, Context]], int, RunTasks], list[Message]]
-_APPS: dict[str, ClientApp] = {}  # a worker process's client apps, by their factory
 
 
 def _call(app: ClientApp, msg: Message, context: Context) -> Message:
@@ -57,16 +55,6 @@ def _call(app: ClientApp, msg: Message, context: Context) -> Message:
         return app(msg, context)
     except Exception as e:
         return Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
-
-
-def play(factory: Callable[[], ClientApp], msg: Message, context: Context) -> tuple[Message, Context]:
-    """In a worker process: the node's ClientApp call; the Context travels back with the reply."""
-    key = repr(factory)
-    if key not in _APPS:
-        _APPS.clear()
-        _APPS[key] = factory()
-    _set_task_identity()
-    return _call(_APPS[key], msg, context), context
 
 
 def _clients_in(msg: Message) -> int:
@@ -86,18 +74,6 @@ class _Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-
-    def run(self, factory: Callable[[], ClientApp], jobs: list[tuple[Message, Context]]) -> list[Any]:
-        out: list[Any] = []
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        for m, c in jobs:
-            try:
-                pickle.dump((factory, m, c), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-                self.proc.stdin.flush()
-                out.append(pickle.load(self.proc.stdout))
-            except Exception as e:  # the worker died: this and its later jobs fail this round
-                out.append(e)
-        return out
 
     def call(self, task: Callable[[], Any]) -> Any:
         """``task()`` in the worker: its result, or an exception saying why there is none."""
@@ -134,9 +110,6 @@ class _Here:
     """This process as one of the pool's workers: its share of a round runs here while the worker processes
     run theirs (this process would otherwise sit waiting for them), and it needs no start-up."""
 
-    def run(self, factory: Callable[[], ClientApp], jobs: list[tuple[Message, Context]]) -> list[Any]:
-        return [play(factory, m, c) for m, c in jobs]
-
     def call(self, task: Callable[[], Any]) -> Any:
         try:
             return task()
@@ -158,7 +131,6 @@ class ClientPool:
 
     def __init__(
         self,
-        factory: Callable[[], ClientApp],
         workers: int,
         *,
         auto: bool,
@@ -167,7 +139,7 @@ class ClientPool:
         worth: float = 15.0,
         prepare: Callable[[], Any] | None = None,
     ) -> None:
-        self.factory, self.workers, self.auto, self.start_after = factory, workers, auto, start_after
+        self.workers, self.auto, self.start_after = workers, auto, start_after
         self.rounds, self.worth, self.prepare = rounds, worth, prepare
         self._procs: list[_Worker] = []
         self.wanted = not auto and workers > 1
@@ -244,19 +216,6 @@ class ClientPool:
         for t in threads:
             t.join()
         return results
-
-    def run(self, jobs: list[tuple[Message, Context]]) -> list[tuple[Message, Context]]:
-        """Each job (a node's message and Context) on a worker, the nodes with the most clients first (a
-        node's reply does not depend on which process played it: its Context travels with the job)."""
-        weights = [float(_clients_in(m)) for m, _ in jobs]
-        results = self._parallel(len(jobs), weights, lambda w, i: w.run(self.factory, [jobs[i]])[0])
-        out = []
-        for (m, c), r in zip(jobs, results):
-            if isinstance(r, tuple):
-                out.append(r)
-            else:  # a worker died: its node's clients fail this round
-                out.append((Message(Error(code=0, reason=f"worker process failed: {r}"), reply_to=m), c))
-        return out
 
     def map(self, tasks: list[Callable[[], Any]], weights: list[float]) -> list[Any]:
         """Each picklable task run by a worker, the heaviest first: its result, or the exception that says
@@ -339,13 +298,6 @@ class InlineGrid(Grid):
             assert pool is not None
             self._many(msgs, lambda calls: self.train_split(calls, pool.workers, pool.map))  # type: ignore[misc]
             ran_in_pool = True
-        elif pooled and len(msgs) > 1:
-            assert pool is not None
-            done = pool.run([(m, self.contexts[m.metadata.dst_node_id]) for m in msgs])
-            for msg, (reply, ctx) in zip(msgs, done):
-                self.contexts[msg.metadata.dst_node_id] = ctx
-                self._replies[msg.metadata.message_id] = reply
-            ran_in_pool = True
         elif self.train_many is not None and len(msgs) > 1 and all_train:
             self._many(msgs, self.train_many)
         else:
@@ -381,7 +333,6 @@ def run_inline(
     client_app: ClientApp,
     num_nodes: int,
     *,
-    factory: Callable[[], ClientApp] | None = None,
     workers: int = 1,
     auto: bool = True,
     rounds: int = 1_000_000,
@@ -390,14 +341,14 @@ def run_inline(
     prepare: Callable[[], Any] | None = None,
     expected_round_seconds: float | None = None,
 ) -> None:
-    """Run ``server_app`` against ``num_nodes`` nodes played by ``client_app`` in this process, or by up to
-    ``workers`` processes that build their app with ``factory`` (a picklable callable; ``auto``: only once the
+    """Run ``server_app`` against ``num_nodes`` nodes played by ``client_app`` in this process, or, with
+    ``train_split``, by up to ``workers`` players (this process and worker processes; ``auto``: only once the
     client work of the ``rounds`` left pays for them). ``train_many``: how this process answers several nodes'
     train messages of a round in one call (one reply per message, each the reply its node alone would give;
     the privsim ClientApp trains all their clients as one cohort); without it, one ClientApp call per node.
     ``train_split``: how the workers answer a round's train messages (``train_split(calls, workers, map)``
     spreads the round's clients over the workers with ``map``, balanced by their work, whichever node plays
-    them); without it, each node's message is one worker job. ``prepare``: what a worker process runs
+    them); without it, no worker process is started. ``prepare``: what a worker process runs
     before its first node (picklable; builds the runtime). ``expected_round_seconds``: a measured estimate of
     a round's client work in this process, so that the workers can warm up during round 1
     (:meth:`ClientPool.expect`)."""
@@ -405,8 +356,8 @@ def run_inline(
         raise RuntimeError(f"the inline engine was written for flwr {FLWR_VERSION}, found {flwr.__version__}")
     _set_task_identity()
     pool = (
-        ClientPool(factory, workers, auto=auto, rounds=rounds, prepare=prepare)
-        if factory is not None and workers > 1
+        ClientPool(workers, auto=auto, rounds=rounds, prepare=prepare)
+        if train_split is not None and workers > 1
         else None
     )
     if pool is not None and expected_round_seconds is not None:

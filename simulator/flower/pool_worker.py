@@ -1,12 +1,11 @@
 """A worker process of the inline engine's :class:`~simulator.flower.inline.ClientPool`.
 
 ``python -m simulator.flower.pool_worker``: reads pickled jobs from stdin and writes each one's pickled
-answer to stdout, until stdin closes. A job is ``(factory, message, context)``: play the node (the ClientApp
-that ``factory()`` builds, kept for later jobs) and answer ``(reply, context)``; ``("warm", prepare)``: run
-``prepare()``, answer True, then, if ``prepare`` returned a callable, call it before reading the next job;
-or ``("call", task)``: answer ``("ok", task())``, or ``("err", reason)`` when the task raised or its result
-cannot be pickled. Started as a fresh interpreter (not ``multiprocessing``),
-so a user's script that calls ``simulator.run`` without a ``__main__`` guard is never re-imported.
+answer to stdout, until stdin closes. A job is ``("warm", prepare)``: run ``prepare()``, answer True,
+then, if ``prepare`` returned a callable, call it before reading the next job; or ``("call", task)``: answer
+``("ok", task())``, or ``("err", reason)`` when the task raised or its result cannot be pickled. Started as a
+fresh interpreter (not ``multiprocessing``), so a user's script that calls ``simulator.run`` without a
+``__main__`` guard is never re-imported.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import pickle
 import sys
 from collections.abc import Callable
 from typing import Any
-
-from simulator.flower.inline import play
 
 
 def _answer(task: Callable[[], Any]) -> bytes:
@@ -44,9 +41,8 @@ def main() -> None:
                 then()
         elif job[0] == "call":
             out.write(_answer(job[1]))
-        else:
-            factory, msg, ctx = job
-            pickle.dump(play(factory, msg, ctx), out, protocol=pickle.HIGHEST_PROTOCOL)
+        else:  # never leave the pool waiting for an answer
+            out.write(pickle.dumps(("err", f"unknown job {job[0]!r}"), protocol=pickle.HIGHEST_PROTOCOL))
         out.flush()
 
 
