@@ -1,13 +1,15 @@
 """Same results on both paths (issue 20): per-round main accuracy and loss of a scenario trained per client
 (``simulation.vectorise = "off"``) and as one vectorised cohort (``"on"``), side by side.
 
-Default: quickstart (10 of 20 Dirichlet clients × 2 epochs) with its CNN's max-pooling replaced by average
-pooling (``model.params.pool = "avg"``: the vectorised path refuses max-pooling, whose near-ties it cannot
-reproduce), 3 rounds, one process, in-process engine. The vectorised CNN is slower on a CPU (auto would not
-choose it); this checks that it computes the same thing.
+Default: quickstart as shipped (its max-pooling CNN, 10 of 20 Dirichlet clients × 2 epochs), 3 rounds, one
+process, in-process engine, the vectorised step on ``--kernels auto`` (exact kernels for a CNN: each client's
+own weight-layer calls, bit-identical). ``--kernels batched`` needs a model without max-pooling, e.g.
+``--set "model.params={pool='avg'}"``: grouped convolutions, the same arithmetic in another order. The
+vectorised CNN is no faster on a CPU (auto would not choose it); this checks that it computes the same thing.
 
     python benchmarks/vectorised_equality.py
-    python benchmarks/vectorised_equality.py --rounds 3 --set "model.name='mlp'" --set "model.params={}"
+    python benchmarks/vectorised_equality.py --kernels batched --set "model.params={pool='avg'}"
+    python benchmarks/vectorised_equality.py --set "model.name='mlp'" --set "model.params={}"
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default="scenarios/quickstart.toml")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--set", action="append", default=None, help="scenario override (repeatable)")
+    ap.add_argument("--set", action="append", default=[], help="scenario override (repeatable)")
+    ap.add_argument("--kernels", choices=["auto", "batched", "exact"], default="auto")
     a = ap.parse_args()
-    a.set = a.set if a.set is not None else ["model.params={pool='avg'}"]
     torch.set_num_threads(1)
     curves = {}
     for mode in ("off", "on"):
@@ -39,6 +41,7 @@ def main() -> None:
                 "simulation.engine='inline'",
                 "simulation.workers=1",
                 f"simulation.vectorise='{mode}'",
+                *([f"simulation.vectorise_kernels='{a.kernels}'"] if mode == "on" else []),
             ],
         )
         t0 = time.perf_counter()

@@ -47,8 +47,9 @@ class MLP(nn.Module):
 @MODELS.register("cnn", context=_CTX)
 class SmallCNN(nn.Module):
     """Two 5×5 conv blocks (ReLU, 2×2 max-pool) and two dense layers (the FedAvg paper's CNN).
-    ``pool = "avg"``: 2×2 average pooling instead, a model the vectorised cohort can train
-    (:func:`simulator.vectorised.why_not_vectorised` refuses max-pooling)."""
+    ``pool = "avg"``: 2×2 average pooling instead, a model the vectorised cohort can also train with batched
+    kernels (:func:`simulator.vectorised.why_not_vectorised` refuses max-pooling there; exact kernels take
+    both)."""
 
     def __init__(
         self,

@@ -12,12 +12,24 @@ Semantics are exactly those of :func:`simulator.training.train_local` for each c
 - the same step count: a client with fewer batches is masked on the remaining steps, its weights and
   momentum buffer frozen.
 
-Only the floating-point summation order differs (batched kernels), so the trained weights agree with the
-per-client loop to ~1e-6 relative; ``tests/test_vectorised.py`` checks it against the loop.
+With exact kernels the trained weights are bit-identical to the per-client loop; with batched kernels only
+the floating-point summation order differs (~1e-6 relative). ``tests/test_vectorised.py`` and
+``tests/test_exact_kernels.py`` check both against the loop.
 
-What cannot be vectorised this way is refused by :func:`why_not_vectorised` (and then runs per client):
-Adam, mixup, models with buffers (BatchNorm running statistics), random layers (dropout) or max-pooling
-(batched convolutions round differently, and a max-pool near-tie then sends the gradient elsewhere).
+The weight layers run with one of two kinds of kernels (``kernels``):
+
+- ``"batched"``: one batched kernel per layer over all clients (a grouped convolution, a batched matrix
+  product). Fast where per-client overhead dominates (tiny MLPs: 5× and more); the sums run in another order,
+  so the weights agree with the per-client loop to ~1e-7 per step, and local SGD can amplify that;
+- ``"exact"``: each client's own call per weight layer (:mod:`simulator.exact_kernels`), bit-identical to the
+  per-client loop; costs about what the loop costs on a CPU;
+
+``"auto"`` picks exact kernels for models with convolutions or pooling (batched convolutions are no faster on
+a CPU, and a max-pool near-tie sends a batched step's gradient elsewhere), batched kernels otherwise.
+
+What cannot be vectorised is refused by :func:`why_not_vectorised` (and then runs per client): Adam, mixup,
+models with buffers (BatchNorm running statistics), random layers (dropout), max-pooling with batched kernels,
+weights outside the layers exact kernels cover.
 
 Whether vectorising pays depends on the model and the device (batched-weight convolutions are slow on a CPU,
 tiny MLPs gain 5× and more): :func:`pays_off` measures one step both ways and caches the answer on disk so
@@ -34,6 +46,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -41,13 +54,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from simulator.exact_kernels import ExactKernels, why_not_exact
 from simulator.flat import Layout
 from simulator.training import LocalTrainConfig, TrainStats, iterate_minibatches
 
 __all__ = [
     "CohortMember",
+    "Kernels",
     "batch_plan",
     "pays_off",
+    "resolve_kernels",
     "train_cohort",
     "train_cohort_flat",
     "why_not_vectorised",
@@ -60,6 +76,18 @@ _MAX_POOLS = (
     nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
     nn.AdaptiveMaxPool3d,
+)
+_CONV_OR_POOL = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    *_MAX_POOLS,
 )
 _RANDOM_LAYERS = (
     nn.Dropout,
@@ -81,8 +109,20 @@ class CohortMember:
     generator: torch.Generator
 
 
-def why_not_vectorised(model: nn.Module, cfg: LocalTrainConfig) -> str | None:
-    """Why this model / recipe must train per client, or None when the vectorised path reproduces it."""
+Kernels = Literal["auto", "batched", "exact"]
+
+
+def resolve_kernels(model: nn.Module, kernels: Kernels = "auto") -> Literal["batched", "exact"]:
+    """The kernels a vectorised step of ``model`` uses: ``"auto"`` is exact for models with convolutions or
+    pooling layers, batched otherwise."""
+    if kernels != "auto":
+        return kernels
+    return "exact" if any(isinstance(m, _CONV_OR_POOL) for m in model.modules()) else "batched"
+
+
+def why_not_vectorised(model: nn.Module, cfg: LocalTrainConfig, kernels: Kernels = "auto") -> str | None:
+    """Why this model / recipe must train per client, or None when the vectorised path (with ``kernels``)
+    reproduces it."""
     if cfg.optimizer != "sgd":
         return f"optimizer {cfg.optimizer!r} (the vectorised step is SGD with momentum and weight decay)"
     if cfg.mixup_alpha > 0:
@@ -91,12 +131,17 @@ def why_not_vectorised(model: nn.Module, cfg: LocalTrainConfig) -> str | None:
         return "the model has buffers (e.g. BatchNorm running statistics)"
     if any(isinstance(m, _RANDOM_LAYERS) for m in model.modules()):
         return "the model has dropout layers (their randomness differs under vmap)"
+    if resolve_kernels(model, kernels) == "exact":
+        return why_not_exact(model)
     if any(isinstance(m, _MAX_POOLS) for m in model.modules()):
         # measured on quickstart's CNN: batched-weight convolutions round differently (~1e-7), a max-pool
         # window whose top two values are that close routes the gradient to the other one, and one client's
         # first-step conv gradient differed by 1e-3 (3 rounds: accuracy 5e-3 apart); with average pooling
         # the same client agreed to 4e-6
-        return "the model has max-pooling layers (near-ties route the gradient differently under vmap)"
+        return (
+            "the model has max-pooling layers (near-ties route the gradient differently with batched "
+            "kernels; exact kernels reproduce them)"
+        )
     return None
 
 
@@ -113,12 +158,12 @@ def batch_plan(n: int, cfg: LocalTrainConfig, generator: torch.Generator) -> lis
 
 
 def train_cohort(
-    model: nn.Module, members: Sequence[CohortMember], cfg: LocalTrainConfig
+    model: nn.Module, members: Sequence[CohortMember], cfg: LocalTrainConfig, kernels: Kernels = "auto"
 ) -> list[tuple[dict[str, torch.Tensor], TrainStats]]:
     """Train every member from ``model``'s current weights, as :func:`train_local` would one by one; returns
     each member's trained parameters (``named_parameters`` names, detached) and its training statistics.
     ``model`` itself is not changed."""
-    params, frozen, stats = _train(model, members, cfg)
+    params, frozen, stats = _train(model, members, cfg, kernels)
     names = [n for n, _ in model.named_parameters()]
     return [
         ({n: (params[n][i] if n in params else frozen[n]).detach() for n in names}, st)
@@ -127,11 +172,15 @@ def train_cohort(
 
 
 def train_cohort_flat(
-    model: nn.Module, members: Sequence[CohortMember], cfg: LocalTrainConfig, layout: Layout
+    model: nn.Module,
+    members: Sequence[CohortMember],
+    cfg: LocalTrainConfig,
+    layout: Layout,
+    kernels: Kernels = "auto",
 ) -> tuple[torch.Tensor, list[TrainStats]]:
     """:func:`train_cohort` with the trained weights as one matrix, a row per member (the flat vector of
     :func:`simulator.flat.flatten` in ``layout`` order): built in one copy instead of one per client."""
-    params, frozen, stats = _train(model, members, cfg)
+    params, frozen, stats = _train(model, members, cfg, kernels)
     c = len(members)
     if not c:
         return torch.zeros(0, layout.dim), []
@@ -145,11 +194,12 @@ def train_cohort_flat(
 
 
 def _train(
-    model: nn.Module, members: Sequence[CohortMember], cfg: LocalTrainConfig
+    model: nn.Module, members: Sequence[CohortMember], cfg: LocalTrainConfig, kernels: Kernels
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[TrainStats]]:
     """The vectorised local training: the stacked trainable parameters ``[C, ...]``, the frozen ones, and
     each member's statistics."""
-    why = why_not_vectorised(model, cfg)
+    why = why_not_vectorised(model, cfg, kernels)
+    exact = resolve_kernels(model, kernels) == "exact"
     if why is not None:
         raise ValueError(f"cannot vectorise this training: {why}")
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -175,26 +225,38 @@ def _train(
     xs = torch.cat([m.x for m in members]).to(dev)
     ys = torch.cat([m.y for m in members]).to(dev)
     gidx_np = np.repeat(offsets, max(steps, 1) * b).reshape(c, max(steps, 1), b)  # padding: weight 0
-    weight_np = np.zeros((c, max(steps, 1), b), dtype=np.float64)
+    real_np = np.zeros((c, max(steps, 1), b), dtype=np.float64)  # 1: a real example, 0: padding
+    count_np = np.ones((c, max(steps, 1)), dtype=np.float64)  # real examples per batch (1 when masked)
     active_np = np.zeros((c, max(steps, 1)), dtype=bool)
     for i, plan in enumerate(plans):
         for t, idx in enumerate(plan):
             k = int(idx.numel())
             gidx_np[i, t, :k] = idx.numpy() + offsets[i]
-            weight_np[i, t, :k] = 1.0 / k
+            real_np[i, t, :k] = 1.0
+            count_np[i, t] = k
         active_np[i, : len(plan)] = True
     gidx = torch.from_numpy(gidx_np).to(dev)
-    weight = torch.from_numpy(weight_np).to(dev, xs.dtype)
+    real = torch.from_numpy(real_np).to(dev, xs.dtype)
+    count = torch.from_numpy(count_np).to(dev, xs.dtype)
     active = torch.from_numpy(active_np).to(dev)
     everyone = [bool(v) for v in np.all(active_np, axis=0).tolist()]  # steps where no client is masked
+    # exact kernels: each client's real rows per step (0: no batch), its padding never reaches a weight layer
+    rows = [[len(p[t]) if t < len(p) else 0 for p in plans] for t in range(steps)] if exact else []
 
     ls = cfg.label_smoothing
 
     def loss_one(
-        p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+        p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, r: torch.Tensor, k: torch.Tensor
     ) -> torch.Tensor:
+        # F.cross_entropy's mean over the k real rows, in its own arithmetic: (1 - ε)·Σ nll / k
+        # + Σ smooth / k · ε / classes, so the gradient reaching the logits is the per-client one, bit for bit
         out = functional_call(model, {**p, **frozen}, (x,))
-        return (F.cross_entropy(out, y, reduction="none", label_smoothing=ls) * w).sum()
+        logp = F.log_softmax(out, -1)
+        loss = (F.nll_loss(logp, y, reduction="none") * r).sum() / k
+        if ls:
+            smooth = (-logp.sum(-1) * r).sum() / k
+            loss = (1 - ls) * loss + smooth * (ls / out.shape[-1])
+        return loss
 
     step_fn = vmap(grad_and_value(loss_one))
     losses = torch.zeros(c, dtype=torch.float64, device=dev)
@@ -203,7 +265,11 @@ def _train(
     try:
         for t in range(steps):
             g_idx = gidx[:, t]
-            grads, loss = step_fn(params, xs[g_idx], ys[g_idx], weight[:, t])
+            if exact:
+                with ExactKernels(rows=rows[t], batch=b):
+                    grads, loss = step_fn(params, xs[g_idx], ys[g_idx], real[:, t], count[:, t])
+            else:
+                grads, loss = step_fn(params, xs[g_idx], ys[g_idx], real[:, t], count[:, t])
             on = active[:, t]
             with torch.no_grad():
                 if everyone[t]:
@@ -268,7 +334,7 @@ def _cache_file() -> Path:
     return (Path(env).expanduser() if env else Path("~/.cache/privsim").expanduser()) / "vectorise.json"
 
 
-def _key(model: nn.Module, example: torch.Tensor, cfg: LocalTrainConfig, cohort: int) -> str:
+def _key(model: nn.Module, example: torch.Tensor, cfg: LocalTrainConfig, cohort: int, kernels: str) -> str:
     dev = next(model.parameters()).device
     shapes = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
     raw = json.dumps(
@@ -282,6 +348,7 @@ def _key(model: nn.Module, example: torch.Tensor, cfg: LocalTrainConfig, cohort:
             str(dev),
             torch.get_num_threads(),
             torch.__version__,
+            kernels,
         ]
     )
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
@@ -293,7 +360,7 @@ def _cohort_bucket(n: int) -> int:
 
 
 def _time_per_client(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalTrainConfig, c: int
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalTrainConfig, c: int, kernels: Kernels
 ) -> tuple[float, float]:
     """Seconds for one local step of ``c`` clients: vectorised, and as ``c`` per-client optimizer steps."""
     one = LocalTrainConfig(
@@ -306,9 +373,9 @@ def _time_per_client(
         label_smoothing=cfg.label_smoothing,
     )
     members = [CohortMember(x, y, torch.Generator().manual_seed(i)) for i in range(c)]
-    train_cohort(model, members[:2], one)  # warm-up
+    train_cohort(model, members[:2], one, kernels)  # warm-up
     t0 = time.perf_counter()
-    train_cohort(model, members, one)
+    train_cohort(model, members, one, kernels)
     vec = time.perf_counter() - t0
     work = copy.deepcopy(model)
     opt = torch.optim.SGD(work.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -325,16 +392,19 @@ def _time_per_client(
 MIN_COHORT = 4  # below this, auto trains per client without measuring (2 MLP clients: 2× slower vectorised)
 
 
-def pays_off(model: nn.Module, example: torch.Tensor, cfg: LocalTrainConfig, cohort: int) -> bool:
-    """Whether training ``cohort`` clients vectorised beats the per-client loop for this model, data shape,
-    batch size, device and thread count: measured once (one step each way, random data) and cached in
-    ``$PRIVSIM_CACHE/vectorise.json`` (or ``~/.cache/privsim/vectorise.json``), so a scenario takes the same
-    path on every later run. Vectorising must win by 20 % to be chosen; cohorts smaller than
+def pays_off(
+    model: nn.Module, example: torch.Tensor, cfg: LocalTrainConfig, cohort: int, kernels: Kernels = "auto"
+) -> bool:
+    """Whether training ``cohort`` clients vectorised (with ``kernels``) beats the per-client loop for this
+    model, data shape, batch size, device and thread count: measured once (one step each way, random data)
+    and cached in ``$PRIVSIM_CACHE/vectorise.json`` (or ``~/.cache/privsim/vectorise.json``), so a scenario
+    takes the same path on every later run. Vectorising must win by 20 % to be chosen; cohorts smaller than
     :data:`MIN_COHORT` are not measured (the batched step's fixed cost cannot be earned back)."""
-    if why_not_vectorised(model, cfg) is not None or cohort < MIN_COHORT:
+    if why_not_vectorised(model, cfg, kernels) is not None or cohort < MIN_COHORT:
         return False
     c = _cohort_bucket(cohort)
-    key = _key(model, example, cfg, c)
+    kind = resolve_kernels(model, kernels)
+    key = _key(model, example, cfg, c, kind)
     path = _cache_file()
     try:
         cache = json.loads(path.read_text()) if path.is_file() else {}
@@ -349,7 +419,7 @@ def pays_off(model: nn.Module, example: torch.Tensor, cfg: LocalTrainConfig, coh
     with torch.no_grad():
         k = int(model(x[:1]).shape[-1])
     y = torch.randint(0, k, (n,), generator=gen).to(dev)
-    vec, loop = _time_per_client(model, x, y, cfg, c)
+    vec, loop = _time_per_client(model, x, y, cfg, c, kind)
     decision = vec < 0.8 * loop
     cache[key] = {
         "vectorise": decision,
@@ -357,6 +427,7 @@ def pays_off(model: nn.Module, example: torch.Tensor, cfg: LocalTrainConfig, coh
         "loop_s": loop,
         "cohort": c,
         "model": type(model).__name__,
+        "kernels": kind,
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,12 @@ def _loop(model: nn.Module, data, cfg: LocalTrainConfig):
 
 
 @pytest.mark.parametrize(
-    "name,params", [("mlp", {"hidden": [16]}), ("cnn", {"channels": [4, 8], "hidden": 16, "pool": "avg"})]
+    "name,params,kernels",
+    [
+        ("mlp", {"hidden": [16]}, "batched"),
+        ("cnn", {"channels": [4, 8], "hidden": 16, "pool": "avg"}, "batched"),
+        ("cnn", {"channels": [4, 8], "hidden": 16}, "exact"),  # max-pooling: bit-identical below
+    ],
 )
 @pytest.mark.parametrize(
     "cfg",
@@ -56,8 +61,11 @@ def _loop(model: nn.Module, data, cfg: LocalTrainConfig):
         LocalTrainConfig(epochs=3, batch_size=4, lr=0.05, momentum=0.5, max_steps=5),  # the step cap
     ],
 )
-def test_train_cohort_equals_the_per_client_loop(name: str, params: dict, cfg: LocalTrainConfig) -> None:
-    """Clients of 13, 20 and 3 examples: short last batches (padding) and fewer steps (masking) included."""
+def test_train_cohort_equals_the_per_client_loop(
+    name: str, params: dict, kernels: str, cfg: LocalTrainConfig
+) -> None:
+    """Clients of 13, 20 and 3 examples: short last batches (padding) and fewer steps (masking) included.
+    Batched kernels: within the summation order's rounding; exact kernels: bit-identical weights."""
     model = build_model(name, params, input_shape=SHAPE, num_classes=10, seed=0)
     data = _data((13, 20, 3))
     want = _loop(model, data, cfg)
@@ -65,12 +73,14 @@ def test_train_cohort_equals_the_per_client_loop(name: str, params: dict, cfg: L
         model,
         [CohortMember(x, y, torch.Generator().manual_seed(100 + i)) for i, (x, y) in enumerate(data)],
         cfg,
+        kernels,  # type: ignore[arg-type]
     )
     for (wp, ws), (gp, gs) in zip(want, got):
         assert (gs.steps, gs.num_examples) == (ws.steps, ws.num_examples)
         assert gs.loss == pytest.approx(ws.loss, rel=1e-5)
         for n, p in wp.items():  # float summation order only: ~1e-7 relative seen, 1e-5 allowed
             assert torch.allclose(gp[n], p, rtol=1e-5, atol=1e-6), n
+            assert kernels == "batched" or torch.equal(gp[n], p), n
     assert [s.steps for _, s in got] != [got[0][1].steps] * 3 or cfg.max_steps  # sizes differ: masking ran
 
 
@@ -82,7 +92,8 @@ def test_what_cannot_be_vectorised_is_refused_with_the_reason() -> None:
     assert "buffers" in (why_not_vectorised(nn.Sequential(nn.Flatten(), nn.BatchNorm1d(144)), RECIPE) or "")
     assert "dropout" in (why_not_vectorised(nn.Sequential(nn.Flatten(), nn.Dropout(0.1)), RECIPE) or "")
     cnn = build_model("cnn", {"channels": [4], "hidden": 8}, input_shape=SHAPE, num_classes=10, seed=0)
-    assert "max-pooling" in (why_not_vectorised(cnn, RECIPE) or "")
+    assert "max-pooling" in (why_not_vectorised(cnn, RECIPE, "batched") or "")
+    assert why_not_vectorised(cnn, RECIPE) is None  # auto: exact kernels, which reproduce max-pooling
     with pytest.raises(ValueError, match="adam"):
         train_cohort(mlp, [], LocalTrainConfig(optimizer="adam"))
 
@@ -93,6 +104,7 @@ def test_vectorise_on_for_a_model_it_cannot_reproduce_is_refused_before_round_on
         [
             "simulation.engine='inline'",
             "simulation.vectorise='on'",
+            "simulation.vectorise_kernels='batched'",
             "federation.rounds=1",
             "data.max_examples=1000",
         ],
@@ -147,7 +159,7 @@ def test_auto_measures_once_then_reads_its_cache(tmp_path, monkeypatch) -> None:
     calls = []
     import simulator.vectorised as vec
 
-    def fake(model, x, y, cfg, c):
+    def fake(model, x, y, cfg, c, kernels):
         calls.append(c)
         return (0.1, 1.0)  # vectorised 10× faster
 

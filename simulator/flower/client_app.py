@@ -175,7 +175,13 @@ def train_clients(
             attack=rt.attack if acting else None,
         )
         jobs.append(ClientJob(x, y, ctx, plugins, c.config))
-    results = cohort_step(model, jobs, vectorise=s.simulation.vectorise, report=rt.cohort_report)
+    results = cohort_step(
+        model,
+        jobs,
+        vectorise=s.simulation.vectorise,
+        kernels=s.simulation.vectorise_kernels,
+        report=rt.cohort_report,
+    )
     return results, [c.state for c in clients]
 
 

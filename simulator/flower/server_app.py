@@ -177,7 +177,8 @@ def server_main(grid: Grid, scenario: Scenario, sink: RoundSink, outcome: Server
     s = scenario
     rt = build_runtime(s)
     torch.set_num_threads(max(1, s.simulation.torch_threads))
-    why = why_not_vectorised(rt.model, rt.train) if s.simulation.vectorise == "on" else None
+    kernels = s.simulation.vectorise_kernels
+    why = why_not_vectorised(rt.model, rt.train, kernels) if s.simulation.vectorise == "on" else None
     if why is not None:  # "on" is a promise: refuse it rather than train per client behind the user's back
         raise ScenarioError(
             s.source,

@@ -12,6 +12,7 @@ weights were trained.
 ``vectorise``: ``"off"`` always per client; ``"on"`` vectorise every eligible group of two or more;
 ``"auto"`` vectorise when :func:`simulator.vectorised.pays_off` measured that it pays for this model,
 data shape, batch size and cohort size (cached on disk, so a scenario takes the same path on every run).
+``kernels``: the vectorised step's weight layers (:func:`simulator.vectorised.resolve_kernels`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from simulator.round.client_step import (
     finish_client,
     inspect_model,
 )
-from simulator.vectorised import CohortMember, pays_off, train_cohort_flat, why_not_vectorised
+from simulator.vectorised import CohortMember, Kernels, pays_off, train_cohort_flat, why_not_vectorised
 
 __all__ = ["ClientJob", "CohortReport", "cohort_step", "plain_training"]
 
@@ -76,6 +77,7 @@ def cohort_step(
     jobs: Sequence[ClientJob],
     *,
     vectorise: Vectorise = "auto",
+    kernels: Kernels = "auto",
     report: CohortReport | None = None,
 ) -> list[ClientReply | BaseException]:
     """Steps 1-6 for each job, in order; a client's failure (a refused model, an exception in its plug-ins) is
@@ -87,8 +89,9 @@ def cohort_step(
     if vectorise != "off" and len(jobs) >= 2:
         cfgs = {j.ctx.train for j in jobs}
         plain = [i for i, j in enumerate(jobs) if plain_training(j)]
-        if len(cfgs) == 1 and len(plain) >= 2 and why_not_vectorised(model, jobs[0].ctx.train) is None:
-            ok = vectorise == "on" or pays_off(model, jobs[plain[0]].x, jobs[0].ctx.train, len(plain))
+        train = jobs[0].ctx.train
+        if len(cfgs) == 1 and len(plain) >= 2 and why_not_vectorised(model, train, kernels) is None:
+            ok = vectorise == "on" or pays_off(model, jobs[plain[0]].x, train, len(plain), kernels)
             together = plain if ok else []
     if together:
         members, keep = [], []
@@ -101,7 +104,9 @@ def cohort_step(
             members.append(CohortMember(job.x, job.y, job.ctx.generator("train")))
             keep.append(i)
         if keep:
-            flat, stats = train_cohort_flat(model, members, jobs[keep[0]].ctx.train, jobs[keep[0]].ctx.layout)
+            flat, stats = train_cohort_flat(
+                model, members, jobs[keep[0]].ctx.train, jobs[keep[0]].ctx.layout, kernels
+            )
             for row, (i, st) in enumerate(zip(keep, stats)):
                 job = jobs[i]
                 try:

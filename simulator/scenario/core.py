@@ -172,6 +172,10 @@ class SimulationConfig(Strict):
     # train the plain clients of a round as one vectorised computation (simulator.vectorised): "auto"
     # measures once per model whether it pays and caches the answer; "on" always; "off" one by one
     vectorise: Literal["auto", "on", "off"] = "auto"
+    # the vectorised step's weight layers: "exact" runs each client's own call (bit-identical to per client),
+    # "batched" one batched kernel (fast for small dense models, sums in another order); "auto": exact for
+    # models with convolutions or pooling, batched otherwise
+    vectorise_kernels: Literal["auto", "batched", "exact"] = "auto"
     # inline engine: processes that play the clients (None: auto, both CPU cores once a round's client
     # work is long enough to pay for starting them; 1: everything in this process)
     workers: int | None = Field(default=None, ge=1)
@@ -192,6 +196,16 @@ class SimulationConfig(Strict):
         if kind not in ("cpu", "cuda"):
             raise ValueError("not a device privsim runs on; use 'cpu', 'cuda' or 'cuda:N'")
         return v
+
+    @model_validator(mode="after")
+    def _kernels_need_vectorising(self) -> SimulationConfig:
+        if self.vectorise == "off" and self.vectorise_kernels != "auto":
+            raise ValueError(
+                f"vectorise_kernels = {self.vectorise_kernels!r} chooses the vectorised step's kernels, but "
+                "vectorise = 'off' trains every client on its own; set vectorise to 'auto' or 'on', or "
+                "remove vectorise_kernels"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ray_clients_see_the_gpu(self) -> SimulationConfig:
