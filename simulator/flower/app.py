@@ -31,6 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 from simulator.deploy.exchange import ExchangeSink, write_outcome
 from simulator.deploy.run import clients_per_node_for
 from simulator.flower.client_app import make_client_app
+from simulator.flower.polling import prompt_simulation_dispatch
 from simulator.flower.server_app import ServerOutcome, make_server_app
 from simulator.runner import run, seed_everything
 from simulator.scenario import (
@@ -137,6 +138,8 @@ def _federation_size(grid: Grid, *, timeout: float, settle: float) -> int:
 
 @server.main()
 def _main(grid: Grid, context: Context) -> None:
+    if type(grid).__name__ == "InMemoryGrid":  # before the runtime starts its dispatch thread
+        prompt_simulation_dispatch()
     exchange = _config(context, "exchange")
     if exchange:  # submitted by privsim run / privsim deploy: hand everything back
         s = _scenario(context)
