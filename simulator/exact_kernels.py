@@ -33,7 +33,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ExactKernels", "why_not_exact"]
+__all__ = ["AVG_POOLS", "MAX_POOLS", "ExactKernels", "why_not_exact"]
+
+MAX_POOLS: tuple[type[nn.Module], ...] = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
+AVG_POOLS: tuple[type[nn.Module], ...] = (
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
 
 # the functions these modules call on their weights, intercepted by ExactKernels
 _LAYERS: tuple[type[nn.Module], ...] = (
@@ -66,18 +83,8 @@ _EXACT_BATCHED: tuple[type[nn.Module], ...] = (
     nn.ReLU6,
     nn.LeakyReLU,
     nn.Hardtanh,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
+    *MAX_POOLS,
+    *AVG_POOLS,
     nn.Flatten,
     nn.Unflatten,
     nn.Identity,

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from simulator.exact_kernels import ExactKernels, why_not_exact
+from simulator.exact_kernels import AVG_POOLS, MAX_POOLS, ExactKernels, why_not_exact
 from simulator.flat import Layout
 from simulator.training import LocalTrainConfig, TrainStats, iterate_minibatches
 
@@ -69,26 +69,7 @@ __all__ = [
     "why_not_vectorised",
 ]
 
-_MAX_POOLS = (
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-)
-_CONV_OR_POOL = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    *_MAX_POOLS,
-)
+_CONV_OR_POOL: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *AVG_POOLS, *MAX_POOLS)
 _RANDOM_LAYERS = (
     nn.Dropout,
     nn.Dropout1d,
@@ -133,7 +114,7 @@ def why_not_vectorised(model: nn.Module, cfg: LocalTrainConfig, kernels: Kernels
         return "the model has dropout layers (their randomness differs under vmap)"
     if resolve_kernels(model, kernels) == "exact":
         return why_not_exact(model)
-    if any(isinstance(m, _MAX_POOLS) for m in model.modules()):
+    if any(isinstance(m, MAX_POOLS) for m in model.modules()):
         # measured on quickstart's CNN: batched-weight convolutions round differently (~1e-7), a max-pool
         # window whose top two values are that close routes the gradient to the other one, and one client's
         # first-step conv gradient differed by 1e-3 (3 rounds: accuracy 5e-3 apart); with average pooling
