@@ -235,13 +235,6 @@ def balance(weights: Sequence[float], parts: int) -> list[list[int]]:
 RunTasks = Callable[[list[Callable[[], Any]], list[float]], list[Any]]
 
 
-# groups per player: the pool hands them out heaviest first to whichever player is free, so a player that
-# runs slower this round (this process also serves the round; the two processes share caches) takes fewer.
-# Quickstart, 8 rounds, steady s/round, interleaved: 1 group per player 3.79 / 3.74, 2: 3.49 / 3.11, 3: 3.52 /
-# 3.43
-TASKS_PER_PLAYER = 2
-
-
 def client_train_split(
     scenario_json: str, calls: Sequence[tuple[Message, Context]], parts: int, run_tasks: RunTasks
 ) -> list[Message]:
@@ -250,13 +243,12 @@ def client_train_split(
     returns its result, or the exception that stopped it). The round's clients, whichever node plays them,
     are split into groups of near-equal training work (examples × local epochs is the same recipe for
     every client, so examples), not by node: with nodes holding fixed groups of partitions, a round's sample
-    loads them unevenly and the round waits for the heaviest. :data:`TASKS_PER_PLAYER` groups per process,
-    taken by whichever process is free. Each client's state travels with it and comes
+    loads them unevenly and the round waits for the heaviest. Each client's state travels with it and comes
     back to its node's Context; the replies are the ones :func:`client_train_nodes` would give."""
     plan = _plan(scenario_json, calls)
     rt = runtime_for(scenario_json)
     weights = [float(len(rt.data.client_indices[c.pid])) for c in plan.clients]  # no gather of the data
-    groups = balance(weights, min(len(weights), parts * TASKS_PER_PLAYER))
+    groups = balance(weights, parts)
     tasks: list[Callable[[], Any]] = [
         functools.partial(train_clients, scenario_json, plan.rnd, plan.arrays, [plan.clients[i] for i in g])
         for g in groups
