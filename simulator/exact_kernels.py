@@ -236,12 +236,7 @@ class _Layer(torch.autograd.Function):
             outs.append(out.detach())
             graphs.append((out, mine))
         step.graphs[call.key] = graphs
-        like = next(o for o in outs if o is not None)
-        full = like.new_zeros((info.batch_size, step.batch, *like.shape[1:]))
-        for i, o in enumerate(outs):
-            if o is not None:
-                full[i, : o.shape[0]] = o
-        return full, 0
+        return _stack_rows(outs, (step.batch, *next(o for o in outs if o is not None).shape[1:])), 0
 
 
 class _LayerGrad(torch.autograd.Function):
@@ -275,21 +270,24 @@ class _LayerGrad(torch.autograd.Function):
             per.append([next(got) if t is not None and t.requires_grad else None for t in mine])
         like = next(p for p in per if p is not None)
         results: list[torch.Tensor | None] = []
-        dims: list[int | None] = []
-        for j, ref in enumerate(like):
+        for j, ref in enumerate(like):  # the data's gradient has the step's rows, a weight's its own shape
             if ref is None:
                 results.append(None)
-                dims.append(None)
                 continue
             shape = (step.batch, *ref.shape[1:]) if j == 0 else tuple(ref.shape)
-            full = ref.new_zeros((info.batch_size, *shape))
-            for i, p in enumerate(per):
-                got_ij = None if p is None else p[j]
-                if got_ij is not None:
-                    full[i, : got_ij.shape[0]] = got_ij
-            results.append(full)
-            dims.append(0)
-        return tuple(results), tuple(dims)
+            results.append(_stack_rows([None if p is None else p[j] for p in per], shape))
+        return tuple(results), tuple(None if r is None else 0 for r in results)
+
+
+def _stack_rows(parts: Sequence[torch.Tensor | None], shape: tuple[int, ...]) -> torch.Tensor:
+    """``[clients, *shape]``: each client's part in its first rows, zeros elsewhere (padding, and clients with
+    no part: no batch this step)."""
+    like = next(p for p in parts if p is not None)
+    full = like.new_zeros((len(parts), *shape))
+    for i, p in enumerate(parts):
+        if p is not None:
+            full[i, : p.shape[0]] = p
+    return full
 
 
 class ExactKernels(TorchFunctionMode):

@@ -222,7 +222,7 @@ def _train(
     active = torch.from_numpy(active_np).to(dev)
     everyone = [bool(v) for v in np.all(active_np, axis=0).tolist()]  # steps where no client is masked
     # exact kernels: each client's real rows per step (0: no batch), its padding never reaches a weight layer
-    rows = [[len(p[t]) if t < len(p) else 0 for p in plans] for t in range(steps)] if exact else []
+    rows = np.where(active_np, count_np, 0).astype(np.int64)  # [C, steps]
 
     ls = cfg.label_smoothing
 
@@ -247,7 +247,7 @@ def _train(
         for t in range(steps):
             g_idx = gidx[:, t]
             if exact:
-                with ExactKernels(rows=rows[t], batch=b):
+                with ExactKernels(rows=rows[:, t].tolist(), batch=b):
                     grads, loss = step_fn(params, xs[g_idx], ys[g_idx], real[:, t], count[:, t])
             else:
                 grads, loss = step_fn(params, xs[g_idx], ys[g_idx], real[:, t], count[:, t])

@@ -5,8 +5,6 @@ with the reason; and the bit-identity check has teeth (batched kernels fail it).
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -16,8 +14,9 @@ from simulator.exact_kernels import why_not_exact
 from simulator.models import build_model
 from simulator.runner import run
 from simulator.scenario import ScenarioError
-from simulator.training import LocalTrainConfig, train_local
-from simulator.vectorised import CohortMember, resolve_kernels, train_cohort, why_not_vectorised
+from simulator.training import LocalTrainConfig
+from simulator.vectorised import Kernels, resolve_kernels, train_cohort, why_not_vectorised
+from tests.helpers.cohort_reference import client_data, per_client, vectorised
 
 SHAPE = (1, 12, 12)
 CONFIGS = [
@@ -52,20 +51,9 @@ MODELS = {
 }
 
 
-def _data(sizes: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    return [(torch.rand(n, *SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)) for n in sizes]
-
-
-def _both(model: nn.Module, cfg: LocalTrainConfig, kernels: str, sizes=(13, 20, 3)):
-    data = _data(sizes)
-    want = []
-    for i, (x, y) in enumerate(data):
-        w = copy.deepcopy(model)
-        st = train_local(w, x, y, cfg, generator=torch.Generator().manual_seed(100 + i))
-        want.append(({n: p.detach() for n, p in w.named_parameters()}, st))
-    members = [CohortMember(x, y, torch.Generator().manual_seed(100 + i)) for i, (x, y) in enumerate(data)]
-    return want, train_cohort(model, members, cfg, kernels)  # type: ignore[arg-type]
+def _both(model: nn.Module, cfg: LocalTrainConfig, kernels: Kernels, sizes=(13, 20, 3)):
+    data = client_data(sizes, SHAPE)
+    return per_client(model, data, cfg), vectorised(model, data, cfg, kernels)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

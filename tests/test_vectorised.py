@@ -21,8 +21,9 @@ from simulator.registry import import_plugins
 from simulator.round import ClientPlugins
 from simulator.round.cohort import ClientJob, CohortReport, cohort_step
 from simulator.runner import RunFailed, run
-from simulator.training import LocalTrainConfig, train_local
-from simulator.vectorised import CohortMember, pays_off, train_cohort, why_not_vectorised
+from simulator.training import LocalTrainConfig
+from simulator.vectorised import pays_off, train_cohort, why_not_vectorised
+from tests.helpers.cohort_reference import client_data, per_client, vectorised
 
 import_plugins()
 SHAPE = (1, 12, 12)
@@ -32,17 +33,7 @@ RECIPE = LocalTrainConfig(
 
 
 def _data(sizes: tuple[int, ...], seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(n, *SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)) for n in sizes]
-
-
-def _loop(model: nn.Module, data, cfg: LocalTrainConfig):
-    out = []
-    for i, (x, y) in enumerate(data):
-        w = copy.deepcopy(model)
-        stats = train_local(w, x, y, cfg, generator=torch.Generator().manual_seed(100 + i))
-        out.append(({n: p.detach() for n, p in w.named_parameters()}, stats))
-    return out
+    return client_data(sizes, SHAPE, seed)
 
 
 @pytest.mark.parametrize(
@@ -68,13 +59,8 @@ def test_train_cohort_equals_the_per_client_loop(
     Batched kernels: within the summation order's rounding; exact kernels: bit-identical weights."""
     model = build_model(name, params, input_shape=SHAPE, num_classes=10, seed=0)
     data = _data((13, 20, 3))
-    want = _loop(model, data, cfg)
-    got = train_cohort(
-        model,
-        [CohortMember(x, y, torch.Generator().manual_seed(100 + i)) for i, (x, y) in enumerate(data)],
-        cfg,
-        kernels,  # type: ignore[arg-type]
-    )
+    want = per_client(model, data, cfg)
+    got = vectorised(model, data, cfg, kernels)  # type: ignore[arg-type]
     for (wp, ws), (gp, gs) in zip(want, got):
         assert (gs.steps, gs.num_examples) == (ws.steps, ws.num_examples)
         assert gs.loss == pytest.approx(ws.loss, rel=1e-5)
