@@ -1,7 +1,8 @@
 """Seconds per round for the same local training work, three ways (issue: core simulator).
 
 1. floor   — a plain sequential PyTorch loop: for each sampled client, load the global weights,
-             train locally, accumulate the weighted mean; no framework at all;
+             train locally, accumulate the weighted mean; no framework at all, PyTorch's default memory
+             format (the "floor, channels-last" row: the same loop in the format privsim picks for a CNN);
 2. flower  — plain Flower: a minimal ClientApp + Flower's FedAvg ``strategy.start`` on
              ``run_simulation`` (Ray);
 3. privsim — ``simulator.run`` on both engines: inline as configured (auto: vectorised cohort where it
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import random
@@ -46,8 +48,11 @@ from simulator.runner import run
 from simulator.training import evaluate, train_local
 
 
-def floor(s, rounds: int) -> list[float]:
+def floor(s, rounds: int, channels_last: bool = False) -> list[float]:
+    """The plain loop as a user writes it: PyTorch's default (contiguous) memory format, unless
+    ``channels_last`` (the "floor, channels-last" row: what the format alone gives a sequential loop)."""
     rt = build_runtime(s)
+    train = dataclasses.replace(rt.train, channels_last=channels_last)
     model = copy.deepcopy(rt.model)
     layout = layout_of(model)
     times = []
@@ -59,7 +64,7 @@ def floor(s, rounds: int) -> list[float]:
         for pid in rt.sampler.sample(rnd).sampled:
             load_vector(work, g, layout)
             x, y = rt.data.client(pid)
-            train_local(work, x, y, rt.train, generator=make_generator(s.seed, rnd, pid, "train"))
+            train_local(work, x, y, train, generator=make_generator(s.seed, rnd, pid, "train"))
             acc += x.shape[0] * (model_vector(work, layout) - g).double()
             total += x.shape[0]
         load_vector(model, g + (acc / total).float(), layout)
@@ -172,7 +177,12 @@ def population(n: int) -> list[str]:
 
 ROWS = {
     "floor": ("floor (sequential PyTorch)", None),
+    "floor-channels-last": ("floor, channels-last", None),
     "privsim-inline": ("privsim inline (auto)", ("inline",)),
+    "privsim-inline-contiguous": (
+        "privsim inline (auto), contiguous format",
+        ("inline", "simulation.memory_format='contiguous'"),
+    ),
     "privsim-inline-loop": (
         "privsim inline, per client, 1 process",
         ("inline", "simulation.vectorise='off'", "simulation.workers=1"),
@@ -194,6 +204,8 @@ def one_row(scenario: str, sets: list[str], row: str, rounds: int) -> dict:
     s = load_scenario(scenario, [*sets, f"federation.rounds={rounds}"])
     if row == "floor":
         t = floor(s, rounds)
+    elif row == "floor-channels-last":
+        t = floor(s, rounds, channels_last=True)
     elif row == "flower":
         t = flower(s, rounds)
     else:

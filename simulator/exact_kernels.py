@@ -16,7 +16,12 @@ through its own weights, with ordinary autograd, keeping each client's graph. Th
 graph for its gradients. So every weight layer sees exactly the inputs, shapes and kernels the per-client loop
 gives it. The other parameter-free operations (ReLU, pooling, flatten, the loss's log-softmax) stay batched
 under ``vmap``: they compute every element on its own and round as they do per client. The optimizer update is
-element-wise too. ``tests/test_exact_kernels.py`` checks bit-identical weights against ``train_local``.
+element-wise too. When the per-client loop trains in channels-last (``simulation.memory_format``), each
+client's call gets its tensors in the formats that loop gives them (:func:`_as_per_client`): a convolution's
+result does not depend on its input's format once the weight is channels-last, but a 1-channel weight is
+channels-last only with the strides ``model.to(memory_format=channels_last)`` gives it, and an activation's
+SIMD and scalar elements depend on the format. ``tests/test_exact_kernels.py`` checks bit-identical weights
+against ``train_local`` in both formats.
 
 On a CPU this path costs about what the per-client loop costs (the same kernels). It exists so that the
 vectorised path reproduces the per-client path exactly where batched kernels cannot: convolutional models.
@@ -155,6 +160,7 @@ class _Step:
 
     rows: list[int]
     batch: int
+    channels_last: bool = False  # the per-client loop trains in channels-last memory (mirror its formats)
     graphs: dict[int, list[_Graph | None]] = field(default_factory=dict)
     calls: int = 0
 
@@ -232,7 +238,7 @@ class _Layer(torch.autograd.Function):
                     own.requires_grad_(True)
                 mine.append(own)
             with torch.enable_grad():
-                out = call.run(mine)
+                out = call.run(_as_per_client(mine, call) if step.channels_last else mine)
             outs.append(out.detach())
             graphs.append((out, mine))
         step.graphs[call.key] = graphs
@@ -279,6 +285,20 @@ class _LayerGrad(torch.autograd.Function):
         return tuple(results), tuple(None if r is None else 0 for r in results)
 
 
+def _as_per_client(mine: list[torch.Tensor | None], call: _Call) -> list[torch.Tensor | None]:
+    """The tensors of one client's call in the memory format the per-client loop gives them when it trains
+    in channels-last (``model.to(memory_format=channels_last)``): every 4-d weight, and every 4-d activation
+    computed from a weight (a channels-last convolution's output stays channels-last through ReLU, pooling
+    and activations), is channels-last; the step's data, which no weight has touched, keeps its own format.
+    The copy is part of the graph, so the gradients reach the client's tensors."""
+    return [
+        t.clone(memory_format=torch.channels_last)
+        if t is not None and t.dim() == 4 and (j > 0 or call.grads[0])
+        else t
+        for j, t in enumerate(mine)
+    ]
+
+
 def _stack_rows(parts: Sequence[torch.Tensor | None], shape: tuple[int, ...]) -> torch.Tensor:
     """``[clients, *shape]``: each client's part in its first rows, zeros elsewhere (padding, and clients with
     no part: no batch this step)."""
@@ -292,7 +312,8 @@ def _stack_rows(parts: Sequence[torch.Tensor | None], shape: tuple[int, ...]) ->
 
 class ExactKernels(TorchFunctionMode):
     """Active around one vectorised local step (``vmap(grad(loss))`` over the clients): the weight layers'
-    functions run per client on ``rows[i]`` real examples of a ``batch``-row padded step.
+    functions run per client on ``rows[i]`` real examples of a ``batch``-row padded step; ``channels_last``:
+    in the memory formats of a per-client loop that trains in channels-last (:func:`_as_per_client`).
 
     >>> import torch
     >>> from torch.func import functional_call, vmap
@@ -306,9 +327,9 @@ class ExactKernels(TorchFunctionMode):
     0.0
     """
 
-    def __init__(self, *, rows: Sequence[int], batch: int) -> None:
+    def __init__(self, *, rows: Sequence[int], batch: int, channels_last: bool = False) -> None:
         super().__init__()
-        self.step = _Step(rows=list(rows), batch=batch)
+        self.step = _Step(rows=list(rows), batch=batch, channels_last=channels_last)
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None

@@ -49,7 +49,9 @@ class SmallCNN(nn.Module):
     """Two 5×5 conv blocks (ReLU, 2×2 max-pool) and two dense layers (the FedAvg paper's CNN).
     ``pool = "avg"``: 2×2 average pooling instead, a model the vectorised cohort can also train with batched
     kernels (:func:`simulator.vectorised.why_not_vectorised` refuses max-pooling there; exact kernels take
-    both)."""
+    both). Channels-last memory makes its local step faster on a CPU (:mod:`simulator.memory_format`)."""
+
+    channels_last_pays = True
 
     def __init__(
         self,
@@ -80,7 +82,10 @@ class SmallCNN(nn.Module):
 @MODELS.register("lenet", context=_CTX)
 class LeNetDLG(nn.Module):
     """The LeNet variant of DLG (Zhu et al., NeurIPS 2019): three 5×5 conv layers of 12 channels with
-    sigmoid activations (strides 2, 2, 1) and one linear layer. Twice-differentiable everywhere."""
+    sigmoid activations (strides 2, 2, 1) and one linear layer. Twice-differentiable everywhere. Channels-last
+    memory makes its local step faster on a CPU (:mod:`simulator.memory_format`)."""
+
+    channels_last_pays = True
 
     def __init__(
         self, input_shape: tuple[int, ...], num_classes: int, channels: int = 12, activation: str = "sigmoid"

@@ -39,6 +39,9 @@ class LocalTrainConfig:
     max_steps: int | None = None  # cap on local steps (None: full epochs)
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0  # > 0: mixup (Zhang et al., ICLR 2018), λ ~ Beta(α, α) per mini-batch
+    # train with 4-d weights and activations in channels-last (NHWC) memory: faster convolutions on a CPU for
+    # some models (benchmarks/bench_compile.py), other kernels, so other roundings (simulation.memory_format)
+    channels_last: bool = False
 
 
 class TrainHooks:
@@ -111,7 +114,26 @@ def train_local(
     generator: torch.Generator,
     hooks: TrainHooks | None = None,
 ) -> TrainStats:
-    """Mini-batch training in place; returns the mean loss over the steps taken."""
+    """Mini-batch training in place; returns the mean loss over the steps taken. With ``cfg.channels_last``
+    the model trains in channels-last memory and is handed back in the contiguous format."""
+    if not cfg.channels_last:
+        return _train_local(model, x, y, cfg, generator=generator, hooks=hooks)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (missing in the stubs)
+    try:
+        return _train_local(model, x, y, cfg, generator=generator, hooks=hooks)
+    finally:
+        model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+
+
+def _train_local(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: LocalTrainConfig,
+    *,
+    generator: torch.Generator,
+    hooks: TrainHooks | None,
+) -> TrainStats:
     hooks = hooks or TrainHooks()
     model.train()
     opt = make_optimizer(model, cfg)

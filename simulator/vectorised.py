@@ -247,7 +247,7 @@ def _train(
         for t in range(steps):
             g_idx = gidx[:, t]
             if exact:
-                with ExactKernels(rows=rows[:, t].tolist(), batch=b):
+                with ExactKernels(rows=rows[:, t].tolist(), batch=b, channels_last=cfg.channels_last):
                     grads, loss = step_fn(params, xs[g_idx], ys[g_idx], real[:, t], count[:, t])
             else:
                 grads, loss = step_fn(params, xs[g_idx], ys[g_idx], real[:, t], count[:, t])
@@ -325,6 +325,7 @@ def _key(model: nn.Module, example: torch.Tensor, cfg: LocalTrainConfig, cohort:
             tuple(example.shape[1:]),
             cfg.batch_size,
             cfg.momentum > 0,
+            cfg.channels_last,
             cohort,
             str(dev),
             torch.get_num_threads(),
@@ -352,6 +353,7 @@ def _time_per_client(
         weight_decay=cfg.weight_decay,
         max_steps=1,
         label_smoothing=cfg.label_smoothing,
+        channels_last=cfg.channels_last,
     )
     members = [CohortMember(x, y, torch.Generator().manual_seed(i)) for i in range(c)]
     train_cohort(model, members[:2], one, kernels)  # warm-up
@@ -359,6 +361,8 @@ def _time_per_client(
     train_cohort(model, members, one, kernels)
     vec = time.perf_counter() - t0
     work = copy.deepcopy(model)
+    if cfg.channels_last:  # the per-client loop's format (train_local)
+        work.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.SGD(work.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     xb, yb = x[: cfg.batch_size], y[: cfg.batch_size]
     t0 = time.perf_counter()

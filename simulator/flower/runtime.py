@@ -22,11 +22,12 @@ from simulator.data import FederatedData, build_federated_data
 from simulator.dp.build import build_privacy
 from simulator.dp.mechanism import PrivacyMechanism
 from simulator.flat import Layout, layout_of
+from simulator.memory_format import channels_last_for
 from simulator.models import build_model
 from simulator.registry import import_plugins
 from simulator.round.cohort import CohortReport
 from simulator.sampling import AttackerSchedule, ClientSampler
-from simulator.scenario import Scenario
+from simulator.scenario import Problem, Scenario, ScenarioError
 from simulator.sketching.base import COMPRESSORS, Compressor
 from simulator.training import LocalTrainConfig
 
@@ -116,6 +117,7 @@ def build_runtime(s: Scenario) -> Runtime:
         max_steps=f.local_steps,
         label_smoothing=f.label_smoothing,
         mixup_alpha=f.mixup_alpha,
+        channels_last=_channels_last(s, model),
     )
     canaries = None
     if s.audit is not None and s.audit.level == "record":
@@ -144,6 +146,13 @@ def build_runtime(s: Scenario) -> Runtime:
         secret=secret,
         record_canaries=canaries,
     )
+
+
+def _channels_last(s: Scenario, model: nn.Module) -> bool:
+    try:
+        return channels_last_for(model, s.simulation.memory_format, s.simulation.device)
+    except ValueError as e:
+        raise ScenarioError(s.source, [Problem("simulation.memory_format", str(e))]) from None
 
 
 def _inversion_targets(s: Scenario) -> dict[int, tuple[int, ...]]:

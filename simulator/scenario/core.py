@@ -176,6 +176,9 @@ class SimulationConfig(Strict):
     # "batched" one batched kernel (fast for small dense models, sums in another order); "auto": exact for
     # models with convolutions or pooling, batched otherwise
     vectorise_kernels: Literal["auto", "batched", "exact"] = "auto"
+    # local training's memory format (simulator.memory_format): "auto" channels-last for models that measured
+    # faster with it (cnn, lenet) on a CPU; "contiguous" the default PyTorch format; "channels_last" always
+    memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
     # inline engine: processes that play the clients (None: auto, both CPU cores once a round's client
     # work is long enough to pay for starting them; 1: everything in this process)
     workers: int | None = Field(default=None, ge=1)

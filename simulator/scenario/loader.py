@@ -204,7 +204,27 @@ def scenario_check(check: ScenarioCheck) -> ScenarioCheck:
     return check
 
 
+def memory_format_problems(s: Scenario) -> list[Problem]:
+    """``simulation.memory_format`` applies to the plain local-training loop; explicit channels-last is
+    refused where that loop does not train: record-level DP (Opacus's loop), the batched vectorised kernels
+    (one grouped kernel for every client) and a leakage experiment (its own victim training)."""
+    if s.simulation.memory_format != "channels_last":
+        return []
+    field, head = "simulation.memory_format", "'channels_last' "
+    if s.kind == "leakage":
+        why = "is ignored by a leakage experiment, whose victim trains in [leakage]; remove it"
+        return [Problem(field, head + why)]
+    if s.privacy.level == "record":
+        why = "is ignored by record-level DP, which trains through Opacus in the contiguous format"
+        return [Problem(field, head + why + "; use 'auto' or 'contiguous'")]
+    if s.simulation.vectorise_kernels == "batched":
+        why = "cannot be honoured by vectorise_kernels = 'batched' (one grouped kernel for every client)"
+        return [Problem(field, head + why + "; use vectorise_kernels = 'exact' or memory_format = 'auto'")]
+    return []
+
+
 scenario_check(leakage_unused_problems)
+scenario_check(memory_format_problems)
 
 
 def scenario_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> Scenario:
